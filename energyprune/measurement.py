@@ -301,3 +301,57 @@ def _state_dict(state: DeviceState) -> dict[str, Any]:
 
 def domains_by_name(domains: Sequence[DomainInfo]) -> dict[str, DomainInfo]:
     return {d.name: d for d in domains}
+
+
+@dataclass(frozen=True)
+class EnergySpan:
+    """The energy of one stretch of arbitrary code, measured by `EnergyMeter` (one window)."""
+
+    domains: tuple[DomainInfo, ...]
+    duration_s: float
+    energy_j: Mapping[str, float]
+    uncertainty_j: Mapping[str, float]
+    idle_power_w: Mapping[str, float]  # empty when no idle baseline was taken
+    warnings: tuple[str, ...] = ()
+    power_trace: PowerTrace | None = None
+
+    @property
+    def provenance(self) -> Provenance:
+        if any(d.provenance is Provenance.ESTIMATED for d in self.domains):
+            return Provenance.ESTIMATED
+        return Provenance.MEASURED
+
+    @property
+    def total_energy_j(self) -> float:
+        return float(sum(self.energy_j.values()))
+
+    @property
+    def dynamic_energy_j(self) -> float | None:
+        """Above idle; None when the meter was not asked to measure idle power first."""
+        if not self.idle_power_w:
+            return None
+        return self.total_energy_j - sum(self.idle_power_w.values()) * self.duration_s
+
+    @property
+    def mean_power_w(self) -> float:
+        return self.total_energy_j / self.duration_s if self.duration_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": "energyprune.span/1",
+            "provenance": self.provenance.value,
+            "duration_s": self.duration_s,
+            "energy_j": self.total_energy_j,
+            "dynamic_energy_j": self.dynamic_energy_j,
+            "uncertainty_j": float(sum(v**2 for v in self.uncertainty_j.values()) ** 0.5),
+            "mean_power_w": self.mean_power_w,
+            "domains": [
+                {"name": d.name, "backend": d.backend, "provenance": d.provenance.value,
+                 "method": d.method, "energy_j": self.energy_j[d.name],
+                 "uncertainty_j": self.uncertainty_j.get(d.name, 0.0),
+                 "idle_power_w": self.idle_power_w.get(d.name), "assumptions": list(d.assumptions)}
+                for d in self.domains
+            ],
+            "warnings": list(self.warnings),
+            "power_trace": self.power_trace.to_dict() if self.power_trace else None,
+        }

@@ -1,0 +1,5 @@
+import sys
+
+from energyprune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,243 @@
+"""`energyprune measure | compare | backends`: the command-line face of the meter.
+
+User mistakes end as one line on standard error and exit code 2, never a traceback (`-v` shows
+the traceback for bug reports). With `--json`, standard output holds the JSON alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from energyprune import __version__
+from energyprune.errors import EnergyPruneError, UsageError
+
+logger = logging.getLogger("energyprune")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _shape(text: str) -> list[int]:
+    try:
+        shape = [int(part) for part in text.replace("x", ",").split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape like 3,224,224") from None
+    if not shape or any(n < 1 for n in shape):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape like 3,224,224")
+    return shape
+
+
+def _add_measure_options(parser: argparse.ArgumentParser) -> None:
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument("--batch-size", type=_positive_int, default=1, help="samples per inference (default 1)")
+    shape = inputs.add_mutually_exclusive_group()
+    shape.add_argument("--seq-len", type=_positive_int, help="tokens per sample for language models (default 128)")
+    shape.add_argument("--input-shape", type=_shape, help="shape of one sample, without the batch, e.g. 3,224,224")
+    inputs.add_argument("--device", help="cpu, cuda or cuda:N (default: where the model is, cpu for the demo)")
+    inputs.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="cast the model first")
+    meter = parser.add_argument_group("meter")
+    meter.add_argument("--backend", default="auto",
+                       help="auto (default), nvml, rapl, estimated, replay:PATH, or a comma list (nvml,rapl)")
+    meter.add_argument("--duration", type=_positive_float, default=2.0, metavar="S",
+                       help="minimum seconds per window (default 2: >= 20 ticks of a 100 ms GPU counter)")
+    meter.add_argument("--repeats", type=_positive_int, default=5, help="minimum number of windows (default 5)")
+    meter.add_argument("--precision", type=_non_negative_float, default=0.02,
+                       help="add windows until the 95%% half-width is within this fraction (default 0.02; 0: just --repeats)")
+    meter.add_argument("--max-duration", type=_positive_float, default=60.0, metavar="S",
+                       help="stop adding windows after this many measured seconds (default 60)")
+    meter.add_argument("--idle", type=_non_negative_float, default=1.0, metavar="S",
+                       help="seconds of idle power measured before the run (default 1)")
+    meter.add_argument("--cpu-tdp-w", type=_positive_float, metavar="W",
+                       help="the power of the CPUs this process sees, for the estimated backend")
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print the JSON result alone on standard output")
+    out.add_argument("--out", metavar="FILE", help="also write the result to FILE (.json or .md)")
+    out.add_argument("--force", action="store_true", help="replace --out FILE if it exists")
+    out.add_argument("--no-trace", action="store_true", help="leave the power trace out of the JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="energyprune",
+        description="Measure the joules a PyTorch model spends per inference, honestly.",
+    )
+    parser.add_argument("--version", action="version", version=f"energyprune {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    measure = commands.add_parser("measure", help="joules per inference of one model")
+    measure.add_argument("model", nargs="?", help="a local Hugging Face folder, module:factory, "
+                         "file.py:factory, or nothing for the built-in demo")
+    _add_measure_options(measure)
+
+    compare = commands.add_parser("compare", help="energy ratio of two models, by interleaved windows")
+    compare.add_argument("model_a", help="the reference model (A)")
+    compare.add_argument("model_b", help="the model compared with it (B)")
+    _add_measure_options(compare)
+
+    backends = commands.add_parser("backends", help="every backend, whether it works here, why, and the fix")
+    backends.add_argument("--json", action="store_true")
+    backends.add_argument("--cpu-tdp-w", type=_positive_float, metavar="W")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="energyprune: %(message)s" if args.verbose == 0 else "%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if args.command == "backends":
+            return _cmd_backends(args)
+        if args.command == "measure":
+            return _cmd_measure(args)
+        if args.command == "compare":
+            return _cmd_compare(args)
+    except EnergyPruneError as error:
+        if args.verbose:
+            logger.exception("details")
+        print(f"energyprune: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("energyprune: interrupted", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def _cmd_backends(args: argparse.Namespace) -> int:
+    from energyprune.backends import probe_all
+    from energyprune.report import to_json
+
+    results = probe_all(cpu_tdp_w=args.cpu_tdp_w)
+    if args.json:
+        print(to_json({"backends": [
+            {"name": name, "ok": a.ok, "reason": a.reason, "fix": a.fix} for name, a in results]}), end="")
+        return 0
+    for name, availability in results:
+        status = "ok" if availability.ok else "unavailable"
+        print(f"{name:<10} {status:<12} {availability.reason}")
+        if availability.fix and not availability.ok:
+            print(f"{'':<23} fix: {availability.fix}")
+    print(f"{'replay':<10} {'ok':<12} plays back a recorded CSV trace: --backend replay:PATH")
+    return 0
+
+
+def _meter_config(args: argparse.Namespace):
+    from energyprune.meter import MeterConfig
+
+    return MeterConfig(window_s=args.duration, repeats=args.repeats, precision=args.precision,
+                       max_duration_s=args.max_duration, idle_s=args.idle, keep_trace=not args.no_trace)
+
+
+def _prepared(spec: str | None, args: argparse.Namespace):
+    from energyprune.models import build_inputs, load_model, prepare
+
+    loaded = load_model(spec)
+    model, device = prepare(loaded.module, args.device, args.dtype)
+    inputs = build_inputs(loaded, model, args.batch_size, args.seq_len, args.input_shape, device)
+    return loaded, model, inputs, device
+
+
+def _emit(args: argparse.Namespace, result: dict[str, Any], text: str, markdown: str) -> None:
+    from energyprune.report import to_json, write_atomic
+
+    if args.out:
+        write_atomic(args.out, to_json(result) if args.out.lower().endswith(".json") else markdown)
+    if args.json:
+        sys.stdout.write(to_json(result))
+    else:
+        sys.stdout.write(text)
+    if args.out:
+        print(f"energyprune: wrote {args.out}", file=sys.stderr)
+
+
+def _cmd_measure(args: argparse.Namespace) -> int:
+    from energyprune.api import measure
+    from energyprune.progress import ProgressBar
+    from energyprune.report import check_output_path, render_markdown, render_text
+
+    config = _meter_config(args)
+    if args.out:
+        check_output_path(args.out, args.force)
+    loaded, model, inputs, device = _prepared(args.model, args)
+    progress = ProgressBar()
+    try:
+        result = measure(model, inputs, backend=args.backend, batch_size=args.batch_size, config=config,
+                         cpu_tdp_w=args.cpu_tdp_w, progress=progress, label=loaded.spec)
+    finally:
+        progress.close()
+    data = result.to_dict()
+    data["model"] = loaded.description
+    data["device"]["torch_device"] = str(device)
+    data["inputs"] = _inputs_text(inputs)
+    title = f"energyprune measure: {loaded.description} on {device}, batch {args.batch_size}, inputs {data['inputs']}"
+    _emit(args, data, render_text(data, title), render_markdown(data, f"energyprune measurement: {loaded.spec}"))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from energyprune.api import compare
+    from energyprune.progress import ProgressBar
+    from energyprune.report import check_output_path, render_comparison_markdown, render_comparison_text
+
+    config = _meter_config(args)
+    if args.out:
+        check_output_path(args.out, args.force)
+    loaded_a, model_a, inputs_a, device = _prepared(args.model_a, args)
+    loaded_b, model_b, inputs_b, _ = _prepared(args.model_b, args)
+    progress = ProgressBar()
+    try:
+        result = compare(model_a, model_b, inputs_a, inputs_b=inputs_b, backend=args.backend, config=config,
+                         cpu_tdp_w=args.cpu_tdp_w, progress=progress, labels=(loaded_a.spec, loaded_b.spec))
+    finally:
+        progress.close()
+    data = result.to_dict()
+    data["a"]["model"], data["b"]["model"] = loaded_a.description, loaded_b.description
+    _emit(args, data, render_comparison_text(data), render_comparison_markdown(data))
+    return 0
+
+
+def _inputs_text(inputs: Any) -> str:
+    from energyprune.models import describe_inputs
+
+    return describe_inputs(inputs)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

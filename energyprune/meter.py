@@ -1,0 +1,475 @@
+"""The meter: turns cumulative counter readings into honest joules per inference.
+
+Method (README, "How a measurement is taken"):
+1. open the backends and start the instantaneous-power sampler;
+2. measure idle power over a tick-aligned window while the device does nothing;
+3. warm the workload up until its latency is stable;
+4. run windows of N calls each (N chosen so a window lasts at least `window_s`), synchronising the
+   device and reading the counters only at the edges, never inside the loop;
+5. repeat windows until the 95% interval is as tight as `precision` asks or `max_duration_s` runs
+   out, and say which; record clocks, temperature and throttle reasons with every window.
+`compare` interleaves two workloads' windows (A B A ... B A) so that the card's drift cancels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import platform
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from energyprune import stats
+from energyprune.backends.base import Backend, DeviceFactsReporter, DeviceStateReporter, PowerSensor
+from energyprune.edges import EdgeReader
+from energyprune.errors import BackendError, EnergyPruneError, MeasurementError, UsageError
+from energyprune.measurement import DeviceState, DomainInfo, Measurement, PowerTrace, Provenance, Window
+from energyprune.sampler import PowerSampler
+
+logger = logging.getLogger(__name__)
+
+Workload = Callable[[], Any]
+#: progress(phase, fraction_done, message): phase is "idle", "warmup" or "measure".
+Progress = Callable[[str, float, str], None]
+
+#: Throttle reasons that change what a joule buys (not "gpu-idle", which only means no work).
+LIMITING_THROTTLE_REASONS = frozenset(
+    {"sw-power-cap", "hw-slowdown", "sw-thermal", "hw-thermal", "hw-power-brake"}
+)
+
+
+@dataclass(frozen=True)
+class MeterConfig:
+    window_s: float = 2.0  # minimum length of one window; >= 20 ticks of a 100 ms counter
+    repeats: int = 5  # minimum number of windows
+    precision: float = 0.02  # stop once the 95% half-width is within this fraction of the figure
+    max_duration_s: float = 60.0  # stop adding windows once their total time would exceed this
+    idle_s: float = 1.0  # length of the idle-power window before warm-up
+    max_warmup_s: float = 10.0
+    sample_interval_s: float = 0.005
+    keep_trace: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.window_s > 0:
+            raise UsageError(f"the window duration must be positive (got {self.window_s} s): try --duration 2")
+        if self.repeats < 1:
+            raise UsageError(f"--repeats must be at least 1 (got {self.repeats})")
+        if not self.precision >= 0:
+            raise UsageError(f"--precision must be >= 0 (got {self.precision}); 0.02 asks for +-2%")
+        if not self.max_duration_s > 0:
+            raise UsageError(f"--max-duration must be positive (got {self.max_duration_s} s)")
+        if self.idle_s < 0 or self.max_warmup_s < 0:
+            raise UsageError("idle and warm-up durations cannot be negative")
+        if not self.sample_interval_s > 0:
+            raise UsageError("the power sampling interval must be positive")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """B against A, from interleaved windows: each B window's energy per inference over the mean
+    of the A windows just before and just after it, so a linear drift of the card cancels."""
+
+    a: Measurement
+    b: Measurement
+    ratios: tuple[float, ...]
+    stop_reason: str
+
+    @property
+    def ratio(self) -> float:
+        return stats.median(self.ratios)
+
+    @property
+    def ratio_ci95(self) -> tuple[float, float]:
+        return stats.mean_ci95(self.ratios)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": "energyprune.comparison/1",
+            "ratio_b_over_a": self.ratio,
+            "ratio_ci95": list(self.ratio_ci95),
+            "ratio_cov": stats.cov(self.ratios),
+            "ratios": list(self.ratios),
+            "stop_reason": self.stop_reason,
+            "provenance": (
+                Provenance.ESTIMATED.value
+                if Provenance.ESTIMATED in (self.a.provenance, self.b.provenance)
+                else Provenance.MEASURED.value
+            ),
+            "a": self.a.to_dict(),
+            "b": self.b.to_dict(),
+        }
+
+
+def no_sync() -> None:
+    """The synchronisation of a CPU workload: there is nothing in flight to wait for."""
+
+
+@dataclass
+class _Run:
+    """Mutable bookkeeping of one workload inside a session."""
+
+    label: str
+    workload: Workload
+    batch_size: int
+    n_per_window: int = 1
+    warmup_inferences: int = 0
+    windows: list[Window] = field(default_factory=list)
+
+
+class MeterSession:
+    """Opened backends, a running sampler and an edge reader: what every window needs.
+
+    Use as a context manager; `Meter` and `EnergyMeter` are built on it."""
+
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        sync: Callable[[], None] = no_sync,
+        sample_interval_s: float = 0.005,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if not backends:
+            raise UsageError("no backend to measure with")
+        self.backends = list(backends)
+        self.sync = sync
+        self.clock = clock
+        self._sample_interval_s = sample_interval_s
+        self.domains: list[DomainInfo] = []
+        self.sampler: PowerSampler | None = None
+        self.edges: EdgeReader | None = None
+        self._opened: list[Backend] = []
+
+    def __enter__(self) -> MeterSession:
+        try:
+            for backend in self.backends:
+                backend.open()
+                self._opened.append(backend)
+                self.domains.extend(backend.domains())
+            names = [d.name for d in self.domains]
+            if len(set(names)) != len(names):
+                raise UsageError(f"two backends meter the same domain: {sorted(names)}")
+            sensors = [b.power_w for b in self.backends if isinstance(b, PowerSensor)]
+            self.sampler = PowerSampler(sensors, self._sample_interval_s, clock=self.clock)
+            self.sampler.start()
+            self.edges = EdgeReader(self.backends, self.domains, self.sampler, clock=self.clock)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.sampler is not None:
+            self.sampler.stop()
+        for backend in reversed(self._opened):
+            with contextlib.suppress(Exception):
+                backend.close()
+        self._opened.clear()
+
+    def check_sampler(self) -> None:
+        if self.sampler is not None and self.sampler.error is not None:
+            error = self.sampler.error
+            if isinstance(error, EnergyPruneError):
+                raise error
+            raise BackendError(f"reading instantaneous power failed: {error}")
+
+    def states(self) -> tuple[DeviceState, ...]:
+        states: list[DeviceState] = []
+        for backend in self.backends:
+            if isinstance(backend, DeviceStateReporter):
+                with contextlib.suppress(Exception):
+                    states.extend(backend.device_states())
+        return tuple(states)
+
+    def facts(self) -> dict[str, Any]:
+        facts: dict[str, Any] = {
+            "host": platform.node(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        }
+        with contextlib.suppress(Exception):
+            import torch
+
+            facts["torch"] = torch.__version__
+        for backend in self.backends:
+            if isinstance(backend, DeviceFactsReporter):
+                with contextlib.suppress(Exception):
+                    facts[backend.name] = dict(backend.device_facts())
+        return facts
+
+    def measure_span(
+        self, body: Callable[[], int], fallback_power_w: Mapping[str, float]
+    ) -> tuple[float, dict[str, float], dict[str, float], Any]:
+        """Run `body` between two synchronised edges; returns (duration, energy, uncertainty,
+        whatever body returned). Nothing is read between the edges."""
+        assert self.edges is not None
+        self.sync()
+        start = self.edges.start_edge()
+        result = body()
+        self.sync()
+        end = self.edges.end_edge()
+        self.check_sampler()
+        energy = self.edges.window_energy(start, end, fallback_power_w)
+        missed = set(start.missed_ticks) | set(end.missed_ticks)
+        if missed:
+            logger.warning("counter(s) %s did not tick at a window edge", ", ".join(sorted(missed)))
+        return end.t_s - start.t_s, energy.energy_j, energy.uncertainty_j, result
+
+    def idle_power_w(self, idle_s: float) -> dict[str, float]:
+        """Power of each domain while nothing runs: counter difference over the time between the
+        ticks it refers to (so no edge correction is needed), or mean sampled power."""
+        if idle_s <= 0:
+            return {}
+        assert self.edges is not None and self.sampler is not None
+        self.sync()
+        start = self.edges.start_edge()
+        time.sleep(idle_s)
+        end = self.edges.end_edge()
+        self.check_sampler()
+        idle_w: dict[str, float] = {}
+        for domain in self.domains:
+            name = domain.name
+            if domain.has_counter:
+                span_s = end.tick_t_s[name] - start.tick_t_s[name]
+                power_w = (end.counters_j[name] - start.counters_j[name]) / span_s if span_s > 0 else 0.0
+            else:
+                power_w = self.sampler.mean_power_w(name, start.t_s, end.t_s)
+            idle_w[name] = max(0.0, power_w)
+        return idle_w
+
+
+class Meter:
+    """Measures workloads with a fixed set of backends. See the module docstring for the method."""
+
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        config: MeterConfig | None = None,
+        sync: Callable[[], None] = no_sync,
+        progress: Progress | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.backends = list(backends)
+        self.config = config or MeterConfig()
+        self.sync = sync
+        self.progress = progress or (lambda phase, fraction, message: None)
+        self.clock = clock
+
+    # ---- public API -------------------------------------------------------------------------
+    def measure(self, workload: Workload, batch_size: int = 1, label: str = "model") -> Measurement:
+        _check_batch_size(batch_size)
+        run = _Run(label, workload, batch_size)
+        with MeterSession(self.backends, self.sync, self.config.sample_interval_s, self.clock) as session:
+            idle_w = self._idle(session)
+            self._warm_up(session, run)
+            stop_reason = self._repeat(session, [run], idle_w)
+            return self._result(session, run, idle_w, stop_reason)
+
+    def compare(
+        self,
+        workload_a: Workload,
+        workload_b: Workload,
+        batch_size_a: int = 1,
+        batch_size_b: int = 1,
+        labels: tuple[str, str] = ("A", "B"),
+    ) -> Comparison:
+        _check_batch_size(batch_size_a)
+        _check_batch_size(batch_size_b)
+        run_a = _Run(labels[0], workload_a, batch_size_a)
+        run_b = _Run(labels[1], workload_b, batch_size_b)
+        with MeterSession(self.backends, self.sync, self.config.sample_interval_s, self.clock) as session:
+            idle_w = self._idle(session)
+            self._warm_up(session, run_a)
+            self._warm_up(session, run_b)
+            stop_reason = self._repeat(session, [run_a, run_b], idle_w)
+            a = self._result(session, run_a, idle_w, stop_reason)
+            b = self._result(session, run_b, idle_w, stop_reason)
+        return Comparison(a, b, tuple(_bracketed_ratios(run_a.windows, run_b.windows)), stop_reason)
+
+    # ---- phases -----------------------------------------------------------------------------
+    def _idle(self, session: MeterSession) -> dict[str, float]:
+        self.progress("idle", 0.0, f"measuring idle power for {self.config.idle_s:g} s")
+        idle_w = session.idle_power_w(self.config.idle_s)
+        self.progress("idle", 1.0, "idle power measured")
+        return idle_w
+
+    def _warm_up(self, session: MeterSession, run: _Run) -> None:
+        """Run until the latency of single calls is stable (compilation, autotuning and caches
+        settle), then size windows from it."""
+        latencies: list[float] = []
+        started = self.clock()
+        while True:
+            self.sync()
+            t0 = self.clock()
+            _call(run)
+            self.sync()
+            latencies.append(self.clock() - t0)
+            elapsed = self.clock() - started
+            self.progress("warmup", min(1.0, elapsed / max(self.config.max_warmup_s, 1e-9)),
+                          f"warming up {run.label}: {len(latencies)} calls")
+            if _stable(latencies) or elapsed >= self.config.max_warmup_s:
+                break
+        run.warmup_inferences = len(latencies)
+        latency_s = stats.median(latencies[-5:])
+        run.n_per_window = max(1, math.ceil(self.config.window_s / max(latency_s, 1e-9)))
+        if not _stable(latencies):
+            logger.info("%s: latency still moving after %.1f s of warm-up", run.label, elapsed)
+
+    def _repeat(self, session: MeterSession, runs: list[_Run], idle_w: Mapping[str, float]) -> str:
+        """Windows until precise enough or out of time. With two runs, windows alternate
+        A B A B ... and end with an extra A so every B window is bracketed."""
+        config = self.config
+        measured_s = 0.0
+        index = 0
+        while True:
+            for run in runs:
+                self._window(session, run, index, idle_w)
+                measured_s += run.windows[-1].duration_s
+                index += 1
+            done = len(runs[-1].windows) >= config.repeats
+            precision = self._achieved_precision(runs)
+            fraction = min(1.0, max(len(runs[-1].windows) / config.repeats, measured_s / config.max_duration_s))
+            self.progress("measure", fraction,
+                          f"{len(runs[-1].windows)} windows, +-{precision * 100:.1f}% (95%)")
+            if done and config.precision == 0:  # no precision asked: the repeats are the plan
+                reason = "repeats-done"
+                break
+            if done and precision <= config.precision:
+                reason = "precision-reached"
+                break
+            next_s = sum(r.windows[-1].duration_s for r in runs)
+            if done and measured_s + next_s > config.max_duration_s:
+                reason = "max-duration-reached"
+                break
+        if len(runs) == 2:
+            self._window(session, runs[0], index, idle_w)  # the closing A of the bracket
+        return reason
+
+    def _achieved_precision(self, runs: list[_Run]) -> float:
+        if len(runs) == 2:
+            ratios = _bracketed_ratios(runs[0].windows, runs[1].windows)
+            if len(ratios) < 2:
+                return math.inf
+            return stats.relative_half_width(stats.mean_ci95(ratios))
+        values = [w.per_inference_j for w in runs[0].windows]
+        if len(values) < 2:
+            return math.inf
+        return stats.relative_half_width(stats.mean_ci95(values))
+
+    def _window(self, session: MeterSession, run: _Run, index: int, idle_w: Mapping[str, float]) -> None:
+        n = run.n_per_window
+        duration_s, energy_j, uncertainty_j, _ = session.measure_span(lambda: _loop(run, n), idle_w)
+        run.windows.append(
+            Window(index, run.label, n, duration_s, energy_j, uncertainty_j, session.states())
+        )
+        # Re-size from what a window really took: unsynchronised calls pipeline on a GPU and run
+        # faster than the synchronised warm-up calls suggested.
+        latency_s = duration_s / n
+        run.n_per_window = max(1, math.ceil(self.config.window_s / max(latency_s, 1e-9)))
+
+    def _result(
+        self, session: MeterSession, run: _Run, idle_w: Mapping[str, float], stop_reason: str
+    ) -> Measurement:
+        if not run.windows:
+            raise MeasurementError("no window was measured")
+        warnings = list(_throttle_warnings(run.windows))
+        total_j = sum(w.total_energy_j for w in run.windows)
+        if total_j <= 0:
+            raise MeasurementError(
+                "the counters saw no energy during the measurement: the device may not be the "
+                "one the backends meter (check --device and --backend)"
+            )
+        idle_total_w = sum(idle_w.values())
+        if any(w.total_energy_j < idle_total_w * w.duration_s * 0.98 for w in run.windows):
+            warnings.append(
+                "some windows drew less than the idle power: the idle baseline drifted (the "
+                "above-idle figure is uncertain; measure longer or let the device settle)"
+            )
+        if stop_reason == "max-duration-reached":
+            achieved = stats.relative_half_width(stats.mean_ci95([w.per_inference_j for w in run.windows]))
+            warnings.append(
+                f"the 95% interval is +-{achieved * 100:.1f}%, wider than the +-{self.config.precision * 100:g}% "
+                f"asked: --max-duration ({self.config.max_duration_s:g} s) ran out first"
+            )
+        trace: PowerTrace | None = None
+        if self.config.keep_trace and session.sampler is not None and session.sampler.active:
+            trace = session.sampler.trace()
+        return Measurement(
+            label=run.label,
+            batch_size=run.batch_size,
+            domains=tuple(session.domains),
+            windows=tuple(run.windows),
+            idle_power_w=dict(idle_w),
+            stop_reason=stop_reason,
+            precision=self.config.precision,
+            warmup_inferences=run.warmup_inferences,
+            device=session.facts(),
+            warnings=tuple(warnings),
+            power_trace=trace,
+        )
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise UsageError(f"the batch size must be at least 1 (got {batch_size})")
+
+
+def _call(run: _Run) -> None:
+    try:
+        run.workload()
+    except EnergyPruneError:
+        raise
+    except Exception as error:  # the user's model failed: say so in one line
+        raise MeasurementError(f"the workload {run.label!r} failed: {type(error).__name__}: {error}") from error
+
+
+def _loop(run: _Run, n: int) -> int:
+    workload = run.workload
+    try:
+        for _ in range(n):
+            workload()
+    except Exception as error:
+        raise MeasurementError(f"the workload {run.label!r} failed: {type(error).__name__}: {error}") from error
+    return n
+
+
+def _stable(latencies: Sequence[float], window: int = 5, tolerance: float = 0.05) -> bool:
+    """Two consecutive groups of `window` calls agree on their median within `tolerance`."""
+    if len(latencies) < 2 * window:
+        return False
+    recent = stats.median(latencies[-window:])
+    before = stats.median(latencies[-2 * window:-window])
+    return abs(recent - before) <= tolerance * before
+
+
+def _bracketed_ratios(a_windows: Sequence[Window], b_windows: Sequence[Window]) -> list[float]:
+    ratios = []
+    for i, b in enumerate(b_windows):
+        if i + 1 >= len(a_windows):
+            break
+        a_mean = (a_windows[i].per_inference_j + a_windows[i + 1].per_inference_j) / 2
+        if a_mean > 0:
+            ratios.append(b.per_inference_j / a_mean)
+    return ratios
+
+
+def _throttle_warnings(windows: Sequence[Window]) -> Iterator[str]:
+    by_domain: dict[str, list[DeviceState]] = {}
+    for window in windows:
+        for state in window.states:
+            by_domain.setdefault(state.domain, []).append(state)
+    for domain, states in by_domain.items():
+        limited = [s for s in states if LIMITING_THROTTLE_REASONS.intersection(s.throttle_reasons)]
+        if not limited:
+            continue
+        reasons = sorted({r for s in limited for r in s.throttle_reasons} & LIMITING_THROTTLE_REASONS)
+        clocks = [s.sm_clock_mhz for s in states if s.sm_clock_mhz is not None]
+        clock_text = f"; SM clock {min(clocks):.0f}-{max(clocks):.0f} MHz" if clocks else ""
+        yield (
+            f"{domain} was limited ({', '.join(reasons)}) in {len(limited)} of {len(states)} windows"
+            f"{clock_text}: its J/inference drifts with the clock, so compare models with "
+            "`energyprune compare` (interleaved windows), not with two separate measurements"
+        )
