@@ -24,6 +24,8 @@ from typing import Any
 
 from energyprune import stats
 from energyprune.backends.base import Backend, DeviceFactsReporter, DeviceStateReporter, PowerSensor
+# The names of throttle reasons that change what a joule buys belong to the backend reporting them.
+from energyprune.backends.nvml import LIMITING_THROTTLE_REASONS
 from energyprune.edges import EdgeReader
 from energyprune.errors import BackendError, EnergyPruneError, MeasurementError, UsageError
 from energyprune.measurement import DeviceState, DomainInfo, Measurement, PowerTrace, Provenance, Window
@@ -34,12 +36,6 @@ logger = logging.getLogger(__name__)
 Workload = Callable[[], Any]
 #: progress(phase, fraction_done, message): phase is "idle", "warmup" or "measure".
 Progress = Callable[[str, float, str], None]
-
-#: Throttle reasons that change what a joule buys (not "gpu-idle", which only means no work).
-LIMITING_THROTTLE_REASONS = frozenset(
-    {"sw-power-cap", "hw-slowdown", "sw-thermal", "hw-thermal", "hw-power-brake"}
-)
-
 
 @dataclass(frozen=True)
 class MeterConfig:
