@@ -26,7 +26,7 @@ from energyprune import stats
 from energyprune.backends.base import Backend, DeviceFactsReporter, DeviceStateReporter, PowerSensor
 # The names of throttle reasons that change what a joule buys belong to the backend reporting them.
 from energyprune.backends.nvml import LIMITING_THROTTLE_REASONS
-from energyprune.edges import EdgeReader
+from energyprune.edges import COARSE_RESOLUTION_S, EdgeReader
 from energyprune.errors import BackendError, EnergyPruneError, MeasurementError, UsageError
 from energyprune.measurement import DeviceState, DomainInfo, Measurement, PowerTrace, Provenance, Window
 from energyprune.sampler import PowerSampler
@@ -34,6 +34,8 @@ from energyprune.sampler import PowerSampler
 logger = logging.getLogger(__name__)
 
 Workload = Callable[[], Any]
+#: Sampling interval when samples only draw the power trace (no energy figure depends on them).
+TRACE_INTERVAL_S = 0.1
 #: progress(phase, fraction_done, message): phase is "idle", "warmup" or "measure".
 Progress = Callable[[str, float, str], None]
 
@@ -148,13 +150,22 @@ class MeterSession:
             if len(set(names)) != len(names):
                 raise UsageError(f"two backends meter the same domain: {sorted(names)}")
             sensors = [b.power_w for b in self.backends if isinstance(b, PowerSensor)]
-            self.sampler = PowerSampler(sensors, self._sample_interval_s, clock=self.clock)
+            self.sampler = PowerSampler(sensors, self._sampling_interval_s(), clock=self.clock)
             self.sampler.start()
             self.edges = EdgeReader(self.backends, self.domains, self.sampler, clock=self.clock)
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
+
+    def _sampling_interval_s(self) -> float:
+        """Fast sampling only where the energy depends on it (edges of a coarse counter, domains
+        with no counter). Otherwise the samples only draw the power trace, and a thread waking
+        every 5 ms would cost a CPU workload on a small machine more than it tells."""
+        needs_samples = any(
+            not d.has_counter or d.resolution_s >= COARSE_RESOLUTION_S for d in self.domains
+        )
+        return self._sample_interval_s if needs_samples else max(self._sample_interval_s, TRACE_INTERVAL_S)
 
     def __exit__(self, *exc_info: object) -> None:
         if self.sampler is not None:

@@ -1,0 +1,429 @@
+"""The labelled fallback: CPU and memory energy from utilisation and a power model, not a counter.
+
+Used where no counter is readable (RAPL is root-only on most distributions and absent in most
+VMs). Every domain it reports is ``Provenance.ESTIMATED`` and carries its relative model
+uncertainty and the assumptions behind it, so a report can print how the figure was obtained.
+
+CPU model (domain ``estimated:cpu``): P = P_idle + (P_max - P_idle) * u, where u is the system-wide
+utilisation between two reads, Δbusy / (Δwall * logical CPUs), and P_max is the power share of the
+CPUs this machine sees: package TDP * visible logical CPUs / logical CPUs per package. On a VM with
+2 vCPUs of a 128-thread EPYC that is 2/128 of the TDP, not all of it. P_idle = 0.3 * P_max.
+
+Memory model (domain ``estimated:ram``): 0.375 W per GiB installed, constant.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from energyprune.backends.base import Availability
+from energyprune.errors import BackendError, BackendUnavailable, UsageError
+from energyprune.measurement import DomainInfo, EnergyReading, Provenance
+
+logger = logging.getLogger(__name__)
+
+CPU_DOMAIN = "estimated:cpu"
+RAM_DOMAIN = "estimated:ram"
+
+#: Idle power as a fraction of the maximum; measured servers idle at roughly 0.2-0.5 of it.
+IDLE_FRACTION = 0.3
+#: Assumed full-load power per logical CPU when no TDP is known.
+GENERIC_W_PER_LOGICAL_CPU = 10.0
+#: DRAM power per GiB installed: 3 W per 8 GiB DDR4 DIMM.
+RAM_W_PER_GIB = 0.375
+
+#: Relative model uncertainty of the CPU estimate, by where the TDP came from.
+UNCERTAINTY_USER_TDP = 0.25
+UNCERTAINTY_TABLE_TDP = 0.35
+UNCERTAINTY_GENERIC_TDP = 0.6
+#: Relative model uncertainty of the memory estimate.
+UNCERTAINTY_RAM = 0.5
+
+_GIB = 1024**3
+_TABLE_SOURCE = "vendor specification sheet"
+
+
+@dataclass(frozen=True)
+class TdpEntry:
+    """One row of the built-in TDP table: a CPU recognised by its `model name` in /proc/cpuinfo."""
+
+    keys: tuple[str, ...]  # substrings of the model name, each matched as a whole token
+    tdp_w: float  # rated TDP of one package (Intel: Processor Base Power)
+    threads_per_package: int  # logical CPUs of one package with SMT on
+
+    def matches(self, model: str) -> bool:
+        # A key must not run on into letters or digits, so "Platinum 8380" does not match the
+        # (different) "Platinum 8380H" and "Ryzen 9 7950X" does not match "Ryzen 9 7950X3D".
+        return any(re.search(re.escape(k) + r"(?![0-9A-Za-z])", model) for k in self.keys)
+
+
+#: TDP of common server and desktop CPUs, from the vendors' specification sheets.
+TDP_TABLE: tuple[TdpEntry, ...] = (
+    # AMD EPYC 7003 (Milan)
+    TdpEntry(("EPYC 7763",), 280.0, 128),
+    TdpEntry(("EPYC 7713",), 225.0, 128),
+    TdpEntry(("EPYC 7543",), 225.0, 64),
+    TdpEntry(("EPYC 7443",), 200.0, 48),
+    TdpEntry(("EPYC 7313",), 155.0, 32),
+    # AMD EPYC 9004 (Genoa)
+    TdpEntry(("EPYC 9654",), 360.0, 192),
+    TdpEntry(("EPYC 9554",), 360.0, 128),
+    TdpEntry(("EPYC 9454",), 290.0, 96),
+    TdpEntry(("EPYC 9354",), 280.0, 64),
+    # Intel Xeon Scalable 4th gen (Sapphire Rapids)
+    TdpEntry(("Platinum 8480+", "Platinum 8480C"), 350.0, 112),
+    TdpEntry(("Platinum 8468",), 350.0, 96),
+    TdpEntry(("Gold 6430",), 270.0, 64),
+    # Intel Xeon Scalable 3rd gen (Ice Lake)
+    TdpEntry(("Platinum 8380",), 270.0, 80),
+    TdpEntry(("Platinum 8358",), 250.0, 64),
+    TdpEntry(("Gold 6338",), 205.0, 64),
+    # Intel Core 12th-14th gen (Processor Base Power; turbo goes well above it)
+    TdpEntry(("i9-14900K", "i9-14900KF"), 125.0, 32),
+    TdpEntry(("i9-13900K", "i9-13900KF"), 125.0, 32),
+    TdpEntry(("i9-12900K", "i9-12900KF"), 125.0, 24),
+    TdpEntry(("i7-14700K", "i7-14700KF"), 125.0, 28),
+    TdpEntry(("i7-13700K", "i7-13700KF"), 125.0, 24),
+    TdpEntry(("i7-12700K", "i7-12700KF"), 125.0, 20),
+    # AMD Ryzen 5000 / 7000
+    TdpEntry(("Ryzen 9 7950X",), 170.0, 32),
+    TdpEntry(("Ryzen 9 7900X",), 170.0, 24),
+    TdpEntry(("Ryzen 9 5950X",), 105.0, 32),
+    TdpEntry(("Ryzen 9 5900X",), 105.0, 24),
+    TdpEntry(("Ryzen 7 7700X",), 105.0, 16),
+    TdpEntry(("Ryzen 7 5800X",), 105.0, 16),
+)
+
+
+def lookup_tdp(model: str) -> TdpEntry | None:
+    """The table entry for a `model name` from /proc/cpuinfo, or None when it is not known."""
+    for entry in TDP_TABLE:
+        if entry.matches(model):
+            return entry
+    return None
+
+
+def read_cpu_model(cpuinfo_path: str | os.PathLike[str]) -> str:
+    """The first `model name` in a /proc/cpuinfo-style file; "unknown CPU" when there is none."""
+    try:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == "model name" and value.strip():
+                    return " ".join(value.split())
+    except OSError as e:
+        logger.debug("cannot read %s: %s", cpuinfo_path, e)
+    return "unknown CPU"
+
+
+def _psutil_cpu_times() -> tuple[float, float]:
+    """(busy_s, total_s) summed over all CPUs since boot, from psutil."""
+    import psutil
+
+    t = psutil.cpu_times()
+    total = float(sum(t))
+    # On Linux guest time is already counted in user (and guest_nice in nice): do not count twice,
+    # as psutil's own cpu_percent() does not.
+    total -= getattr(t, "guest", 0.0) + getattr(t, "guest_nice", 0.0)
+    busy = total - t.idle - getattr(t, "iowait", 0.0)
+    return busy, total
+
+
+def _psutil_logical_cpus() -> int:
+    import psutil
+
+    count = psutil.cpu_count(logical=True)
+    if not count:
+        raise BackendError("psutil could not count the logical CPUs: pass logical_cpus explicitly")
+    return int(count)
+
+
+def _psutil_memory_total_bytes() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().total)
+
+
+@dataclass(frozen=True)
+class PowerModel:
+    """The resolved model: what the estimate assumes about this machine."""
+
+    cpu_model: str
+    logical_cpus: int
+    memory_total_bytes: int
+    max_w: float  # full-load power of the visible CPUs
+    idle_w: float
+    tdp_w: float  # the TDP used: a package's TDP from the table, or the user's / generic figure
+    tdp_source: str
+    cpu_uncertainty: float
+    cpu_assumptions: tuple[str, ...]
+    ram_w: float
+    ram_assumptions: tuple[str, ...]
+
+    def cpu_power_w(self, utilisation: float) -> float:
+        return self.idle_w + (self.max_w - self.idle_w) * utilisation
+
+
+def _w(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def build_power_model(
+    cpu_model: str, logical_cpus: int, memory_total_bytes: int, cpu_tdp_w: float | None
+) -> PowerModel:
+    """The power model for a machine; `cpu_tdp_w` is the power of the CPUs this process sees."""
+    n = logical_cpus
+    cpus = f"{n} logical CPU{'s' if n != 1 else ''}"
+    entry = lookup_tdp(cpu_model) if cpu_tdp_w is None else None
+    if cpu_tdp_w is not None:
+        max_w, tdp_w, uncertainty = float(cpu_tdp_w), float(cpu_tdp_w), UNCERTAINTY_USER_TDP
+        source = "given by the user (--cpu-tdp-w)"
+        tdp_sentences = (
+            f"The {cpus} this process sees were taken to draw {_w(max_w)} W at full load, as "
+            f"given by the user (--cpu-tdp-w); that figure is used as it is, with no share taken.",
+        )
+    elif entry is not None:
+        tdp_w, uncertainty = entry.tdp_w, UNCERTAINTY_TABLE_TDP
+        max_w = entry.tdp_w * n / entry.threads_per_package
+        source = _TABLE_SOURCE
+        tdp_sentences = (
+            f"The TDP of one {cpu_model} package was taken as {_w(entry.tdp_w)} W for "
+            f"{entry.threads_per_package} logical CPUs ({_TABLE_SOURCE}); sustained power under "
+            f"boost can exceed the TDP.",
+            f"This machine sees {cpus}, so it is charged {n}/{entry.threads_per_package} of that "
+            f"TDP: {_w(max_w)} W at full load.",
+        )
+    else:
+        max_w = GENERIC_W_PER_LOGICAL_CPU * n
+        tdp_w, uncertainty = max_w, UNCERTAINTY_GENERIC_TDP
+        source = f"generic default of {_w(GENERIC_W_PER_LOGICAL_CPU)} W per logical CPU"
+        tdp_sentences = (
+            f"No TDP is known for {cpu_model}; {_w(GENERIC_W_PER_LOGICAL_CPU)} W per logical CPU "
+            f"was assumed, so {_w(max_w)} W at full load for the {cpus} visible (pass "
+            f"--cpu-tdp-w to give the real figure).",
+        )
+    idle_w = IDLE_FRACTION * max_w
+    cpu_assumptions = (
+        *tdp_sentences,
+        f"Idle power was taken as {IDLE_FRACTION:g} of the full-load power ({_w(idle_w)} W); "
+        f"servers measured in the literature idle at roughly 0.2 to 0.5 of their maximum.",
+        "Power was taken to rise linearly from idle to full load with the system-wide CPU "
+        "utilisation (busy time from psutil over wall time times logical CPUs), so the work of "
+        "other processes is charged too, and clock boost and memory stalls are not modelled.",
+        f"The CPU estimate is taken to be uncertain by ±{uncertainty:.0%} (relative, "
+        f"systematic); it is a model, not a measurement.",
+    )
+    gib = memory_total_bytes / _GIB
+    ram_w = RAM_W_PER_GIB * gib
+    ram_assumptions = (
+        f"Memory was taken to draw {RAM_W_PER_GIB:g} W per GiB installed (3 W per 8 GiB DDR4 "
+        f"DIMM, the usual figure): {_w(ram_w)} W for {gib:.1f} GiB.",
+        "Memory power was taken as constant: DRAM background and refresh power barely depends on "
+        "use under this model, so the energy above idle it attributes to memory is about zero.",
+        f"The memory estimate is taken to be uncertain by ±{UNCERTAINTY_RAM:.0%} (relative, "
+        f"systematic); it is a model, not a measurement.",
+    )
+    return PowerModel(
+        cpu_model=cpu_model,
+        logical_cpus=n,
+        memory_total_bytes=memory_total_bytes,
+        max_w=max_w,
+        idle_w=idle_w,
+        tdp_w=tdp_w,
+        tdp_source=source,
+        cpu_uncertainty=uncertainty,
+        cpu_assumptions=cpu_assumptions,
+        ram_w=ram_w,
+        ram_assumptions=ram_assumptions,
+    )
+
+
+class EstimatedBackend:
+    """CPU and memory energy from psutil utilisation and a power model; always ESTIMATED.
+
+    Every input is injectable so that tests are deterministic: `cpu_times` returns
+    (busy_s, total_s) summed over all CPUs, `clock` is the wall clock the utilisation is taken
+    over. `cpu_tdp_w` is the full-load power of the CPUs this process sees (already the share).
+    """
+
+    name = "estimated"
+    provenance = Provenance.ESTIMATED
+
+    def __init__(
+        self,
+        cpu_tdp_w: float | None = None,
+        cpu_times: Callable[[], tuple[float, float]] | None = None,
+        cpuinfo_path: str | os.PathLike[str] = "/proc/cpuinfo",
+        logical_cpus: int | None = None,
+        memory_total_bytes: int | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if cpu_tdp_w is not None:
+            if isinstance(cpu_tdp_w, bool) or not isinstance(cpu_tdp_w, (int, float)) or not (
+                math.isfinite(cpu_tdp_w) and cpu_tdp_w > 0
+            ):
+                raise UsageError(
+                    f"--cpu-tdp-w must be a positive, finite number of watts (the full-load power "
+                    f"of the CPUs this process sees), not {cpu_tdp_w!r}"
+                )
+        if logical_cpus is not None and logical_cpus < 1:
+            raise UsageError(f"logical_cpus must be at least 1, not {logical_cpus!r}")
+        if memory_total_bytes is not None and memory_total_bytes < 0:
+            raise UsageError(f"memory_total_bytes cannot be negative ({memory_total_bytes!r})")
+        self._cpu_tdp_w = cpu_tdp_w
+        self._cpu_times = cpu_times if cpu_times is not None else _psutil_cpu_times
+        self._cpuinfo_path = cpuinfo_path
+        self._logical_cpus = logical_cpus
+        self._memory_total_bytes = memory_total_bytes
+        self._clock = clock
+        self._availability: Availability | None = None
+        self._model: PowerModel | None = None
+        self._open = False
+        # read() and power_w() keep separate state so that a sampler thread calling power_w()
+        # never shortens the intervals read() integrates over.
+        self._read_t = 0.0
+        self._read_busy = 0.0
+        self._cpu_j = 0.0
+        self._ram_j = 0.0
+        self._power_t = 0.0
+        self._power_busy = 0.0
+        self._last_cpu_w = 0.0
+
+    # ---- probing ----------------------------------------------------------------------------
+    def probe(self) -> Availability:
+        if self._availability is None:
+            self._availability = self._probe()
+            logger.debug("estimated backend: %s", self._availability.reason)
+        return self._availability
+
+    def _probe(self) -> Availability:
+        try:
+            self._cpu_times()
+            self.power_model()
+        except ImportError:
+            return Availability(
+                False, "psutil is not installed, so CPU utilisation cannot be read",
+                fix="pip install psutil",
+            )
+        except Exception as e:  # psutil.Error, OSError: report, never raise for absent hardware
+            return Availability(
+                False, f"psutil could not read CPU times or memory size: {e}",
+                fix="check that /proc is mounted and readable, or pass cpu_times, logical_cpus "
+                    "and memory_total_bytes explicitly",
+            )
+        return Availability(True, "estimated from CPU utilisation and a power model; not a "
+                                  "measurement")
+
+    def power_model(self) -> PowerModel:
+        """The resolved power model (the cpuinfo file and psutil are read once, then cached)."""
+        if self._model is None:
+            n = self._logical_cpus if self._logical_cpus is not None else _psutil_logical_cpus()
+            mem = (self._memory_total_bytes if self._memory_total_bytes is not None
+                   else _psutil_memory_total_bytes())
+            self._model = build_power_model(
+                read_cpu_model(self._cpuinfo_path), n, mem, self._cpu_tdp_w
+            )
+        return self._model
+
+    # ---- the backend protocol ---------------------------------------------------------------
+    def open(self) -> None:
+        availability = self.probe()
+        if not availability.ok:
+            fix = f": {availability.fix}" if availability.fix else ""
+            raise BackendUnavailable(f"estimated backend: {availability.reason}{fix}")
+        busy, _ = self._cpu_times()
+        now = self._clock()
+        self._read_t = self._power_t = now
+        self._read_busy = self._power_busy = busy
+        self._cpu_j = self._ram_j = 0.0
+        self._last_cpu_w = self.power_model().idle_w
+        self._open = True
+
+    def domains(self) -> Sequence[DomainInfo]:
+        m = self.power_model()
+        cpus = f"{m.logical_cpus} logical CPU{'s' if m.logical_cpus != 1 else ''} visible"
+        return (
+            DomainInfo(
+                name=CPU_DOMAIN,
+                backend=self.name,
+                provenance=Provenance.ESTIMATED,
+                method="utilisation-model",
+                device=f"{m.cpu_model} ({cpus}), estimated",
+                has_counter=True,
+                resolution_s=0.0,
+                model_relative_uncertainty=m.cpu_uncertainty,
+                assumptions=m.cpu_assumptions,
+            ),
+            DomainInfo(
+                name=RAM_DOMAIN,
+                backend=self.name,
+                provenance=Provenance.ESTIMATED,
+                method="utilisation-model",
+                device=f"{m.memory_total_bytes / _GIB:.1f} GiB RAM, estimated",
+                has_counter=True,
+                resolution_s=0.0,
+                model_relative_uncertainty=UNCERTAINTY_RAM,
+                assumptions=m.ram_assumptions,
+            ),
+        )
+
+    def read(self) -> EnergyReading:
+        """Joules since open: the power model integrated over the intervals between reads."""
+        self._require_open()
+        m = self.power_model()
+        busy, _ = self._cpu_times()
+        now = self._clock()
+        dt = now - self._read_t
+        if dt > 0:
+            u = self._utilisation(busy - self._read_busy, dt)
+            self._cpu_j += m.cpu_power_w(u) * dt
+            self._ram_j += m.ram_w * dt
+            self._read_t, self._read_busy = now, busy
+        return EnergyReading(t_s=now, energy_j={CPU_DOMAIN: self._cpu_j, RAM_DOMAIN: self._ram_j})
+
+    def power_w(self) -> Mapping[str, float]:
+        """Model power for the utilisation since the previous power_w() call (or open)."""
+        self._require_open()
+        m = self.power_model()
+        busy, _ = self._cpu_times()
+        now = self._clock()
+        dt = now - self._power_t
+        if dt > 0:
+            u = self._utilisation(busy - self._power_busy, dt)
+            self._last_cpu_w = m.cpu_power_w(u)
+            self._power_t, self._power_busy = now, busy
+        return {CPU_DOMAIN: self._last_cpu_w, RAM_DOMAIN: m.ram_w}
+
+    def close(self) -> None:
+        self._open = False
+
+    def device_facts(self) -> Mapping[str, Any]:
+        m = self.power_model()
+        return {
+            "cpu_model": m.cpu_model,
+            "logical_cpus": m.logical_cpus,
+            "memory_total_bytes": m.memory_total_bytes,
+            "cpu_tdp_w": m.tdp_w,
+            "cpu_tdp_source": m.tdp_source,
+            "cpu_max_power_w": m.max_w,
+            "cpu_idle_power_w": m.idle_w,
+            "ram_power_w": m.ram_w,
+        }
+
+    # ---- helpers ----------------------------------------------------------------------------
+    def _utilisation(self, d_busy_s: float, d_wall_s: float) -> float:
+        # Busy time is counted in scheduler ticks (10 ms), so a short interval can come out a
+        # little above 1 or below 0: clamp.
+        u = d_busy_s / (d_wall_s * self.power_model().logical_cpus)
+        return min(1.0, max(0.0, u))
+
+    def _require_open(self) -> None:
+        if not self._open:
+            raise BackendError("the estimated backend was read before open() (or after close())")

@@ -1,0 +1,265 @@
+"""The estimated backend on fake machines: a VM slice of a known EPYC, an unknown CPU, a user
+TDP."""
+
+from __future__ import annotations
+
+import pytest
+
+from energyprune.backends.base import Backend, DeviceFactsReporter, PowerSensor
+from energyprune.backends.estimated import (
+    CPU_DOMAIN,
+    RAM_DOMAIN,
+    EstimatedBackend,
+    lookup_tdp,
+    read_cpu_model,
+)
+from energyprune.errors import BackendError, UsageError
+from energyprune.measurement import Provenance
+
+GIB = 1024**3
+
+
+class FakeClock:
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeCpuTimes:
+    """(busy_s, total_s) summed over all CPUs; the test sets `busy` before each read."""
+
+    def __init__(self) -> None:
+        self.busy = 0.0
+        self.total = 0.0
+
+    def __call__(self) -> tuple[float, float]:
+        return self.busy, self.total
+
+
+def cpuinfo(tmp_path, model: str | None, n: int = 2):
+    path = tmp_path / "cpuinfo"
+    blocks = []
+    for i in range(n):
+        lines = [f"processor\t: {i}", "vendor_id\t: AuthenticAMD"]
+        if model is not None:
+            lines.append(f"model name\t: {model}")
+        blocks.append("\n".join(lines))
+    path.write_text("\n\n".join(blocks) + "\n")
+    return path
+
+
+def make(tmp_path, model="AMD EPYC 7763 64-Core Processor", logical_cpus=2,
+         memory_total_bytes=8 * GIB, cpu_tdp_w=None):
+    clock, times = FakeClock(), FakeCpuTimes()
+    backend = EstimatedBackend(cpu_tdp_w=cpu_tdp_w, cpu_times=times,
+                               cpuinfo_path=cpuinfo(tmp_path, model, logical_cpus),
+                               logical_cpus=logical_cpus, memory_total_bytes=memory_total_bytes,
+                               clock=clock)
+    return backend, clock, times
+
+
+def domain(backend, name):
+    return next(d for d in backend.domains() if d.name == name)
+
+
+# ---- the model's inputs -----------------------------------------------------------------------
+def test_cpu_model_read_from_cpuinfo(tmp_path):
+    assert read_cpu_model(cpuinfo(tmp_path, "AMD EPYC 7763 64-Core Processor")) == \
+        "AMD EPYC 7763 64-Core Processor"
+
+
+def test_cpu_model_unknown_without_model_name_or_file(tmp_path):
+    assert read_cpu_model(cpuinfo(tmp_path, None)) == "unknown CPU"
+    assert read_cpu_model(tmp_path / "absent") == "unknown CPU"
+
+
+def test_table_keys_do_not_run_on_into_other_models():
+    assert lookup_tdp("Intel(R) Xeon(R) Platinum 8380 CPU @ 2.30GHz").tdp_w == 270.0
+    assert lookup_tdp("Intel(R) Xeon(R) Platinum 8380H CPU @ 2.90GHz") is None  # Cooper Lake
+    assert lookup_tdp("AMD Ryzen 9 7950X 16-Core Processor").tdp_w == 170.0
+    assert lookup_tdp("AMD Ryzen 9 7950X3D 16-Core Processor") is None  # a 120 W part
+    assert lookup_tdp("13th Gen Intel(R) Core(TM) i9-13900KF").threads_per_package == 32
+    assert lookup_tdp("AMD EPYC") is None
+
+
+# ---- the VM share -----------------------------------------------------------------------------
+def test_vm_slice_of_known_epyc_is_charged_its_share(tmp_path):
+    backend, _, _ = make(tmp_path, logical_cpus=2)
+    backend.open()
+    m = backend.power_model()
+    assert m.max_w == pytest.approx(280.0 * 2 / 128)  # 4.375 W, not 280 W
+    assert m.idle_w == pytest.approx(0.3 * 4.375)
+    cpu = domain(backend, CPU_DOMAIN)
+    assert cpu.model_relative_uncertainty == 0.35
+    assert any("vendor specification sheet" in a for a in cpu.assumptions)
+    assert any("2/128" in a for a in cpu.assumptions)
+    assert cpu.device == "AMD EPYC 7763 64-Core Processor (2 logical CPUs visible), estimated"
+    facts = backend.device_facts()
+    assert facts["cpu_tdp_w"] == 280.0
+    assert facts["cpu_tdp_source"] == "vendor specification sheet"
+    assert facts["logical_cpus"] == 2
+    assert facts["memory_total_bytes"] == 8 * GIB
+
+
+def test_two_sockets_visible_are_charged_two_tdps(tmp_path):
+    backend, _, _ = make(tmp_path, logical_cpus=256)
+    assert backend.power_model().max_w == pytest.approx(560.0)
+
+
+def test_unknown_model_gets_generic_default(tmp_path):
+    backend, _, _ = make(tmp_path, model="Frobnicator 9000", logical_cpus=4)
+    backend.open()
+    assert backend.power_model().max_w == 40.0
+    cpu = domain(backend, CPU_DOMAIN)
+    assert cpu.model_relative_uncertainty == 0.6
+    assert any("No TDP is known for Frobnicator 9000" in a and "10 W per logical CPU" in a
+               for a in cpu.assumptions)
+    assert backend.device_facts()["cpu_tdp_source"].startswith("generic default")
+
+
+# ---- energy -----------------------------------------------------------------------------------
+def test_energy_integrates_the_model_between_reads(tmp_path):
+    # 2 vCPUs of an EPYC 7763: P_max = 4.375 W, P_idle = 1.3125 W; 8 GiB RAM: 3 W.
+    backend, clock, times = make(tmp_path)
+    backend.open()  # t = 0, busy = 0
+    clock.now, times.busy = 1.0, 1.0  # one of two CPUs busy for 1 s: u = 0.5
+    r1 = backend.read()
+    assert r1.t_s == 1.0
+    assert r1.energy_j[CPU_DOMAIN] == pytest.approx(1.3125 + 3.0625 * 0.5)  # 2.84375 J
+    assert r1.energy_j[RAM_DOMAIN] == pytest.approx(3.0)
+    clock.now = 3.0  # idle for 2 s: u = 0
+    r2 = backend.read()
+    assert r2.energy_j[CPU_DOMAIN] == pytest.approx(2.84375 + 2 * 1.3125)
+    clock.now, times.busy = 4.0, 3.0  # both CPUs busy for 1 s: u = 1
+    r3 = backend.read()
+    assert r3.energy_j[CPU_DOMAIN] == pytest.approx(2.84375 + 2.625 + 4.375)
+    assert r3.energy_j[RAM_DOMAIN] == pytest.approx(12.0)
+
+
+def test_utilisation_is_clamped_to_one(tmp_path):
+    backend, clock, times = make(tmp_path)
+    backend.open()
+    clock.now, times.busy = 1.0, 2.5  # tick quantisation can report more busy time than exists
+    assert backend.read().energy_j[CPU_DOMAIN] == pytest.approx(4.375)
+
+
+def test_energy_is_relative_to_open(tmp_path):
+    backend, clock, times = make(tmp_path)
+    clock.now, times.busy = 100.0, 500.0
+    backend.open()
+    clock.now = 101.0
+    assert backend.read().energy_j[CPU_DOMAIN] == pytest.approx(1.3125)
+
+
+def test_user_tdp_changes_energy_and_uncertainty(tmp_path):
+    backend, clock, times = make(tmp_path, cpu_tdp_w=20.0)
+    backend.open()
+    clock.now, times.busy = 1.0, 1.0  # u = 0.5: 6 + 14 * 0.5 = 13 W
+    assert backend.read().energy_j[CPU_DOMAIN] == pytest.approx(13.0)
+    cpu = domain(backend, CPU_DOMAIN)
+    assert cpu.model_relative_uncertainty == 0.25
+    assert any("--cpu-tdp-w" in a for a in cpu.assumptions)
+    assert backend.device_facts()["cpu_tdp_w"] == 20.0
+
+
+def test_power_w_keeps_its_own_state(tmp_path):
+    backend, clock, times = make(tmp_path)
+    backend.open()
+    clock.now, times.busy = 1.0, 2.0  # u = 1 over [0, 1]
+    assert backend.power_w()[CPU_DOMAIN] == pytest.approx(4.375)
+    clock.now = 2.0  # idle over [1, 2]
+    assert backend.power_w()[CPU_DOMAIN] == pytest.approx(1.3125)
+    assert backend.power_w()[RAM_DOMAIN] == pytest.approx(3.0)
+    # read() has not been called since open: it integrates the whole [0, 2] at u = 0.5
+    assert backend.read().energy_j[CPU_DOMAIN] == pytest.approx(2 * (1.3125 + 3.0625 * 0.5))
+
+
+def test_power_w_holds_when_no_time_passed(tmp_path):
+    backend, clock, times = make(tmp_path)
+    backend.open()
+    clock.now, times.busy = 1.0, 2.0
+    first = backend.power_w()[CPU_DOMAIN]
+    assert backend.power_w()[CPU_DOMAIN] == first == pytest.approx(4.375)
+
+
+def test_read_before_open_is_an_error(tmp_path):
+    backend, _, _ = make(tmp_path)
+    with pytest.raises(BackendError, match="before open"):
+        backend.read()
+
+
+# ---- labels and validation --------------------------------------------------------------------
+def test_every_domain_is_estimated_with_assumptions(tmp_path):
+    backend, _, _ = make(tmp_path)
+    backend.open()
+    domains = backend.domains()
+    assert {d.name for d in domains} == {CPU_DOMAIN, RAM_DOMAIN}
+    for d in domains:
+        assert d.provenance is Provenance.ESTIMATED
+        assert d.assumptions
+        assert all(a.endswith(".") for a in d.assumptions)
+        assert d.has_counter and d.resolution_s == 0.0
+        assert d.method == "utilisation-model"
+        assert d.backend == "estimated"
+    assert backend.provenance is Provenance.ESTIMATED
+
+
+def test_ram_model(tmp_path):
+    backend, _, _ = make(tmp_path, memory_total_bytes=64 * GIB)
+    ram = domain(backend, RAM_DOMAIN)
+    assert backend.power_model().ram_w == pytest.approx(24.0)
+    assert ram.model_relative_uncertainty == 0.5
+    assert any("constant" in a for a in ram.assumptions)
+    assert ram.device == "64.0 GiB RAM, estimated"
+
+
+@pytest.mark.parametrize("bad", [0, -5.0, float("nan"), float("inf"), "100"])
+def test_invalid_tdp_is_a_usage_error(bad):
+    with pytest.raises(UsageError, match="cpu-tdp-w"):
+        EstimatedBackend(cpu_tdp_w=bad)
+
+
+def test_probe_ok_and_says_it_is_an_estimate(tmp_path):
+    backend, _, _ = make(tmp_path)
+    availability = backend.probe()
+    assert availability.ok
+    assert "not a measurement" in availability.reason
+    assert backend.probe() is availability  # cached
+
+
+def test_probe_not_ok_when_cpu_times_fail(tmp_path):
+    def broken() -> tuple[float, float]:
+        raise OSError("/proc/stat: permission denied")
+
+    backend = EstimatedBackend(cpu_times=broken, cpuinfo_path=cpuinfo(tmp_path, None),
+                               logical_cpus=2, memory_total_bytes=GIB)
+    availability = backend.probe()
+    assert not availability.ok
+    assert "permission denied" in availability.reason
+
+
+def test_probe_not_ok_without_psutil(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psutil", None)  # makes `import psutil` raise ImportError
+    availability = EstimatedBackend(cpuinfo_path=cpuinfo(tmp_path, None)).probe()
+    assert not availability.ok
+    assert availability.fix == "pip install psutil"
+
+
+def test_defaults_with_real_psutil_run():
+    backend = EstimatedBackend()
+    assert backend.probe().ok
+    backend.open()
+    reading = backend.read()
+    assert reading.energy_j[CPU_DOMAIN] >= 0.0
+    assert backend.device_facts()["logical_cpus"] >= 1
+
+
+def test_satisfies_the_protocols(tmp_path):
+    backend, _, _ = make(tmp_path)
+    assert isinstance(backend, Backend)
+    assert isinstance(backend, PowerSensor)
+    assert isinstance(backend, DeviceFactsReporter)
