@@ -132,7 +132,6 @@ class EnergyMeter:
         self._session.__enter__()
         try:
             self._idle_w = self._session.idle_power_w(self._idle_s)
-            self._t0 = time.perf_counter()
             self._sync()
             assert self._session.edges is not None
             self._start = self._session.edges.start_edge()
