@@ -46,6 +46,9 @@ class MeterConfig:
     precision: float = 0.02  # stop once the 95% half-width is within this fraction of the figure
     max_duration_s: float = 60.0  # stop adding windows once their total time would exceed this
     idle_s: float = 1.0  # length of the idle-power window before warm-up
+    # A GPU's clocks and temperature take a while to reach their working point: warm up for at
+    # least this long even once the latency looks stable.
+    min_warmup_s: float = 1.0
     max_warmup_s: float = 10.0
     sample_interval_s: float = 0.005
     keep_trace: bool = True
@@ -59,7 +62,7 @@ class MeterConfig:
             raise UsageError(f"--precision must be >= 0 (got {self.precision}); 0.02 asks for +-2%")
         if not self.max_duration_s > 0:
             raise UsageError(f"--max-duration must be positive (got {self.max_duration_s} s)")
-        if self.idle_s < 0 or self.max_warmup_s < 0:
+        if self.idle_s < 0 or self.min_warmup_s < 0 or self.max_warmup_s < 0:
             raise UsageError("idle and warm-up durations cannot be negative")
         if not self.sample_interval_s > 0:
             raise UsageError("the power sampling interval must be positive")
@@ -316,7 +319,8 @@ class Meter:
             elapsed = self.clock() - started
             self.progress("warmup", min(1.0, elapsed / max(self.config.max_warmup_s, 1e-9)),
                           f"warming up {run.label}: {len(latencies)} calls")
-            if _stable(latencies) or elapsed >= self.config.max_warmup_s:
+            warm = _stable(latencies) and elapsed >= self.config.min_warmup_s
+            if warm or elapsed >= self.config.max_warmup_s:
                 break
         run.warmup_inferences = len(latencies)
         latency_s = stats.median(latencies[-5:])
