@@ -19,9 +19,11 @@ class Unit:
 
     kind: "block" (a whole transformer layer), "attention" (its attention sub-block), "neuron"
     (one hidden unit of an MLP), "channel" (one output channel of a conv/linear), "activation"
-    (a nonlinearity that NEPENTHE can fold away). `path` is the module path in the *original*
-    model (e.g. "model.layers.3" or "model.layers.3.mlp"); `index` is the block index for blocks
-    and attention, the neuron/channel index for those, 0 for activations.
+    (a nonlinearity that NEPENTHE can fold away). `path` is the module path in the model being
+    scored — the *current* model, since every removal renumbers what follows it (a
+    `PruneRecord.map_path` translates original paths) — e.g. "model.layers.3" or
+    "model.layers.3.mlp"; `index` is the current block index for blocks and attention, the
+    neuron/channel index for those, 0 for activations.
     """
 
     kind: str

@@ -22,7 +22,7 @@ class BlockStack:
         return len(self.blocks)
 
     def block_path(self, index: int) -> str:
-        return f"{self.path}.{index}"
+        return f"{self.path}.{index}" if self.path else str(index)
 
 
 def find_block_stack(model: nn.Module) -> BlockStack | None:

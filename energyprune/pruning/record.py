@@ -1,0 +1,199 @@
+"""What a pruning run removed, in order, so that it can be saved as JSON and replayed.
+
+Every surgery function returns a `PruneRecord` of one operation; records add up with `+`. Indices
+are those of the model *at the time of each operation* (removing block 2 renumbers block 3 to 2),
+so `apply_record` replays the operations in the same order on a fresh copy of the original model
+and gets the same architecture, parameter shape for parameter shape. `map_path` translates a path
+of the original model to its path after the record's block removals.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+from energyprune.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "energyprune.prune-record/1"
+
+#: The operation kinds, each the name of the surgery function that performs it.
+KINDS = ("remove_blocks", "remove_attention", "prune_mlp_neurons", "prune_channels", "fold_activation")
+
+
+@dataclass(frozen=True)
+class PruneOp:
+    """One surgery operation.
+
+    kind: one of `KINDS`. paths: the modules acted on (the block stack for remove_blocks and
+    remove_attention, the MLP containers for prune_mlp_neurons and fold_activation, the producer
+    layers for prune_channels). indices: per path, what was removed (block indices, neuron or
+    channel indices; empty for fold_activation), as numbered in the model at that moment.
+    sizes_before / sizes_after: per path, the size that changed (blocks in the stack, attention
+    sub-blocks present, hidden neurons, output channels). params_before / params_after: parameter
+    elements of the whole model. detail: JSON-able facts (config fields changed, consumers shrunk,
+    what "removed attention" meant per block).
+    """
+
+    kind: str
+    paths: tuple[str, ...]
+    indices: tuple[tuple[int, ...], ...]
+    sizes_before: tuple[int, ...]
+    sizes_after: tuple[int, ...]
+    params_before: int
+    params_after: int
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise UsageError(f"unknown prune operation {self.kind!r}; known: {', '.join(KINDS)}")
+        if not (len(self.paths) == len(self.indices) == len(self.sizes_before) == len(self.sizes_after)):
+            raise UsageError(f"prune operation {self.kind}: paths, indices and sizes differ in length")
+        try:  # JSON-normal from the start, so a record equals itself after a JSON round trip
+            detail = json.loads(json.dumps(dict(self.detail)))
+        except (TypeError, ValueError) as error:
+            raise UsageError(f"prune operation {self.kind}: detail is not JSON-serialisable ({error})") from None
+        object.__setattr__(self, "detail", detail)
+
+    @property
+    def params_removed(self) -> int:
+        return self.params_before - self.params_after
+
+    def same_structure(self, other: PruneOp) -> bool:
+        """Same operation on the same parts with the same sizes (parameters and detail aside)."""
+        return (self.kind, self.paths, self.indices, self.sizes_before, self.sizes_after) == (
+            other.kind, other.paths, other.indices, other.sizes_before, other.sizes_after)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["paths"] = list(self.paths)
+        d["indices"] = [list(ix) for ix in self.indices]
+        d["sizes_before"] = list(self.sizes_before)
+        d["sizes_after"] = list(self.sizes_after)
+        d["detail"] = dict(self.detail)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PruneOp:
+        try:
+            return cls(
+                kind=str(d["kind"]),
+                paths=tuple(str(p) for p in d["paths"]),
+                indices=tuple(tuple(int(i) for i in ix) for ix in d["indices"]),
+                sizes_before=tuple(int(s) for s in d["sizes_before"]),
+                sizes_after=tuple(int(s) for s in d["sizes_after"]),
+                params_before=int(d["params_before"]),
+                params_after=int(d["params_after"]),
+                detail=dict(d.get("detail", {})),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise UsageError(f"not a prune operation: {error}") from None
+
+
+@dataclass(frozen=True)
+class PruneRecord:
+    """Every surgery operation applied to a model, in order. `model_class` names the class of the
+    model the first operation was applied to (checked by `apply_record`)."""
+
+    ops: tuple[PruneOp, ...] = ()
+    model_class: str = ""
+
+    def __add__(self, other: PruneRecord) -> PruneRecord:
+        if not isinstance(other, PruneRecord):
+            return NotImplemented
+        if self.model_class and other.model_class and self.model_class != other.model_class:
+            raise UsageError(
+                f"cannot chain a record of a {other.model_class} after one of a {self.model_class}")
+        return PruneRecord(self.ops + other.ops, self.model_class or other.model_class)
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    @property
+    def params_before(self) -> int | None:
+        return self.ops[0].params_before if self.ops else None
+
+    @property
+    def params_after(self) -> int | None:
+        return self.ops[-1].params_after if self.ops else None
+
+    def map_path(self, path: str) -> str | None:
+        """The path, in the model after this record, of what was at `path` in the model before it;
+        None where it lies in a removed block. Only block removals move paths."""
+        current: str | None = path
+        for op in self.ops:
+            if op.kind != "remove_blocks" or current is None:
+                continue
+            stack = op.paths[0]
+            prefix = stack + "." if stack else ""
+            if not current.startswith(prefix):
+                continue
+            head, _, tail = current[len(prefix):].partition(".")
+            if not head.isdigit():
+                continue
+            index = int(head)
+            removed = op.indices[0]
+            if index in removed:
+                current = None
+            else:
+                new = index - sum(1 for r in removed if r < index)
+                current = prefix + str(new) + ("." + tail if tail else "")
+        return current
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "model_class": self.model_class, "ops": [op.to_dict() for op in self.ops]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PruneRecord:
+        if d.get("format") != FORMAT:
+            raise UsageError(f"not a prune record (format {d.get('format')!r}, expected {FORMAT!r})")
+        return cls(tuple(PruneOp.from_dict(op) for op in d.get("ops", [])), str(d.get("model_class", "")))
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> PruneRecord:
+        return cls.from_dict(json.loads(text))
+
+
+def apply_record(original_model: nn.Module, record: PruneRecord, *, inplace: bool = False) -> nn.Module:
+    """Replay `record` on `original_model` (a deep copy of it unless `inplace`) and return the pruned
+    model: same architecture, same parameter shapes as the model the record came from.
+
+    The replayed weights are those of `original_model`, sliced; to get the pruned weights, load the
+    pruned model's state_dict into the result. Raises UsageError where the model does not match the
+    record (another class, or a step whose sizes differ from the recorded ones).
+    """
+    from energyprune.pruning import blocks, channels, fold, neurons
+
+    if record.model_class and type(original_model).__name__ != record.model_class:
+        raise UsageError(
+            f"the record was made on a {record.model_class}, not a {type(original_model).__name__}")
+    model = original_model if inplace else copy.deepcopy(original_model)
+    for step, op in enumerate(record.ops):
+        if op.kind == "remove_blocks":
+            model, replay = blocks.remove_blocks(model, op.indices[0], inplace=True)
+        elif op.kind == "remove_attention":
+            model, replay = blocks.remove_attention(model, op.indices[0], inplace=True)
+        elif op.kind == "prune_mlp_neurons":
+            model, replay = neurons.prune_mlp_neurons(model, dict(zip(op.paths, op.indices)), inplace=True)
+        elif op.kind == "prune_channels":
+            model, replay = channels.prune_channels(model, dict(zip(op.paths, op.indices)), inplace=True)
+        else:  # fold_activation
+            model, replay = fold.fold_activation(model, op.paths[0], inplace=True)
+        if len(replay.ops) != 1 or not replay.ops[0].same_structure(op):
+            got = replay.ops[0] if replay.ops else None
+            raise UsageError(
+                f"step {step} ({op.kind} on {', '.join(op.paths) or 'the model'}) does not match this "
+                f"model: recorded sizes {op.sizes_before} -> {op.sizes_after}, replayed "
+                f"{got.sizes_before if got else '?'} -> {got.sizes_after if got else '?'}")
+        logger.debug("replayed step %d: %s", step, op.kind)
+    return model
