@@ -1,0 +1,63 @@
+"""Pruning criteria: each one scores units, the lowest score is removed first (`base.Criterion`).
+
+| name | module | unit kinds | needs data |
+| --- | --- | --- | --- |
+| `entropy-block` | `entropy_block` (EntroDrop ΔH) | block, attention | yes |
+| `cosine-block` | `cosine_block` (ShortGPT Block Influence) | block, attention | yes |
+| `magnitude` | `magnitude` (L1 / L2 of the weights) | block, attention, neuron, channel | no |
+| `random` | `random_criterion` (seeded control) | any | no |
+
+    criterion = get_criterion("entropy-block", estimator="bucket", unit_kind="block")
+    scores = criterion.score(model, block_units(model), calibration_batches)
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from energyprune.errors import UsageError
+from energyprune.pruning.base import Criterion
+from energyprune.pruning.criteria.cosine_block import CosineBlockCriterion
+from energyprune.pruning.criteria.entropy_block import EntropyBlockCriterion, EntropyProfile
+from energyprune.pruning.criteria.magnitude import MagnitudeCriterion
+from energyprune.pruning.criteria.random_criterion import RandomCriterion
+from energyprune.pruning.criteria.units import block_units, neuron_units
+
+#: Criteria by name.
+CRITERIA: dict[str, type] = {
+    "entropy-block": EntropyBlockCriterion,
+    "cosine-block": CosineBlockCriterion,
+    "magnitude": MagnitudeCriterion,
+    "random": RandomCriterion,
+}
+
+
+def get_criterion(name: str, **options: Any) -> Criterion:
+    """A criterion by its name (`CRITERIA`), built with `options`; a UsageError naming the known
+    criteria for an unknown name, or the accepted options for an unknown option."""
+    key = str(name).strip().lower().replace("_", "-")
+    cls = CRITERIA.get(key)
+    if cls is None:
+        raise UsageError(f"unknown criterion {name!r}: choose one of {', '.join(sorted(CRITERIA))}")
+    signature = inspect.signature(cls.__init__)
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+    accepted = [p for p in signature.parameters if p != "self"
+                and signature.parameters[p].kind is not inspect.Parameter.VAR_KEYWORD]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown and not takes_any:
+        raise UsageError(f"criterion {key!r} takes no option {', '.join(unknown)}; its options are {', '.join(accepted)}")
+    return cls(**options)
+
+
+__all__ = [
+    "CRITERIA",
+    "CosineBlockCriterion",
+    "EntropyBlockCriterion",
+    "EntropyProfile",
+    "MagnitudeCriterion",
+    "RandomCriterion",
+    "block_units",
+    "get_criterion",
+    "neuron_units",
+]
