@@ -1,0 +1,1 @@
+"""Metrics computed on models: semantic fidelity of a pruned model against its original."""
