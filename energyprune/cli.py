@@ -1,4 +1,4 @@
-"""`energyprune measure | compare | backends`: the command-line face of the meter.
+"""`energyprune measure | compare | score | backends`: the command-line faces.
 
 User mistakes end as one line on standard error and exit code 2, never a traceback (`-v` shows
 the traceback for bug reports). With `--json`, standard output holds the JSON alone.
@@ -107,6 +107,24 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("model_b", help="the model compared with it (B)")
     _add_measure_options(compare)
 
+    score = commands.add_parser("score", help="per-unit scores of a pruning criterion, and the entropy profile")
+    score.add_argument("model", nargs="?", help="as for measure; nothing for the built-in demo")
+    score.add_argument("--criterion", default="entropy-block",
+                       help="entropy-block (default), cosine-block, magnitude, random, ...")
+    score.add_argument("--unit-kind", choices=["block", "attention", "neuron", "activation"],
+                       help="what to score (default: the criterion's own)")
+    score.add_argument("--estimator", default="knn", choices=["knn", "bucket", "renyi", "gaussian"],
+                       help="entropy estimator for entropy-block and the profile (default knn)")
+    score.add_argument("--stage", choices=["increase", "positive", "all"],
+                       help="entropy-block's stage rule (default increase: only blocks before the entropy peak)")
+    score.add_argument("--calibration", default="auto", choices=["auto", "text", "random"],
+                       help="calibration data: real text for a Hugging Face LM with a tokenizer, else random")
+    score.add_argument("--calibration-batches", type=_positive_int, default=4)
+    score.add_argument("--batch-size", type=_positive_int, default=4)
+    score.add_argument("--seq-len", type=_positive_int)
+    score.add_argument("--device")
+    score.add_argument("--json", action="store_true")
+
     backends = commands.add_parser("backends", help="every backend, whether it works here, why, and the fix")
     backends.add_argument("--json", action="store_true")
     backends.add_argument("--cpu-tdp-w", type=_positive_float, metavar="W")
@@ -128,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_measure(args)
         if args.command == "compare":
             return _cmd_compare(args)
+        if args.command == "score":
+            return _cmd_score(args)
     except EnergyPruneError as error:
         if args.verbose:
             logger.exception("details")
@@ -230,6 +250,26 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     data = result.to_dict()
     data["a"]["model"], data["b"]["model"] = loaded_a.description, loaded_b.description
     _emit(args, data, render_comparison_text(data), render_comparison_markdown(data))
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from energyprune.models import load_model, prepare
+    from energyprune.report import to_json
+    from energyprune.scoring import calibration_for, render_scores, score_model
+
+    loaded = load_model(args.model)
+    model, device = prepare(loaded.module, args.device, None)
+    calibration, source = calibration_for(loaded, model, args.batch_size, args.seq_len,
+                                          args.calibration_batches, args.calibration, device)
+    options = {"stage": args.stage} if args.stage else {}
+    result = score_model(model, args.criterion, calibration, args.unit_kind, args.estimator, **options)
+    result["model"] = loaded.description
+    result["calibration"] = source
+    if args.json:
+        sys.stdout.write(to_json(result))
+    else:
+        sys.stdout.write(f"{loaded.description}; calibration: {source}\n" + render_scores(result))
     return 0
 
 

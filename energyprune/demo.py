@@ -33,8 +33,8 @@ class DemoTransformer(nn.Module):
             x = layer(x)
         return self.head(self.norm(x))
 
-    def example_inputs(self, batch_size: int, seq_len: int = 128) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(0)
+    def example_inputs(self, batch_size: int, seq_len: int = 128, seed: int = 0) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
         ids = torch.randint(0, self.vocab_size, (batch_size, seq_len), generator=generator)
         return ids.to(self.embed.weight.device)
 

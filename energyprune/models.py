@@ -190,7 +190,7 @@ def make_sync(model: nn.Module):
 
 
 def build_inputs(loaded: LoadedModel, model: nn.Module, batch_size: int, seq_len: int | None,
-                 input_shape: Sequence[int] | None, device: torch.device) -> Inputs:
+                 input_shape: Sequence[int] | None, device: torch.device, seed: int = 0) -> Inputs:
     """Inputs for one call: from --input-shape (per sample, batch prepended), else what the model
     says it takes (`example_inputs`, a Hugging Face config, a first Embedding/Linear layer)."""
     if batch_size < 1:
@@ -198,7 +198,7 @@ def build_inputs(loaded: LoadedModel, model: nn.Module, batch_size: int, seq_len
     if seq_len is not None and seq_len < 1:
         raise UsageError(f"--seq-len must be at least 1 (got {seq_len})")
     float_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     if input_shape is not None:
         if any(int(n) < 1 for n in input_shape):
             raise UsageError(f"--input-shape {','.join(map(str, input_shape))} has a size below 1")
@@ -208,7 +208,10 @@ def build_inputs(loaded: LoadedModel, model: nn.Module, batch_size: int, seq_len
         return loaded.factory_inputs
     example = getattr(model, "example_inputs", None)
     if callable(example):
-        return example(batch_size, seq_len) if seq_len else example(batch_size)
+        import inspect
+
+        kwargs = {"seed": seed} if "seed" in inspect.signature(example).parameters else {}
+        return example(batch_size, seq_len, **kwargs) if seq_len else example(batch_size, **kwargs)
     config = getattr(model, "config", None)
     if config is not None:
         if getattr(config, "vocab_size", None):

@@ -161,3 +161,30 @@ def test_backends_lists_every_backend_with_reason(capsys, monkeypatch, tmp_path)
 def test_console_script_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "energyprune", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and "energyprune" in result.stdout
+
+
+def test_score_prints_scores_and_the_entropy_profile(capsys):
+    code, out, err = run_cli(["score", "--criterion", "cosine-block", "--json", "--calibration-batches", "2",
+                              "--batch-size", "2", "--seq-len", "16"], capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["unit_kind"] == "block" and len(data["scores"]) == 4
+    ranks = sorted(r["removal_rank"] for r in data["scores"] if r["removal_rank"] is not None)
+    assert ranks == list(range(1, len(ranks) + 1))
+    profile = data["entropy_profile"]
+    assert len(profile["entropies"]) == 5 and len(profile["delta"]) == 4
+    assert profile["delta"][0] == pytest.approx(profile["entropies"][1] - profile["entropies"][0])
+
+
+def test_score_stage_all_makes_unprotected_blocks_candidates(capsys):
+    code, out, err = run_cli(["score", "--stage", "all", "--json", "--calibration-batches", "2",
+                              "--batch-size", "2", "--seq-len", "16"], capsys)
+    assert code == 0, err
+    scores = {r["index"]: r["score"] for r in json.loads(out)["scores"]}
+    assert scores[0] is None and scores[1] is None and scores[3] is None  # protected by default
+    assert scores[2] is not None
+
+
+def test_score_unknown_criterion_lists_the_known_ones(capsys):
+    code, _, err = run_cli(["score", "--criterion", "bogus"], capsys)
+    assert code == 2 and "cosine-block" in err and "Traceback" not in err

@@ -1,0 +1,25 @@
+"""Pruning: criteria score units, surgery removes them, `prune` does both once.
+
+    from energyprune.pruning import prune
+    pruned, record = prune(model, "cosine-block", amount=2, calibration=batches)
+"""
+
+from __future__ import annotations
+
+from energyprune.pruning.base import Unit
+from energyprune.pruning.criteria import CRITERIA, get_criterion
+from energyprune.pruning.prune import PruneOutcome, prune, remove_units, select, units_for
+from energyprune.pruning.record import PruneRecord, apply_record
+
+__all__ = [
+    "CRITERIA",
+    "PruneOutcome",
+    "PruneRecord",
+    "Unit",
+    "apply_record",
+    "get_criterion",
+    "prune",
+    "remove_units",
+    "select",
+    "units_for",
+]

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from energyprune.errors import UsageError
+from energyprune.pruning import apply_record, prune
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture
+def llama():
+    config = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=6, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=64, vocab_size=128)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # block 3 becomes an exact identity on the residual stream
+        model.model.layers[3].self_attn.o_proj.weight.zero_()
+        model.model.layers[3].mlp.down_proj.weight.zero_()
+    return model
+
+
+@pytest.fixture
+def batches():
+    generator = torch.Generator().manual_seed(1)
+    return [{"input_ids": torch.randint(0, 128, (2, 16), generator=generator),
+             "attention_mask": torch.ones(2, 16, dtype=torch.long)} for _ in range(2)]
+
+
+def logits(model, batch):
+    with torch.inference_mode():
+        return model(**batch).logits
+
+
+def test_prune_removes_the_planted_identity_block_and_keeps_outputs(llama, batches):
+    before = {k: v.clone() for k, v in llama.state_dict().items()}
+    pruned, record = prune(llama, "cosine-block", 1, batches)
+    assert pruned.config.num_hidden_layers == 5
+    assert torch.allclose(logits(pruned, batches[0]), logits(llama, batches[0]), atol=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in llama.state_dict().items()), "user's model changed"
+    replayed = apply_record(llama, record)
+    assert [p.shape for p in replayed.parameters()] == [p.shape for p in pruned.parameters()]
+
+
+def test_outcome_names_what_was_removed_and_why(llama, batches):
+    outcome = prune(llama, "cosine-block", 1, batches)
+    (removed,) = outcome.removed
+    assert removed.index == 3
+    assert outcome.scores[removed] == min(outcome.scores.values())
+
+
+def test_fraction_of_neurons_is_taken_per_mlp(llama, batches):
+    pruned, _ = prune(llama, "magnitude", 0.25, batches, unit_kind="neuron")
+    widths = {layer.mlp.down_proj.in_features for layer in pruned.model.layers}
+    assert widths == {48}
+    assert pruned.config.intermediate_size == 48
+    generated = pruned.generate(batches[0]["input_ids"][:1, :4], max_new_tokens=3, do_sample=False)
+    assert generated.shape == (1, 7)
+
+
+def test_asking_for_more_than_the_candidates_is_a_clear_error(llama, batches):
+    # entropy-block protects blocks 0, 1 and 5 by default: at most 3 candidates remain
+    with pytest.raises(UsageError, match="at most"):
+        prune(llama, "entropy-block", 4, batches, stage="all")
+
+
+@pytest.mark.parametrize("amount", [0, -1, 1.0, 1.5])
+def test_bad_amounts_are_refused(llama, batches, amount):
+    with pytest.raises(UsageError):
+        prune(llama, "random", amount, batches)
