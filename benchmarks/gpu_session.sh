@@ -15,7 +15,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,power.limit,temperature.gpu,clocks.sm --format=csv | tee "$OUT/nvidia-smi.txt"
-python3 -m pytest -m gpu tests/test_gpu.py tests/backends/test_nvml.py -q -p no:cacheprovider 2>&1 | tee "$OUT/gpu-tests.log"
+python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider 2>&1 | tee "$OUT/gpu-tests.log"
 only=()
 [ $# -gt 0 ] && only=(--only "$@")
 python3 benchmarks/measure_benchmark.py --device cuda --out-dir "$OUT" "${only[@]}" 2>&1 | tee "$OUT/measure.log"
