@@ -17,6 +17,7 @@ from torch import nn
 from energyprune.errors import UsageError
 from energyprune.pruning.base import Calibration, Criterion, Unit
 from energyprune.pruning.criteria import get_criterion
+from energyprune.pruning.criteria.nepenthe import activation_units
 from energyprune.pruning.criteria.units import block_units, neuron_units
 from energyprune.pruning.record import PruneRecord
 from energyprune.pruning.surgery import fold_activation, prune_mlp_neurons, remove_attention, remove_blocks
@@ -45,7 +46,10 @@ def units_for(model: nn.Module, kind: str) -> list[Unit]:
             raise UsageError("no MLP of a known layout was found in the model: neurons cannot be pruned")
         return units
     if kind == "activation":
-        return [Unit("activation", path, 0) for path in sorted({u.path for u in neuron_units(model)})]
+        units = activation_units(model)
+        if not units:
+            raise UsageError("no foldable MLP (Linear-activation-Linear, not gated) was found in the model")
+        return units
     raise UsageError(f"cannot enumerate units of kind {kind!r}: use block, attention, neuron or activation")
 
 

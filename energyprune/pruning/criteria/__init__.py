@@ -6,6 +6,10 @@
 | `cosine-block` | `cosine_block` (ShortGPT Block Influence) | block, attention | yes |
 | `magnitude` | `magnitude` (L1 / L2 of the weights) | block, attention, neuron, channel | no |
 | `random` | `random_criterion` (seeded control) | any | no |
+| `nepenthe` | `nepenthe` (ON/OFF entropy of rectifier units; `dead_neurons`) | activation, neuron | yes |
+| `mipp` | `mipp` (information-preserving backward elimination against a null unit) | neuron | yes |
+| `thermodynamic` | `thermodynamic` (gradient temperature, free energy E − T·S) | neuron, channel | yes (≥ 2 batches) |
+| `energy-aware` | `energy_aware` (damage per measured joule saved) | block, attention | yes, and the meter |
 
     criterion = get_criterion("entropy-block", estimator="bucket", unit_kind="block")
     scores = criterion.score(model, block_units(model), calibration_batches)
@@ -19,9 +23,13 @@ from typing import Any
 from energyprune.errors import UsageError
 from energyprune.pruning.base import Criterion
 from energyprune.pruning.criteria.cosine_block import CosineBlockCriterion
+from energyprune.pruning.criteria.energy_aware import EnergyAwareCriterion, EnergyAwareDetail
 from energyprune.pruning.criteria.entropy_block import EntropyBlockCriterion, EntropyProfile
 from energyprune.pruning.criteria.magnitude import MagnitudeCriterion
+from energyprune.pruning.criteria.mipp import MippCriterion, MippResult
+from energyprune.pruning.criteria.nepenthe import NepentheCriterion, OnOffStats, activation_units, dead_neurons
 from energyprune.pruning.criteria.random_criterion import RandomCriterion
+from energyprune.pruning.criteria.thermodynamic import ThermodynamicCriterion
 from energyprune.pruning.criteria.units import block_units, neuron_units
 
 #: Criteria by name.
@@ -30,6 +38,10 @@ CRITERIA: dict[str, type] = {
     "cosine-block": CosineBlockCriterion,
     "magnitude": MagnitudeCriterion,
     "random": RandomCriterion,
+    "nepenthe": NepentheCriterion,
+    "mipp": MippCriterion,
+    "thermodynamic": ThermodynamicCriterion,
+    "energy-aware": EnergyAwareCriterion,
 }
 
 
@@ -53,11 +65,20 @@ def get_criterion(name: str, **options: Any) -> Criterion:
 __all__ = [
     "CRITERIA",
     "CosineBlockCriterion",
+    "EnergyAwareCriterion",
+    "EnergyAwareDetail",
     "EntropyBlockCriterion",
     "EntropyProfile",
     "MagnitudeCriterion",
+    "MippCriterion",
+    "MippResult",
+    "NepentheCriterion",
+    "OnOffStats",
     "RandomCriterion",
+    "ThermodynamicCriterion",
+    "activation_units",
     "block_units",
+    "dead_neurons",
     "get_criterion",
     "neuron_units",
 ]

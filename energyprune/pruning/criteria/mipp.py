@@ -1,0 +1,416 @@
+"""MIPP (Westphal et al., arXiv 2411.00147): keep the hidden units of an MLP that preserve mutual
+information with the next layer, by greedy backward elimination against a random null unit.
+
+For one MLP, A (n × h) are its hidden activations (the consumer's input: `act(gate x) * up x` for
+a gated MLP) and Y (n × d) the next layer's output (the consumer's output), on a uniform sample of
+at most `max_tokens` calibration tokens (padding excluded; the same tokens for every MLP; bottom-k
+of seeded random keys, so the sample does not favour early batches).
+
+**Estimator** (Gaussian, regression residual). Y is an exact linear function of A, so the
+information of a deterministic Gaussian channel is infinite; the estimator therefore measures what
+is resolvable above an output noise floor N = `noise` · (tr Σ_Y / d) · I:
+
+    I(A_S; Y) = ½ log det(Σ_Y + N) − ½ log det(Σ_{Y|A_S} + N)          (nats)
+    Σ_{Y|A_S} = Σ_Y − Σ_{Y S} (Σ_{S S} + λ I)⁻¹ Σ_{S Y}                 (ridge regression residual)
+
+with λ = `ridge` · (mean unit variance), a numerical stabiliser (dead and duplicate units make
+Σ_SS singular). The information lost by removing unit j from the set S follows from the matrix
+determinant lemma, with P = (Σ_SS + λI)⁻¹ and β = P Σ_SY the regression coefficients:
+
+    loss_j = ½ log(1 + β_jᵀ (Σ_{Y|A_S} + N)⁻¹ β_j / P_jj)
+
+(β_j β_jᵀ / P_jj is exactly how much the residual covariance grows without j), so one step scores
+every remaining unit at once, and removing units updates P, β and the residual by Schur
+complements (a full re-solve every 16 steps stops rounding drift).
+
+**Null unit.** A column of Gaussian noise z (variance = the mean unit variance, seeded) is
+appended to A and never eliminated. Each step also computes its loss: what removing a unit that
+carries nothing but chance correlation would lose.
+
+**Elimination.** Repeatedly remove the remaining real unit of smallest loss until every unit is
+gone. For h ≤ `max_steps` this is exact one-by-one greedy elimination. Wider MLPs are eliminated in
+chunks to bound the cost to `max_steps` full scorings: each step scores every remaining unit, takes
+the k = ⌈h / max_steps⌉ of smallest loss, and removes them one at a time in that order, each loss
+recomputed exactly given the units already gone (so the only approximation is the order within a
+chunk: two duplicates picked together do not both count as free - the second one's loss is its
+real one). A unit is **prunable** when it is eliminated before the stop: walking the eliminations
+in order, each unit whose loss is ≤ max(null unit's loss at that moment, `tolerance`) is prunable,
+and the first one above stops the marking (MIPP's stopping rule; `tolerance`, default 1e-4 nats,
+makes a loss that is zero up to the ridge count as zero, since at the start both a redundant
+unit's and the null's loss are ≈ 0). Prunable units per MLP are in `last_prunable`, the full
+record in `last_results`.
+
+**Score** (lowest removed first) of the unit eliminated r-th (0-based) in an MLP of width h:
+r / h for a prunable unit (in [0, 1)), 1 + r / h otherwise (in [1, 2)), so every MLP's prunable
+units go before any unit that carries information above the null.
+
+Cost: one calibration pass storing n × (h + d) float32 values per MLP (n ≤ `max_tokens`), then per
+MLP O(n (h + d)²) for the covariances and O(max_steps · (h d² + h² k + d³) + h (k² + d²)) float64
+work for the elimination (k the chunk size), on the model's device. On one CPU core with n = 2048
+and the default 128 steps that was ~7 s for h = 1536, d = 576 (SmolLM2-135M) and ~100 s for h = 4096,
+d = 1024; a GPU does it in a fraction of that. MLPs wider than `max_width` (default 4096) are
+refused. With n not well above h the in-sample regression overfits and every loss shrinks toward
+the null's: use `max_tokens` ≥ a few times h (a warning says so).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from energyprune.errors import UsageError
+from energyprune.pruning.base import Calibration, Unit
+from energyprune.pruning.calibration import model_device, run_batch
+from energyprune.pruning.criteria.observe import (
+    attention_mask_of,
+    batches_of,
+    check_max_batches,
+    observing,
+    specs_of_units,
+    to_device,
+    valid_rows,
+)
+from energyprune.pruning.criteria.units import check_units
+from energyprune.pruning.neurons import MLPSpec
+from energyprune.pruning.slicing import get_module
+
+logger = logging.getLogger(__name__)
+
+#: Full re-solve of the regression every this many elimination steps.
+REFRESH_STEPS = 16
+
+
+@dataclass(frozen=True)
+class MippResult:
+    """Greedy backward elimination of one MLP's units.
+
+    order: unit indices in elimination order. losses[i]: information (nats) lost when order[i] was
+    eliminated; null_losses[i]: the null unit's loss at that step. prunable: the units eliminated
+    before the stop (sorted). information_nats: I(A; Y) of all units. tokens: sample size.
+    """
+
+    path: str
+    order: tuple[int, ...]
+    losses: tuple[float, ...]
+    null_losses: tuple[float, ...]
+    prunable: tuple[int, ...]
+    information_nats: float
+    tokens: int
+    steps: int
+
+    @property
+    def width(self) -> int:
+        return len(self.order)
+
+    def scores(self) -> dict[int, float]:
+        """The score of each unit index (see the module note)."""
+        chosen = set(self.prunable)
+        h = max(self.width, 1)
+        return {j: (r / h if j in chosen else 1.0 + r / h) for r, j in enumerate(self.order)}
+
+
+def _positive(value: float, name: str, criterion: str, allow_zero: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    if not ok or not math.isfinite(value):
+        raise UsageError(f"{criterion}: {name} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+    return float(value)
+
+
+def _positive_int(value: int, name: str, criterion: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UsageError(f"{criterion}: {name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _inverse_spd(matrix: torch.Tensor) -> torch.Tensor:
+    """Inverse of a symmetric positive definite matrix (Cholesky), symmetrised."""
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    if int(info) != 0:
+        inverse = torch.linalg.pinv(matrix, hermitian=True)
+    else:
+        inverse = torch.cholesky_inverse(factor)
+    return (inverse + inverse.T) / 2
+
+
+def _logdet(matrix: torch.Tensor) -> float:
+    sign, value = torch.linalg.slogdet(matrix)
+    return float(value) if float(sign) > 0 else -math.inf
+
+
+def eliminate(
+    A: torch.Tensor,
+    Y: torch.Tensor,
+    *,
+    ridge: float = 1e-8,
+    noise: float = 1e-3,
+    tolerance: float = 1e-4,
+    max_steps: int = 128,
+    seed: int = 0,
+    path: str = "",
+) -> MippResult:
+    """MIPP's greedy backward elimination of the columns of A (n × h) against Y (n × d); see the
+    module note. Computed in float64 on A's device."""
+    if A.ndim != 2 or Y.ndim != 2 or A.shape[0] != Y.shape[0]:
+        raise UsageError(f"mipp: A and Y must be (n, h) and (n, d) with the same n, got {tuple(A.shape)}, {tuple(Y.shape)}")
+    n, h = A.shape
+    d = Y.shape[1]
+    if n < 2 or h == 0:
+        raise UsageError(f"mipp: need at least 2 tokens and 1 unit, got {n} tokens and {h} units")
+    device = A.device
+    A = A.double()
+    Y = Y.double().to(device)
+    A = A - A.mean(dim=0)
+    Y = Y - Y.mean(dim=0)
+    variances = A.square().mean(dim=0)
+    live = variances[variances > 0]
+    unit_var = float(live.mean()) if live.numel() else 1.0
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    z = torch.randn(n, 1, generator=generator, dtype=torch.float64).to(device) * math.sqrt(unit_var)
+    z = z - z.mean()
+    X = torch.cat([A, z], dim=1)  # the null unit is column h
+    Sxx = X.T @ X / n
+    Sxy = X.T @ Y / n
+    Syy = Y.T @ Y / n
+    Syy = (Syy + Syy.T) / 2
+    lam = ridge * unit_var
+    y_var = float(torch.trace(Syy)) / d
+    floor = noise * y_var if y_var > 0 else 1.0
+    N = floor * torch.eye(d, dtype=torch.float64, device=device)
+    eye_cache: dict[int, torch.Tensor] = {}
+
+    def solve(active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        m = active.numel()
+        if m not in eye_cache:
+            eye_cache[m] = torch.eye(m, dtype=torch.float64, device=device)
+        P = _inverse_spd(Sxx[active][:, active] + lam * eye_cache[m])
+        B = P @ Sxy[active]
+        R = Syy - Sxy[active].T @ B
+        return P, B, (R + R.T) / 2
+
+    active = torch.arange(h + 1, device=device)  # positions into X; the null unit stays last
+    P, B, R = solve(active)
+    information = 0.5 * (_logdet(Syy + N) - _logdet(R + N))
+    chunk = max(1, math.ceil(h / max_steps))
+    order: list[int] = []
+    losses: list[float] = []
+    null_losses: list[float] = []
+    prunable: list[int] = []
+    stopped = False
+    step = 0
+
+    def loss_of(b: torch.Tensor, p_jj: torch.Tensor, Rn_inv: torch.Tensor) -> float:
+        return 0.5 * math.log1p(max(0.0, float(b @ Rn_inv @ b) / float(p_jj)))
+
+    while active.numel() > 1:
+        if step and step % REFRESH_STEPS == 0:
+            P, B, R = solve(active)  # a full re-solve stops the rounding drift of the downdates
+        Rn_inv = _inverse_spd(R + N)
+        q = ((B @ Rn_inv) * B).sum(dim=1) / torch.diagonal(P)
+        real = 0.5 * torch.log1p(q[:-1].clamp_min(0.0))
+        k = min(chunk, real.numel())
+        picked = torch.argsort(real, stable=True)[:k]  # positions in `active`, lowest loss first
+        # Eliminate the chunk one unit at a time, in the order of the step's losses, each loss exact
+        # given the units already gone (two duplicates in one chunk are not both free). Only the
+        # chunk's and the null unit's rows are needed for that: rank-one downdates of a small copy.
+        sub = torch.cat([picked, torch.tensor([active.numel() - 1], device=device)])
+        Ps, Bs, Rs_inv = P[sub][:, sub].clone(), B[sub].clone(), Rn_inv.clone()
+        for t, position in enumerate(picked.tolist()):
+            index = int(active[position])
+            value = loss_of(Bs[t], Ps[t, t], Rs_inv)
+            null_loss = loss_of(Bs[-1], Ps[-1, -1], Rs_inv)
+            order.append(index)
+            losses.append(value)
+            null_losses.append(null_loss)
+            if not stopped and value <= max(null_loss, tolerance):
+                prunable.append(index)
+            else:
+                stopped = True
+            if t + 1 < k:
+                p_col, p_tt, b_t = Ps[:, t].clone(), Ps[t, t].clone(), Bs[t].clone()
+                Bs -= torch.outer(p_col, b_t) / p_tt
+                Ps -= torch.outer(p_col, p_col) / p_tt
+                u = b_t / torch.sqrt(p_tt)
+                v = Rs_inv @ u
+                Rs_inv -= torch.outer(v, v) / (1.0 + u @ v)  # Sherman-Morrison: (R + N + u u^T)^-1
+        # Schur-complement downdate of the whole regression, the chunk at once.
+        keep_mask = torch.ones(active.numel(), dtype=torch.bool, device=device)
+        keep_mask[picked] = False
+        keep = torch.nonzero(keep_mask).flatten()
+        P_kk_inv = _inverse_spd(P[picked][:, picked])
+        P_rk = P[keep][:, picked]
+        coupling = P_rk @ P_kk_inv
+        B_k = B[picked]
+        R = R + B_k.T @ P_kk_inv @ B_k
+        R = (R + R.T) / 2
+        B = B[keep] - coupling @ B_k
+        P = P[keep][:, keep] - coupling @ P_rk.T
+        P = (P + P.T) / 2
+        active = active[keep]
+        step += 1
+    return MippResult(
+        path=path,
+        order=tuple(order),
+        losses=tuple(losses),
+        null_losses=tuple(null_losses),
+        prunable=tuple(sorted(prunable)),
+        information_nats=information,
+        tokens=n,
+        steps=step,
+    )
+
+
+def collect_mlp_io(
+    model: nn.Module,
+    calibration: Calibration,
+    specs: Sequence[MLPSpec],
+    *,
+    max_tokens: int = 2048,
+    max_batches: int | None = None,
+    seed: int = 0,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{mlp_path: (A, Y)}: the consumer's input (hidden activations) and output on a uniform sample
+    of at most `max_tokens` calibration tokens (padding excluded), the same tokens for every MLP.
+    float32, on the device the activations are on."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    keys: torch.Tensor | None = None
+    kept: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    current: dict[str, dict[str, torch.Tensor]] = {}  # this batch's {"A": rows, "Y": rows} per MLP
+    mask_holder: list[torch.Tensor | None] = [None]
+    handles = []
+
+    def pre_hook(spec: MLPSpec):  # noqa: ANN202
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if not args or not isinstance(args[0], torch.Tensor):
+                raise UsageError(f"mipp: {spec.full(spec.consumer)} was called without a tensor input")
+            current.setdefault(spec.path, {})["A"] = valid_rows(args[0], mask_holder[0]).float()
+        return hook
+
+    def post_hook(spec: MLPSpec):  # noqa: ANN202
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if not isinstance(output, torch.Tensor):
+                raise UsageError(f"mipp: {spec.full(spec.consumer)} returned {type(output).__name__}, not a tensor")
+            current.setdefault(spec.path, {})["Y"] = valid_rows(output, mask_holder[0]).float()
+        return hook
+
+    device = model_device(model)
+    try:
+        for spec in specs:
+            consumer = get_module(model, spec.full(spec.consumer))
+            handles.append(consumer.register_forward_pre_hook(pre_hook(spec)))
+            handles.append(consumer.register_forward_hook(post_hook(spec)))
+        with observing(model):
+            for batch in batches_of(calibration, max_batches, "mipp"):
+                batch = to_device(batch, device)
+                mask_holder[0] = attention_mask_of(batch)
+                current.clear()
+                run_batch(model, batch)
+                missing = [s.path or "the model" for s in specs if len(current.get(s.path, {})) != 2]
+                if missing:
+                    raise UsageError(f"mipp: the MLP(s) {', '.join(missing)} did not run on a calibration batch")
+                counts = {rows.shape[0] for seen in current.values() for rows in seen.values()}
+                if len(counts) != 1:
+                    raise UsageError("mipp: the MLPs saw different numbers of tokens in one batch")
+                n_new = counts.pop()
+                new_keys = torch.rand(n_new, generator=generator, dtype=torch.float64)
+                all_keys = new_keys if keys is None else torch.cat([keys, new_keys])
+                if all_keys.numel() > max_tokens:
+                    chosen = torch.topk(all_keys, max_tokens, largest=False).indices
+                    chosen, _ = torch.sort(chosen)
+                else:
+                    chosen = torch.arange(all_keys.numel())
+                for spec in specs:
+                    a_all, y_all = current[spec.path]["A"], current[spec.path]["Y"]
+                    if spec.path in kept:
+                        a_all = torch.cat([kept[spec.path][0], a_all])
+                        y_all = torch.cat([kept[spec.path][1], y_all])
+                    index = chosen.to(a_all.device)
+                    kept[spec.path] = (a_all.index_select(0, index), y_all.index_select(0, index))
+                keys = all_keys[chosen]
+    finally:
+        mask_holder[0] = None
+        current.clear()
+        for handle in handles:
+            handle.remove()
+    return {path: (a.clone(), y.clone()) for path, (a, y) in kept.items()}  # normal tensors, outside inference mode
+
+
+class MippCriterion:
+    """MIPP's information-preserving elimination of MLP neurons (see the module note).
+
+    unit_kind: "neuron" (the only kind).
+    max_tokens: tokens sampled for the estimator (default 2048).
+    ridge: regularisation of Σ_SS, relative to the mean unit variance (default 1e-8).
+    noise: output noise floor, relative to the mean output variance (default 1e-3).
+    tolerance: a loss up to this many nats counts as none (default 1e-4).
+    max_steps: elimination steps at most; wider MLPs eliminate ⌈h / max_steps⌉ units per step.
+    max_width: MLPs wider than this are refused (default 4096).
+    max_batches, seed: calibration batches used; seeds the token sample and the null unit.
+    """
+
+    name = "mipp"
+
+    def __init__(
+        self,
+        unit_kind: str = "neuron",
+        *,
+        max_tokens: int = 2048,
+        ridge: float = 1e-8,
+        noise: float = 1e-3,
+        tolerance: float = 1e-4,
+        max_steps: int = 128,
+        max_width: int = 4096,
+        max_batches: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if unit_kind != "neuron":
+            raise UsageError(f"{self.name}: unit_kind must be one of neuron, got {unit_kind!r}")
+        self.unit_kind = unit_kind
+        self.max_tokens = _positive_int(max_tokens, "max_tokens", self.name, minimum=2)
+        self.ridge = _positive(ridge, "ridge", self.name)
+        self.noise = _positive(noise, "noise", self.name)
+        self.tolerance = _positive(tolerance, "tolerance", self.name, allow_zero=True)
+        self.max_steps = _positive_int(max_steps, "max_steps", self.name)
+        self.max_width = _positive_int(max_width, "max_width", self.name)
+        self.max_batches = check_max_batches(max_batches, self.name)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise UsageError(f"{self.name}: seed must be an integer, got {seed!r}")
+        self.seed = seed
+        self.last_results: dict[str, MippResult] = {}
+        self.last_prunable: dict[str, list[int]] = {}
+
+    def __repr__(self) -> str:
+        return f"MippCriterion(max_tokens={self.max_tokens}, noise={self.noise}, max_steps={self.max_steps})"
+
+    def score(self, model: nn.Module, units: Sequence[Unit], calibration: Calibration) -> dict[Unit, float]:
+        units = check_units(units, self.unit_kind, self.name)
+        if not units:
+            return {}
+        specs = specs_of_units(model, units, self.name)
+        wide = [f"{p or 'the model'} ({s.hidden_size})" for p, s in specs.items() if s.hidden_size > self.max_width]
+        if wide:
+            raise UsageError(
+                f"{self.name}: MLP(s) wider than max_width={self.max_width}: {', '.join(wide)}; raise max_width "
+                "(the elimination costs O(h^2) memory and O(max_steps * h * d^2) time per MLP)")
+        data = collect_mlp_io(model, calibration, list(specs.values()), max_tokens=self.max_tokens,
+                              max_batches=self.max_batches, seed=self.seed)
+        results: dict[str, MippResult] = {}
+        for number, (path, spec) in enumerate(specs.items()):
+            A, Y = data.pop(path)
+            if A.shape[0] < 2 * (spec.hidden_size + 1):
+                logger.warning(
+                    "%s: %d tokens for %d units of %s: the regression overfits and losses shrink toward the "
+                    "null unit's; raise max_tokens or give more calibration data",
+                    self.name, A.shape[0], spec.hidden_size, path or "the model")
+            results[path] = eliminate(A, Y, ridge=self.ridge, noise=self.noise, tolerance=self.tolerance,
+                                      max_steps=self.max_steps, seed=self.seed + number, path=path)
+            del A, Y
+        self.last_results = results
+        self.last_prunable = {path: list(result.prunable) for path, result in results.items()}
+        per_path = {path: result.scores() for path, result in results.items()}
+        return {unit: per_path[unit.path][unit.index] for unit in units}
