@@ -188,3 +188,17 @@ def test_score_stage_all_makes_unprotected_blocks_candidates(capsys):
 def test_score_unknown_criterion_lists_the_known_ones(capsys):
     code, _, err = run_cli(["score", "--criterion", "bogus"], capsys)
     assert code == 2 and "cosine-block" in err and "Traceback" not in err
+
+
+def test_reports_are_written_with_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from energyprune.report import write_atomic
+
+    target = tmp_path / "r.json"
+    write_atomic(target, "{}\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
