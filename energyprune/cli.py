@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -151,7 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EnergyPruneError as error:
         if args.verbose:
             logger.exception("details")
-        print(f"energyprune: error: {error}", file=sys.stderr)
+        # Under torchrun every rank raises the same error; only rank 0 says it.
+        if not (getattr(error, "all_ranks", False) and os.environ.get("RANK", "0") != "0"):
+            print(f"energyprune: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("energyprune: interrupted", file=sys.stderr)
@@ -210,8 +213,12 @@ def _emit(args: argparse.Namespace, result: dict[str, Any], text: str, markdown:
 def _cmd_measure(args: argparse.Namespace) -> int:
     from energyprune.api import measure
     from energyprune.progress import ProgressBar
+    from energyprune.distributed import distributed_context
     from energyprune.report import check_output_path, render_markdown, render_text
 
+    info = distributed_context()
+    if info is not None and info.world_size > 1:
+        return _cmd_measure_distributed(args, info)
     config = _meter_config(args)
     if args.out:
         check_output_path(args.out, args.force)
@@ -228,6 +235,39 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     data["inputs"] = _inputs_text(inputs)
     title = f"energyprune measure: {loaded.description} on {device}, batch {args.batch_size}, inputs {data['inputs']}"
     _emit(args, data, render_text(data, title), render_markdown(data, f"energyprune measurement: {loaded.spec}"))
+    return 0
+
+
+def _cmd_measure_distributed(args: argparse.Namespace, info: Any) -> int:
+    """Under torchrun: every rank measures its own replica on its own device, on its own batch
+    (data parallel); rank 0 gathers, prints and writes. The other ranks print nothing."""
+    from energyprune.distributed import local_device, measure_distributed, render_text
+    from energyprune.models import build_inputs, load_model, prepare
+    from energyprune.progress import ProgressBar
+    from energyprune.report import to_json
+
+    # No --device, or plain "cuda", means this rank's own GPU (cuda:LOCAL_RANK), else the CPU.
+    device_spec = str(local_device(info)) if args.device in (None, "cuda") else args.device
+    loaded = load_model(args.model)
+    model, device = prepare(loaded.module, device_spec, args.dtype)
+    inputs = build_inputs(loaded, model, args.batch_size, args.seq_len, args.input_shape, device,
+                          seed=info.rank)
+    progress = ProgressBar() if info.rank == 0 else None
+    try:
+        result = measure_distributed(model, inputs, out=args.out, force=args.force,
+                                     backend=args.backend, batch_size=args.batch_size,
+                                     config=_meter_config(args), cpu_tdp_w=args.cpu_tdp_w,
+                                     progress=progress, label=loaded.spec)
+    finally:
+        if progress is not None:
+            progress.close()
+    if result is None:
+        return 0
+    data = result.to_dict()
+    data["model"] = loaded.description
+    sys.stdout.write(to_json(data) if args.json else render_text(data))
+    if args.out:
+        print(f"energyprune: wrote {args.out}", file=sys.stderr)
     return 0
 
 
