@@ -53,10 +53,16 @@ def units_for(model: nn.Module, kind: str) -> list[Unit]:
     raise UsageError(f"cannot enumerate units of kind {kind!r}: use block, attention, neuron or activation")
 
 
+def _removable(score: float) -> bool:
+    """-inf means "remove first" (thermodynamic's inert units); +inf and NaN are never removed."""
+    return score != math.inf and not math.isnan(score)
+
+
 def select(scores: Mapping[Unit, float], amount: int | float, kind: str) -> list[Unit]:
-    """The units to remove: the `amount` lowest finite scores. A float in (0, 1) is a fraction —
-    of all units, or for neurons of each MLP, so that every MLP keeps the same width."""
-    finite = sorted((s, u) for u, s in scores.items() if math.isfinite(s))
+    """The units to remove: the `amount` lowest scores, +inf (protected) and NaN excluded. A float
+    in (0, 1) is a fraction — of all units, or for neurons of each MLP, so that every MLP keeps the
+    same width."""
+    finite = sorted((s, u) for u, s in scores.items() if _removable(s))
     if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount <= 0:
         raise UsageError(f"amount must be a positive count or a fraction in (0, 1), got {amount!r}")
     if isinstance(amount, float) and amount >= 1:
@@ -66,14 +72,14 @@ def select(scores: Mapping[Unit, float], amount: int | float, kind: str) -> list
         sizes: dict[str, int] = defaultdict(int)
         for unit, score in scores.items():
             sizes[unit.path] += 1
-            if math.isfinite(score):
+            if _removable(score):
                 per_path[unit.path].append((score, unit))
         chosen = []
         for path, size in sizes.items():
             count = int(round(amount * size))
             ranked = sorted(per_path[path])
             if count > len(ranked):
-                raise UsageError(f"{path}: {count} neurons asked but only {len(ranked)} have a finite score")
+                raise UsageError(f"{path}: {count} neurons asked but only {len(ranked)} are candidates")
             chosen += [u for _, u in ranked[:count]]
         return chosen
     count = amount if isinstance(amount, int) else int(round(amount * len(scores)))

@@ -69,3 +69,17 @@ def test_asking_for_more_than_the_candidates_is_a_clear_error(llama, batches):
 def test_bad_amounts_are_refused(llama, batches, amount):
     with pytest.raises(UsageError):
         prune(llama, "random", amount, batches)
+
+
+def test_select_removes_minus_inf_first_and_never_plus_inf_or_nan():
+    import math
+
+    from energyprune.pruning import Unit, select
+
+    units = [Unit("neuron", "mlp", i) for i in range(6)]
+    scores = dict(zip(units, [-math.inf, 0.5, 0.2, 0.9, math.inf, math.nan]))
+    assert select(scores, 2, "neuron") == [units[0], units[2]]
+    # Per MLP, a fraction: round(0.5 * 6) = 3 of the 4 candidates.
+    assert sorted(select(scores, 0.5, "neuron")) == sorted([units[0], units[2], units[1]])
+    with pytest.raises(UsageError, match="candidates"):
+        select(scores, 5, "neuron")
