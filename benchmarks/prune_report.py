@@ -7,7 +7,6 @@ The summary paragraphs are written from the numbers, not by hand, so a re-run sa
 
 from __future__ import annotations
 
-import math
 import statistics
 import sys
 from collections.abc import Sequence
@@ -464,11 +463,32 @@ def plot(key: str, model: dict[str, Any], path: Path) -> None:
         draw(axes[1][column], m, by_k=True)
     fig.suptitle(f"{model['title']}: held-out fidelity of one-shot block pruning vs {word} energy "
                  f"(k = 1..{model['k_max']} blocks of {model['n_blocks']})", fontsize=13)
-    ncol = min(4, len(handles))
-    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=ncol, fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0.025 + 0.025 * math.ceil(len(handles) / ncol), 1, 0.97))
-    fig.savefig(path, dpi=100)
+    place_legend(fig, handles, top=0.97)
+    fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
+
+
+def place_legend(fig: Any, handles: dict[str, Any], *, top: float = 0.97, max_cols: int = 4, fontsize: int = 9,
+                 wrap: int = 52) -> Any:
+    """A figure legend under the axes that fits the figure's width: long labels are wrapped and
+    columns are dropped until the legend is no wider than the figure; the axes are laid out above
+    its measured height. (A fixed 4-column legend of long labels ran off both edges of a 2-column
+    figure.) Save with bbox_inches="tight" as well, so nothing drawn is ever cut."""
+    import textwrap
+
+    labels = [textwrap.fill(label, wrap, subsequent_indent="  ") for label in handles]
+    renderer = fig.canvas.get_renderer()
+    width_px = fig.get_figwidth() * fig.dpi
+    legend = None
+    for ncol in range(min(max_cols, len(labels)), 0, -1):
+        legend = fig.legend(list(handles.values()), labels, loc="lower center", bbox_to_anchor=(0.5, 0.0),
+                            ncol=ncol, fontsize=fontsize, frameon=False)
+        if legend.get_window_extent(renderer).width <= 0.98 * width_px or ncol == 1:
+            break
+        legend.remove()
+    height = legend.get_window_extent(renderer).height / (fig.get_figheight() * fig.dpi) if legend else 0.0
+    fig.tight_layout(rect=(0, min(0.5, height + 0.01), 1, top))
+    return legend
 
 
 def render(data: dict[str, Any], out_dir: Path) -> list[Path]:
