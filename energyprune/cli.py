@@ -1,4 +1,4 @@
-"""`energyprune measure | compare | score | backends`: the command-line faces.
+"""`energyprune measure | compare | score | report | backends`: the command-line faces.
 
 User mistakes end as one line on standard error and exit code 2, never a traceback (`-v` shows
 the traceback for bug reports). With `--json`, standard output holds the JSON alone.
@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--device")
     score.add_argument("--json", action="store_true")
 
+    from energyprune.report_cli import add_report_parser
+
+    add_report_parser(commands)
+
     backends = commands.add_parser("backends", help="every backend, whether it works here, why, and the fix")
     backends.add_argument("--json", action="store_true")
     backends.add_argument("--cpu-tdp-w", type=_positive_float, metavar="W")
@@ -149,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_compare(args)
         if args.command == "score":
             return _cmd_score(args)
+        if args.command == "report":
+            from energyprune.report_cli import run_report
+
+            return run_report(args)
     except EnergyPruneError as error:
         if args.verbose:
             logger.exception("details")

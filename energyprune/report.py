@@ -208,6 +208,11 @@ def render_comparison_markdown(result: Mapping[str, Any]) -> str:
             f"B / A energy per inference: **{result['ratio_b_over_a']:.4f}** "
             f"(95% interval {low:.4f} .. {high:.4f}, {len(result['ratios'])} interleaved pairs, "
             f"{result['provenance']})", ""]
-    text.append(render_markdown(result["a"], title=f"A: {result['a']['label']}").replace("\n# ", "\n## "))
-    text.append(render_markdown(result["b"], title=f"B: {result['b']['label']}").replace("\n# ", "\n## "))
+    text.append(_demoted(render_markdown(result["a"], title=f"A: {result['a']['label']}")))
+    text.append(_demoted(render_markdown(result["b"], title=f"B: {result['b']['label']}")))
     return "\n".join(text)
+
+
+def _demoted(markdown: str) -> str:
+    """Every heading one level down (# -> ##, ## -> ###), the first line's too."""
+    return ("\n" + markdown).replace("\n#", "\n##")[1:]
