@@ -48,6 +48,10 @@ def load_model(spec: str | None) -> LoadedModel:
         n_params = sum(p.numel() for p in model.parameters())
         return LoadedModel(model, "demo", "demo", f"built-in demo transformer (4 blocks, d=256, {n_params / 1e6:.1f} M params)")
     path = Path(spec)
+    if path.is_dir() and (path / "pruned.json").is_file():  # written by `energyprune prune --out DIR`
+        from energyprune.budget.saved import load_pruned
+
+        return load_pruned(path)
     if path.is_dir():
         return _load_huggingface(path)
     if ":" in spec and not path.exists():

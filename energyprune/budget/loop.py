@@ -1,0 +1,796 @@
+"""`prune_to_energy`: prune a copy of a model, step by measured step, until it meets an energy target.
+
+The loop (NetAdapt-style, DESIGN.md section 4), with the real meter between every two steps:
+
+    E0 = measure(original); Q0 = evaluate(original)
+    repeat:
+        score the remaining units of the CURRENT model with the criterion
+        n = next_step_size(...)                      # shrinks as the target nears
+        candidate = current without its n lowest-scored units   (a copy)
+        recovery(candidate)                          # optional (fine-tune / distil)
+        Q = evaluate(candidate); refused if Q < floor (then try half the step)
+        r = compare(current, candidate)              # interleaved windows: ratio and its 95% interval
+        energy ratio *= r; record the step; checkpoint
+    until the target is reached (confirmed by compare(original, final), the figure of record),
+    the quality floor would break, nothing is left, the meter cannot resolve the steps, or max_steps.
+
+Why a ratio against the current model each step, not an absolute number: a GPU under its power
+cap drifts by more than a pruning step is worth between two measurements minutes apart, and
+interleaved windows (A B A B ... A) cancel that drift. The cumulative ratio is the product of the
+step ratios; its interval is propagated to first order in log space, steps taken as independent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from energyprune.backends.base import Backend
+from energyprune.budget.checkpoint import Checkpoint, Checkpointer, fingerprint
+from energyprune.budget.judge import ComparisonLike, EnergyJudge, MeasurementLike, MeterJudge, provenance_of
+from energyprune.budget.result import (
+    STOP_REASONS,
+    FinalFigures,
+    OriginalFigures,
+    PruneResult,
+    PruneStep,
+    format_step,
+)
+from energyprune.budget.target import EnergyTarget, parse_target
+from energyprune.errors import EnergyPruneError, MeasurementError, UsageError
+from energyprune.measurement import Provenance
+from energyprune.meter import MeterConfig, Progress
+from energyprune.models import Inputs, check_inputs
+from energyprune.pruning.base import Batch, Criterion, Unit
+from energyprune.pruning.blocks import RemovedAttention
+from energyprune.pruning.criteria import get_criterion
+from energyprune.pruning.prune import remove_units, units_for
+from energyprune.pruning.record import PruneRecord, apply_record
+from energyprune.pruning.slicing import get_module
+
+logger = logging.getLogger(__name__)
+
+Evaluate = Callable[[nn.Module], float]
+Recovery = Callable[[nn.Module], "nn.Module | None"]
+
+#: Take this share of the units the measured saving per unit says are still needed: a step that
+#: overshoots costs quality for nothing, one that undershoots only costs another measurement.
+APPROACH = 0.75
+#: Consecutive steps whose ratio interval contains 1 before the loop says the meter is too coarse.
+COARSE_PATIENCE = 2
+#: Ratios this close to the goal count as reached (float rounding of a product, not a tolerance).
+_EPS = 1e-12
+
+
+class PruneInterrupted(KeyboardInterrupt):
+    """Ctrl-C inside `prune_to_energy`. `result` holds the trajectory so far (stop reason
+    "interrupted"; None when the original was not measured yet); it was saved to `checkpoint_dir`
+    when one was given, and `prune_to_energy(..., resume=True)` continues from there."""
+
+    def __init__(self, result: PruneResult | None, checkpoint_dir: Path | None) -> None:
+        where = f"; resume from the checkpoint in {checkpoint_dir}" if checkpoint_dir else ""
+        steps = len(result.steps) if result is not None else 0
+        super().__init__(f"pruning interrupted after {steps} step(s){where}")
+        self.result = result
+        self.checkpoint_dir = checkpoint_dir
+
+
+# ---- the step-size schedule: a plain function ----------------------------------------------------
+def next_step_size(
+    *,
+    n_available: int,
+    n_total: int,
+    ratio_now: float,
+    ratio_goal: float,
+    history: Sequence[tuple[int, float]] = (),
+    approach: float = APPROACH,
+) -> int:
+    """How many units the next step removes.
+
+    The ratio still to remove, `ratio_now - ratio_goal` (in shares of the original's energy), is
+    divided by the share one unit saved so far: pooled over `history` - (units removed, share
+    saved) of the steps whose saving the meter resolved - or, before any, the prior "each unit
+    costs 1/n_total of the model". That prior is an upper bound on a unit's share (embeddings,
+    heads and norms cost energy too), so the first step undershoots rather than overshoots.
+    `approach` of that need is taken, rounded up: steps shrink as the target nears, never below one
+    unit nor above what is left."""
+    if n_available < 1:
+        return 0
+    still = ratio_now - ratio_goal
+    if still <= 0:
+        return 1
+    removed = sum(n for n, saved in history if saved > 0)
+    saved = sum(saved for n, saved in history if saved > 0)
+    per_unit = saved / removed if removed and saved > 0 else 1.0 / max(n_total, 1)
+    need = still / per_unit
+    size = math.ceil(approach * need - 1e-9) if math.isfinite(need) else n_available
+    return max(1, min(size, n_available))
+
+
+# ---- the loop's own state, checkpointed after every step ----------------------------------------
+@dataclasses.dataclass
+class _State:
+    original: OriginalFigures
+    provenance: str
+    n_total: int  # removable units at the start
+    steps: list[PruneStep] = dataclasses.field(default_factory=list)
+    record: PruneRecord = dataclasses.field(default_factory=PruneRecord)
+    log_energy: float = 0.0  # ln of the cumulative energy ratio
+    log_energy_var: float = 0.0  # sum of the squared log half-widths (95%)
+    log_latency: float = 0.0
+    log_power: float = 0.0
+    anchored: bool = False  # the running ratio is a direct comparison with the original
+    coarse_streak: int = 0
+    quality: float | None = None  # of the current model
+    fidelity: float | None = 1.0
+    flops: int | None = None
+    n_params: int = 0
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    elapsed_s: float = 0.0  # before this process (resumed runs)
+    history: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # (units, share of E0 saved)
+    confirmations: int = 0
+
+    @property
+    def energy_ratio(self) -> float:
+        return math.exp(self.log_energy)
+
+    @property
+    def energy_ratio_ci95(self) -> tuple[float, float]:
+        half = math.sqrt(self.log_energy_var)
+        return (math.exp(self.log_energy - half), math.exp(self.log_energy + half))
+
+    @property
+    def n_removed(self) -> int:
+        return sum(len(s.removed) for s in self.steps if s.accepted)
+
+    def tracked_ratio(self, quantity: str) -> float:
+        return math.exp({"energy": self.log_energy, "latency": self.log_latency, "power": self.log_power}[quantity])
+
+    def warn(self, text: str) -> None:
+        if text not in self.warnings:
+            logger.warning("%s", text)
+            self.warnings.append(text)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "original": self.original.to_dict(), "provenance": self.provenance, "n_total": self.n_total,
+            "steps": [s.to_dict() for s in self.steps], "record": self.record.to_dict(),
+            "log_energy": self.log_energy, "log_energy_var": self.log_energy_var,
+            "log_latency": self.log_latency, "log_power": self.log_power, "anchored": self.anchored,
+            "coarse_streak": self.coarse_streak, "quality": self.quality, "fidelity": self.fidelity,
+            "flops": self.flops, "n_params": self.n_params, "warnings": list(self.warnings),
+            "elapsed_s": self.elapsed_s, "history": [list(h) for h in self.history],
+            "confirmations": self.confirmations,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> _State:
+        def opt(value: Any, kind: type) -> Any:
+            return None if value is None else kind(value)
+
+        return cls(
+            original=OriginalFigures.from_dict(d["original"]), provenance=str(d["provenance"]),
+            n_total=int(d["n_total"]), steps=[PruneStep.from_dict(s) for s in d["steps"]],
+            record=PruneRecord.from_dict(d["record"]), log_energy=float(d["log_energy"]),
+            log_energy_var=float(d["log_energy_var"]), log_latency=float(d["log_latency"]),
+            log_power=float(d["log_power"]), anchored=bool(d.get("anchored", False)),
+            coarse_streak=int(d["coarse_streak"]), quality=opt(d.get("quality"), float),
+            fidelity=opt(d.get("fidelity"), float), flops=opt(d.get("flops"), int), n_params=int(d["n_params"]),
+            warnings=[str(w) for w in d.get("warnings", [])], elapsed_s=float(d.get("elapsed_s", 0.0)),
+            history=[(int(n), float(r)) for n, r in d.get("history", [])],
+            confirmations=int(d.get("confirmations", 0)),
+        )
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+def _log_half_width(ratio: float, interval: tuple[float, float]) -> float:
+    """Half-width of a ratio's 95% interval in log space (relative, where the interval reaches 0)."""
+    low, high = interval
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return math.inf
+    if low > 0 and high > 0:
+        return (math.log(high) - math.log(low)) / 2
+    return (high - low) / (2 * ratio) if ratio > 0 else math.inf
+
+
+def _latency(measurement: MeasurementLike) -> float:
+    return float(measurement.latency_s["median"])
+
+
+def _power(measurement: MeasurementLike) -> float | None:
+    value = measurement.mean_power_w
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _strip_traces(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A comparison's dict without power traces (only the original's measurement keeps its trace)."""
+    out = dict(data)
+    for side in ("a", "b"):
+        if isinstance(out.get(side), Mapping):
+            out[side] = {k: (None if k == "power_trace" else v) for k, v in out[side].items()}
+    return out
+
+
+def _as_quality(value: Any, what: str) -> float:
+    try:
+        quality = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} returned {value!r}, not a number (higher is better)") from None
+    if not math.isfinite(quality):
+        raise UsageError(f"{what} returned {quality}, not a finite number")
+    return quality
+
+
+def _resolve_criterion(criterion: str | Criterion, unit_kind: str | None, options: dict[str, Any],
+                       backend: Any, config: MeterConfig | None) -> tuple[Criterion, str]:
+    if isinstance(criterion, str):
+        options = dict(options)
+        if unit_kind is not None:
+            options["unit_kind"] = unit_kind
+        name = str(criterion).strip().lower().replace("_", "-")
+        if name == "energy-aware":  # it measures too: with the same backend and windows as the loop
+            options.setdefault("backend", backend)
+            if config is not None:
+                options.setdefault("config", config)
+        return get_criterion(criterion, **options), name
+    if options or unit_kind is not None:
+        raise UsageError("criterion options and unit_kind go with a criterion given by name")
+    if not isinstance(criterion, Criterion):
+        raise UsageError(f"criterion must be a name or an object with name, unit_kind and score(), "
+                         f"got {type(criterion).__name__}")
+    return criterion, str(criterion.name)
+
+
+def _scorable_units(model: nn.Module, kind: str) -> list[Unit]:
+    """The units of `kind` that a criterion may score: attention already removed is left out."""
+    units = units_for(model, kind)
+    if kind == "attention":
+        units = [u for u in units if not isinstance(get_module(model, u.path), RemovedAttention)]
+    return units
+
+
+def _eligible(scores: Mapping[Unit, float], units: Sequence[Unit], kind: str) -> list[Unit]:
+    """The units the loop may remove, best candidate first, within what the surgery allows: one
+    block always stays, every MLP keeps a neuron, one attention module always stays."""
+    ranked = [u for s, u in sorted((s, u) for u, s in scores.items() if math.isfinite(s))]
+    if kind == "block":
+        return ranked[: max(0, len(units) - 1)]
+    if kind == "attention":
+        return ranked[: max(0, len(units) - 1)]
+    if kind == "neuron":
+        size: dict[str, int] = {}
+        for unit in units:
+            size[unit.path] = size.get(unit.path, 0) + 1
+        taken: dict[str, int] = {}
+        out = []
+        for unit in ranked:
+            if taken.get(unit.path, 0) < size.get(unit.path, 0) - 1:
+                taken[unit.path] = taken.get(unit.path, 0) + 1
+                out.append(unit)
+        return out
+    return ranked
+
+
+class _Quality:
+    """evaluate(model) -> quality, and the semantic fidelity against the original on the
+    measurement inputs (`pruning.criteria.energy_aware.default_fidelity`: exp(-KL) of next-token
+    distributions for language models, top-1 agreement for classifiers, embedding cosine else)."""
+
+    def __init__(self, original: nn.Module, inputs: Inputs, evaluate: Evaluate | None) -> None:
+        self.original = original
+        self.batches: list[Batch] = [inputs]  # type: ignore[list-item]
+        self.evaluate = evaluate
+        self.fidelity_broken: str | None = None
+
+    def fidelity(self, model: nn.Module) -> float | None:
+        from energyprune.pruning.criteria.energy_aware import default_fidelity
+
+        if model is self.original:
+            return 1.0  # the original against itself, by definition
+        if self.fidelity_broken is not None:
+            return None
+        try:
+            return float(default_fidelity(self.original, model, self.batches))
+        except EnergyPruneError as error:
+            if self.evaluate is None:
+                raise
+            self.fidelity_broken = str(error)
+            return None
+
+    def check(self) -> None:
+        from energyprune.pruning.criteria.energy_aware import default_fidelity
+
+        default_fidelity(self.original, self.original, self.batches)
+
+    def quality(self, model: nn.Module, fidelity: float | None) -> float | None:
+        if self.evaluate is None:
+            return fidelity
+        return _as_quality(self.evaluate(model), "evaluate")
+
+
+# ---- the public function ---------------------------------------------------------------------
+def prune_to_energy(
+    model: nn.Module,
+    target: str | float | EnergyTarget,
+    criterion: str | Criterion,
+    *,
+    inputs: Inputs,
+    evaluate: Evaluate | None = None,
+    calibration: Iterable[Batch] = (),
+    unit_kind: str | None = None,
+    quality_floor: float | None = None,
+    recovery: Recovery | None = None,
+    judge: EnergyJudge | None = None,
+    backend: str | Sequence[Backend] = "auto",
+    config: MeterConfig | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    max_steps: int = 50,
+    progress: Progress | None = None,
+    **criterion_options: Any,
+) -> PruneResult:
+    """Prune a copy of `model` until one inference on `inputs` meets `target`, measuring every step.
+
+    target: "0.5J" / "500mJ" (joules per inference), "-30%" / "0.7x" (of the original), "latency<=10ms",
+      "power<=150W", or a number of joules (`parse_target`).
+    criterion: a name from `energyprune.pruning.criteria.CRITERIA` (built with `unit_kind` and
+      `criterion_options`) or a Criterion; it re-scores the current model before every step.
+    evaluate: evaluate(model) -> quality, higher is better; default: semantic fidelity against the
+      original on `inputs` (1.0 for the original). quality_floor bounds it from below.
+    calibration: batches for data-driven criteria (default: `inputs` alone).
+    recovery: recovery(model) after each removal (fine-tune / distil in place, or return a new model).
+    judge: measures and compares models; default `MeterJudge(backend, config)`, the real meter.
+    checkpoint_dir / resume: checkpoint after every step; resume=True continues a saved run.
+    progress: progress(phase, fraction, message); phase "step" carries one line per step, the
+      meter's own phases ("idle", "warmup", "measure") come through the default judge.
+
+    Returns a `PruneResult` whose `model` is the pruned copy; the caller's model is never changed.
+    Ctrl-C raises `PruneInterrupted` (a KeyboardInterrupt) with the trajectory so far, checkpointed.
+    """
+    started = time.perf_counter()
+    goal = parse_target(target)
+    crit, crit_name = _resolve_criterion(criterion, unit_kind, criterion_options, backend, config)
+    kind = crit.unit_kind
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise UsageError(f"max_steps must be a whole number of at least 1, got {max_steps!r}")
+    if quality_floor is not None:
+        quality_floor = _as_quality(quality_floor, "quality_floor")
+    if evaluate is not None and not callable(evaluate):
+        raise UsageError("evaluate must be callable as evaluate(model) -> float (higher is better)")
+    if recovery is not None and not callable(recovery):
+        raise UsageError("recovery must be callable as recovery(model)")
+    if judge is not None:
+        if config is not None or backend != "auto":
+            raise UsageError("backend and config set up the default judge: give them to your judge instead")
+        if not isinstance(judge, EnergyJudge):
+            raise UsageError(f"judge must have measure(model, inputs) and compare(a, b, inputs), "
+                             f"got {type(judge).__name__}")
+    if resume and checkpoint_dir is None:
+        raise UsageError("resume=True needs the checkpoint_dir of the run to resume")
+    checkpointer = Checkpointer(checkpoint_dir) if checkpoint_dir is not None else None
+    if checkpointer is not None and not resume and checkpointer.exists():
+        raise UsageError(f"{checkpointer.path} already holds a run: pass resume=True to continue it, or choose "
+                         "another directory (nothing is overwritten)")
+    calibration = list(calibration) or [inputs]
+    report = progress or (lambda phase, fraction, message: None)
+    if judge is None:
+        judge = MeterJudge(backend, config, progress=progress)
+
+    # Everything that can fail on the user's arguments fails here, before any measuring.
+    check_inputs(model, inputs)
+    quality = _Quality(model, inputs, evaluate)
+    if evaluate is None:
+        quality.check()  # the default fidelity must be able to read the outputs: fail now, not after measuring
+    loop = _Loop(model, goal, crit, crit_name, kind, inputs, calibration, quality, quality_floor, recovery,
+                 judge, checkpointer, max_steps, report, started)
+    if resume:
+        assert checkpointer is not None
+        done = loop.restore(checkpointer.load())
+        if done is not None:
+            return done
+    else:
+        loop.scores_now()  # a criterion that does not apply fails before the first measurement
+    try:
+        if not resume:
+            loop.measure_original()
+        return loop.run()
+    except KeyboardInterrupt as interrupt:
+        if isinstance(interrupt, PruneInterrupted):
+            raise
+        partial = loop.interrupted()
+        raise PruneInterrupted(partial, checkpointer.directory if checkpointer and partial else None) from None
+
+
+class _Loop:
+    """The loop's moving parts. One object per call of `prune_to_energy`."""
+
+    def __init__(self, original: nn.Module, goal: EnergyTarget, criterion: Criterion, criterion_name: str,
+                 kind: str, inputs: Inputs, calibration: list[Batch], quality: _Quality,
+                 quality_floor: float | None, recovery: Recovery | None, judge: EnergyJudge,
+                 checkpointer: Checkpointer | None, max_steps: int, report: Progress, started: float) -> None:
+        self.original = original
+        self.goal = goal
+        self.criterion = criterion
+        self.criterion_name = criterion_name
+        self.kind = kind
+        self.inputs = inputs
+        self.calibration = calibration
+        self.q = quality
+        self.floor = quality_floor
+        self.recovery = recovery
+        self.judge = judge
+        self.checkpointer = checkpointer
+        self.max_steps = max_steps
+        self.report = report
+        self.started = started
+        self.current: nn.Module = original
+        self.state: _State | None = None
+        self._scores: tuple[list[Unit], dict[Unit, float]] | None = None
+        self._flops_failed = False
+        self._flops_error = ""
+        self.fingerprint = fingerprint(original)
+        self.step_cap: int | None = None  # after a refused step: at most half of it next
+        self.direct: ComparisonLike | None = None  # the last direct comparison with the original
+
+    # ---- figures ------------------------------------------------------------------------------
+    def flops(self, model: nn.Module) -> int | None:
+        if self._flops_failed:
+            return None
+        from energyprune.metrics.flops import count_flops
+
+        try:
+            return count_flops(model, self.inputs)
+        except Exception as error:  # FlopCounterMode does not know every op; FLOPs are extra
+            self._flops_failed = True
+            self._flops_error = f"FLOPs could not be counted ({type(error).__name__}: {error}); left out"
+            if self.state is not None:
+                self.state.warn(self._flops_error)
+            return None
+
+    def scores_now(self) -> tuple[list[Unit], dict[Unit, float]]:
+        if self._scores is None:
+            units = _scorable_units(self.current, self.kind)
+            scores = self.criterion.score(self.current, units, self.calibration) if units else {}
+            self._scores = (units, dict(scores))
+        return self._scores
+
+    def goal_ratio(self) -> float:
+        assert self.state is not None
+        o = self.state.original
+        base = {"energy": o.per_inference_j, "latency": o.latency_s, "power": o.mean_power_w or math.nan}
+        return self.goal.goal_ratio(base[self.goal.quantity])
+
+    def reached(self, ratio: float) -> bool:
+        return ratio <= self.goal_ratio() * (1 + _EPS)
+
+    # ---- phases -------------------------------------------------------------------------------
+    def measure_original(self) -> None:
+        self.report("original", 0.0, "measuring the original model")
+        measurement = self.judge.measure(self.original, self.inputs)
+        energy_j = float(measurement.per_inference_j)
+        if not (math.isfinite(energy_j) and energy_j > 0):
+            raise MeasurementError(f"the original measured {energy_j} J per inference: nothing to prune against")
+        latency = _latency(measurement)
+        power = _power(measurement)
+        self.goal.check_original(energy_j, latency, power)
+        q0 = self.q.quality(self.original, 1.0)
+        if self.floor is not None and q0 is not None and q0 < self.floor:
+            raise UsageError(f"the original model's quality is {q0:.4g}, already below the quality floor "
+                             f"{self.floor:.4g}: lower the floor")
+        data = measurement.to_dict()
+        original = OriginalFigures(energy_j, tuple(measurement.ci95_j), latency, power, _n_params(self.original),
+                                   self.flops(self.original), q0, data)
+        units, scores = self.scores_now()
+        n_total = len(_eligible(scores, units, self.kind))
+        self.state = _State(original=original, provenance=Provenance(measurement.provenance).value,
+                            n_total=n_total, quality=q0, fidelity=1.0, flops=original.flops,
+                            n_params=original.n_params)
+        if self._flops_error:
+            self.state.warn(self._flops_error)
+        for text in measurement.warnings:
+            self.state.warn(f"original: {text}")
+        self.save("running")
+        self.report("original", 1.0, f"original: {_fmt_j(energy_j)}/inference"
+                    f"{' (ESTIMATED)' if self.estimated else ''}, {original.n_params / 1e6:.3g} M params")
+
+    @property
+    def estimated(self) -> bool:
+        return self.state is not None and self.state.provenance == Provenance.ESTIMATED.value
+
+    def restore(self, checkpoint: Checkpoint) -> PruneResult | None:
+        where = str(self.checkpointer.path) if self.checkpointer else "the checkpoint"
+        checkpoint.check_matches(self.fingerprint, self.goal.to_dict(), self.criterion_name, self.kind, where)
+        try:
+            state = _State.from_dict(checkpoint.state)
+        except (KeyError, TypeError, ValueError, EnergyPruneError) as error:
+            raise UsageError(f"{where} is damaged ({type(error).__name__}: {error}): fix it, or start afresh in "
+                             "another directory (nothing was deleted)") from None
+        current = apply_record(self.original, state.record) if len(state.record) else self.original
+        if checkpoint.has_weights and self.checkpointer is not None:
+            current.load_state_dict(self.checkpointer.load_weights())
+        stored = checkpoint.result
+        if checkpoint.status == "done" and stored is not None:
+            result = PruneResult.from_dict(stored)
+            if result.stop_reason != "max-steps" or len(state.steps) >= self.max_steps:
+                logger.info("the run in %s already finished (%s): returning its result", where, result.stop_reason)
+                return dataclasses.replace(result, model=current)
+        self.state = state
+        self.current = current
+        self.report("original", 1.0, f"resumed after step {len(state.steps)} from {where}")
+        return None
+
+    def run(self) -> PruneResult:
+        state = self.state
+        assert state is not None
+        quantity = self.goal.quantity
+        while True:
+            ratio_now = state.tracked_ratio(quantity)
+            if state.n_removed and self.reached(ratio_now):
+                confirmed = self.confirm()
+                if confirmed is not None:
+                    return confirmed
+                continue
+            if len(state.steps) >= self.max_steps:
+                return self.finish("max-steps", f"the step limit ({self.max_steps}) was reached")
+            try:
+                units, scores = self.scores_now()
+            except UsageError:
+                if not (state.n_removed and self.kind in ("block", "attention")):
+                    raise
+                # One block left: the model no longer has a stack of blocks to enumerate.
+                return self.finish("nothing-left", f"one {self.kind} is left, and it must stay")
+            eligible = _eligible(scores, units, self.kind)
+            if not eligible:
+                left = len(units) - len([s for s in scores.values() if math.isfinite(s)])
+                why = f"no {self.kind} is left that may be removed"
+                if left > 0:
+                    why += f" ({left} are protected or outside the criterion's rule)"
+                return self.finish("nothing-left", why)
+            n = next_step_size(n_available=len(eligible), n_total=state.n_total, ratio_now=ratio_now,
+                               ratio_goal=self.goal_ratio(), history=state.history)
+            if self.step_cap is not None:
+                n = min(n, self.step_cap)
+            stop = self.step(eligible[:n])
+            if stop is not None:
+                return stop
+
+    def step(self, chosen: list[Unit]) -> PruneResult | None:
+        """Try removing `chosen` from the current model; returns a result when the loop stops."""
+        state = self.state
+        assert state is not None
+        t0 = time.perf_counter()
+        index = len(state.steps) + 1
+        candidate, record = remove_units(self.current, chosen)
+        if self.recovery is not None:
+            returned = self.recovery(candidate)
+            if isinstance(returned, nn.Module):
+                candidate = returned
+        fidelity = self.q.fidelity(candidate)
+        quality = self.q.quality(candidate, fidelity)
+        n_params = _n_params(candidate)
+        flops = self.flops(candidate)
+        if flops is not None and flops == state.flops and n_params < state.n_params:
+            state.warn("the FLOP count did not change although parameters were removed: FlopCounterMode does "
+                       "not see some operations (fused kernels such as nn.TransformerEncoderLayer's fast path), "
+                       "so the FLOPs figures are lower bounds")
+        if self.floor is not None and quality is not None and quality < self.floor:
+            note = (f"quality {quality:.4g} is below the floor {self.floor:.4g}: refused, not measured")
+            refused = PruneStep(index, tuple(chosen), state.n_removed, n_params, flops, None, None, None, None,
+                                None, None, quality, fidelity, False, note, time.perf_counter() - t0)
+            state.steps.append(refused)
+            self.emit(refused)
+            if len(chosen) > 1:
+                self.step_cap = len(chosen) // 2
+                self.save("running")
+                return None
+            paths = ", ".join(u.path + (f"[{u.index}]" if u.kind == "neuron" else "") for u in chosen)
+            return self.finish("quality-floor",
+                               f"removing even one more {self.kind} ({paths}) brings the quality to {quality:.4g}, "
+                               f"below the floor {self.floor:.4g}")
+        comparison = self.judge.compare(self.current, candidate, self.inputs)
+        ratio = float(comparison.ratio)
+        interval = (float(comparison.ratio_ci95[0]), float(comparison.ratio_ci95[1]))
+        if not (math.isfinite(ratio) and ratio > 0):
+            raise MeasurementError(f"step {index}: the comparison gave an energy ratio of {ratio}, which is not a "
+                                   "positive number")
+        state.provenance = provenance_of(comparison).value if state.provenance != "estimated" else "estimated"
+        half = _log_half_width(ratio, interval)
+        state.log_energy += math.log(ratio)
+        state.log_energy_var += half * half
+        a_latency, b_latency = _latency(comparison.a), _latency(comparison.b)
+        if a_latency > 0 and b_latency > 0:
+            state.log_latency += math.log(b_latency / a_latency)
+        a_power, b_power = _power(comparison.a), _power(comparison.b)
+        if a_power and b_power:
+            state.log_power += math.log(b_power / a_power)
+        state.anchored = False
+        self.direct = None
+        resolved = interval[1] < 1.0
+        notes = []
+        if resolved:
+            state.coarse_streak = 0
+            # The share of the original's energy this step saved: the ratio before it times (1 - r).
+            state.history.append((len(chosen), math.exp(state.log_energy - math.log(ratio)) * (1.0 - ratio)))
+        else:
+            state.coarse_streak += 1
+            notes.append(f"saving not resolved: the ratio's 95% interval {interval[0]:.3f} .. {interval[1]:.3f} "
+                         "reaches 1")
+        for text in tuple(comparison.a.warnings) + tuple(comparison.b.warnings):
+            state.warn(f"step {index}: {text}")
+        self.current = candidate
+        self._scores = None
+        self.step_cap = None
+        state.record = state.record + record
+        state.quality, state.fidelity, state.flops, state.n_params = quality, fidelity, flops, n_params
+        e_ratio = state.energy_ratio
+        accepted = PruneStep(
+            index=index, removed=tuple(chosen), n_removed_total=state.n_removed + len(chosen), n_params=n_params,
+            flops=flops, step_ratio=ratio, step_ratio_ci95=interval, energy_ratio=e_ratio,
+            energy_ratio_ci95=state.energy_ratio_ci95, per_inference_j=state.original.per_inference_j * e_ratio,
+            latency_s=b_latency, quality=quality, fidelity=fidelity, accepted=True, note="; ".join(notes),
+            duration_s=time.perf_counter() - t0, latency_ratio=state.tracked_ratio("latency"),
+            mean_power_w=b_power, comparison=_strip_traces(comparison.to_dict()))
+        state.steps.append(accepted)
+        self.save("running")
+        self.emit(accepted)
+        if state.coarse_streak >= COARSE_PATIENCE:
+            return self.finish(
+                "too-coarse",
+                f"the energy ratio intervals of the last {state.coarse_streak} steps reached 1 (last "
+                f"{interval[0]:.3f} .. {interval[1]:.3f}): the meter cannot resolve savings this small; measure "
+                "longer or more windows (--duration, --repeats) or use a hardware counter")
+        return None
+
+    def confirm(self) -> PruneResult | None:
+        """The running product says the target is reached: compare the current model with the
+        original directly. If that figure of record agrees, stop; if not, continue from it."""
+        state = self.state
+        assert state is not None
+        self.report("final", 0.0, "confirming against the original")
+        comparison = self.judge.compare(self.original, self.current, self.inputs)
+        self.anchor(comparison)
+        state.confirmations += 1
+        ratio = state.tracked_ratio(self.goal.quantity)
+        if self.reached(ratio):
+            return self.finish("target-reached", "", comparison=comparison)
+        state.warn(f"the product of the step ratios said the target was reached; the direct comparison with the "
+                   f"original says {self.goal.quantity} ratio {ratio:.4f} (goal {self.goal_ratio():.4f}): continuing "
+                   "from the direct figure")
+        self.save("running")
+        return None
+
+    def anchor(self, comparison: ComparisonLike) -> None:
+        """Replace the running product by a direct comparison with the original."""
+        state = self.state
+        assert state is not None
+        ratio = float(comparison.ratio)
+        if not (math.isfinite(ratio) and ratio > 0):
+            raise MeasurementError(f"the final comparison gave an energy ratio of {ratio}")
+        interval = (float(comparison.ratio_ci95[0]), float(comparison.ratio_ci95[1]))
+        half = _log_half_width(ratio, interval)
+        state.log_energy, state.log_energy_var = math.log(ratio), half * half
+        a_latency, b_latency = _latency(comparison.a), _latency(comparison.b)
+        if a_latency > 0 and b_latency > 0:
+            state.log_latency = math.log(b_latency / a_latency)
+        a_power, b_power = _power(comparison.a), _power(comparison.b)
+        if a_power and b_power:
+            state.log_power = math.log(b_power / a_power)
+        state.anchored = True
+        self.direct = comparison
+        if provenance_of(comparison) is Provenance.ESTIMATED:
+            state.provenance = Provenance.ESTIMATED.value
+
+    def finish(self, reason: str, why: str, comparison: ComparisonLike | None = None) -> PruneResult:
+        state = self.state
+        assert state is not None
+        if comparison is None and reason != "interrupted" and state.n_removed and not state.anchored:
+            self.report("final", 0.0, "comparing the final model with the original")
+            comparison = self.judge.compare(self.original, self.current, self.inputs)
+            self.anchor(comparison)
+        comparison = comparison or self.direct
+        ratio = state.tracked_ratio(self.goal.quantity)
+        reached = bool(state.n_removed) and state.anchored and self.reached(ratio)
+        if reached:
+            low, high = state.energy_ratio_ci95 if quantity_is_energy(self.goal) else (ratio, ratio)
+            if high > self.goal_ratio():
+                state.warn(f"the target is met by the median ratio {ratio:.4f}, but its 95% interval reaches "
+                           f"{high:.4f}, above the goal {self.goal_ratio():.4f}: the meter cannot confirm it at 95% "
+                           "(measure longer windows or more repeats for a firmer figure)")
+        if reached and reason != "target-reached":
+            why = f"{why}; the direct comparison with the original shows the target met"
+            reason = "target-reached"
+        result = self.result(reason, reached, why, comparison)
+        self.save("interrupted" if reason == "interrupted" else "done", result)
+        self.report("final", 1.0, result.message)
+        return result
+
+    def interrupted(self) -> PruneResult | None:
+        if self.state is None:
+            return None
+        return self.finish("interrupted", f"interrupted after step {len(self.state.steps)}")
+
+    # ---- output -------------------------------------------------------------------------------
+    def result(self, reason: str, reached: bool, why: str, comparison: ComparisonLike | None) -> PruneResult:
+        state = self.state
+        assert state is not None
+        o = state.original
+        e_ratio = state.energy_ratio if state.n_removed else 1.0
+        e_ci = state.energy_ratio_ci95 if state.n_removed else (1.0, 1.0)
+        final = FinalFigures(
+            energy_ratio=e_ratio, energy_ratio_ci95=e_ci, per_inference_j=o.per_inference_j * e_ratio,
+            n_params=state.n_params, flops=state.flops, quality=state.quality, fidelity=state.fidelity,
+            latency_s=(_latency(comparison.b) if comparison is not None else
+                       o.latency_s * state.tracked_ratio("latency")),
+            latency_ratio=state.tracked_ratio("latency") if state.n_removed else 1.0,
+            comparison=_strip_traces(comparison.to_dict()) if comparison is not None else None)
+        message = self.message(reason, reached, why, final)
+        return PruneResult(
+            model_name=type(self.original).__name__, criterion=self.criterion_name, unit_kind=self.kind,
+            target=self.goal, target_j=self.goal.target_j(o.per_inference_j), reached=reached, stop_reason=reason,
+            message=message, provenance=state.provenance, original=o, steps=tuple(state.steps), final=final,
+            record=state.record, duration_s=state.elapsed_s + time.perf_counter() - self.started,
+            warnings=tuple(state.warnings + ([f"fidelity could not be computed: {self.q.fidelity_broken}"]
+                                             if self.q.fidelity_broken else [])),
+            model=self.current)
+
+    def message(self, reason: str, reached: bool, why: str, final: FinalFigures) -> str:
+        state = self.state
+        assert state is not None
+        tag = " (ESTIMATED)" if self.estimated else ""
+        quantity = self.goal.quantity
+        ratio = state.tracked_ratio(quantity) if state.n_removed else 1.0
+        low, high = final.energy_ratio_ci95
+        figure = (f"energy {final.energy_ratio:.3f}x of the original [95% {low:.3f} .. {high:.3f}], "
+                  f"{_fmt_j(state.original.per_inference_j)} -> {_fmt_j(final.per_inference_j)} per inference{tag}")
+        if quantity != "energy":
+            figure = f"{quantity} {ratio:.3f}x of the original, " + figure
+        basis = "" if state.anchored or not state.n_removed else " (product of step ratios, not confirmed directly)"
+        done = (f"{state.n_removed} {self.kind} unit(s) removed in {len(state.steps)} step(s), "
+                f"{state.original.n_params / 1e6:.3g} -> {state.n_params / 1e6:.3g} M params")
+        if state.quality is not None:
+            done += f", quality {state.quality:.4g}"
+        if reached:
+            head = f"target {self.goal.text} reached: {figure}{basis}; {done}"
+            return head + (f" ({why})" if why else "")
+        need = self.goal_ratio()
+        head = f"target {self.goal.text} not reached: {figure}{basis}, needed {need:.3f}x of the {quantity}"
+        return f"{head}; {done}; stopped because {why or STOP_REASONS[reason]}"
+
+    def emit(self, step: PruneStep) -> None:
+        state = self.state
+        assert state is not None
+        goal = self.goal_ratio()
+        now = state.tracked_ratio(self.goal.quantity)
+        fraction = min(1.0, max(0.0, (1 - now) / (1 - goal))) if goal < 1 else 0.0
+        self.report("step", fraction, format_step(step, estimated=self.estimated))
+
+    def save(self, status: str, result: PruneResult | None = None) -> None:
+        if self.checkpointer is None or self.state is None:
+            return
+        data = self.state.to_dict()
+        data["elapsed_s"] = self.state.elapsed_s + (time.perf_counter() - self.started)
+        weights = self.current.state_dict() if self.recovery is not None and self.state.n_removed else None
+        checkpoint = Checkpoint(self.fingerprint, self.goal.to_dict(), self.criterion_name, self.kind, status, data,
+                                result.to_dict() if result is not None else None, weights is not None)
+        self.checkpointer.save(checkpoint, weights)
+
+
+def quantity_is_energy(goal: EnergyTarget) -> bool:
+    return goal.quantity == "energy"
+
+
+def _fmt_j(value: float) -> str:
+    from energyprune.report import format_energy
+
+    return format_energy(value)

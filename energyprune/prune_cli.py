@@ -1,0 +1,321 @@
+"""`energyprune prune MODEL --target T --criterion C --out DIR`: the energy-budgeted loop on the
+command line.
+
+Standard error carries the live view (one line per step: units removed, parameters, energy ratio
+with its interval, joules per inference, quality); standard output the summary, or the JSON
+result alone with `--json`. DIR receives the pruned model (loadable by `load_model(DIR)`),
+`result.json` (the source of truth), `record.json`, `report.md`, `report.html` and the checkpoint.
+
+Exit codes: 0 target reached; 3 target not reached (the best model that met the quality floor is
+still saved, and the last line says how close it got and why); 2 a usage error; 130 interrupted
+(the checkpoint is saved and the message says how to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from energyprune.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+#: The target was not reached (the model closest to it is still written to DIR).
+EXIT_UNREACHED = 3
+EXIT_INTERRUPTED = 130
+
+RESULT_FILE = "result.json"
+RECORD_FILE = "record.json"
+REPORT_FILE = "report.md"
+HTML_REPORT_FILE = "report.html"
+#: Files this command writes into DIR; with --force exactly these are replaced.
+OWN_FILES = (RESULT_FILE, RECORD_FILE, REPORT_FILE, HTML_REPORT_FILE, "pruned.json", "pruned.safetensors", "state_dict.pt",
+             "checkpoint.json", "checkpoint-weights.pt")
+#: What save_pretrained writes, removed with --force only where an earlier pruned.json says it wrote them.
+HF_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
+
+
+def _criterion_option(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. estimator=bucket)")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw  # a bare word such as bucket
+    return key.strip().replace("-", "_"), value
+
+
+def add_prune_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add `prune` to the `energyprune` sub-commands; returns its parser."""
+    from energyprune.cli import _add_measure_options, _positive_int
+
+    # "resolve": this command's --out names a directory, not the FILE of the measuring options.
+    parser = subparsers.add_parser(
+        "prune", conflict_handler="resolve",
+        help="prune a model until it meets an energy target, measuring every step",
+        description="Prune a copy of MODEL, step by measured step, until one inference meets --target. "
+                    "Exit codes: 0 reached, 3 not reached (best model still saved), 2 usage error, 130 "
+                    "interrupted (resume with --resume).")
+    # "--target -30%" must read -30% as the value: argparse takes a dash-word for an option unless it
+    # looks like a negative number, so teach this parser that a percentage is one too.
+    parser._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-\d*\.?\d+%$")
+    parser.add_argument("model", nargs="?", help="a local Hugging Face folder, module:factory, file.py:factory, "
+                        "a pruned DIR, or nothing for the built-in demo")
+    loop = parser.add_argument_group("pruning")
+    loop.add_argument("--target", required=True,
+                      help="0.5J or 500mJ (joules per inference), -30%% or 0.7x (of the original), "
+                           "latency<=10ms, power<=150W (quote the last two in a shell)")
+    loop.add_argument("--criterion", required=True,
+                      help="cosine-block, entropy-block, magnitude, random, nepenthe, mipp, thermodynamic, energy-aware")
+    loop.add_argument("--unit-kind", choices=["block", "attention", "neuron", "activation"],
+                      help="what to remove (default: the criterion's own)")
+    loop.add_argument("--criterion-option", type=_criterion_option, action="append", default=[],
+                      metavar="KEY=VALUE", help="an option of the criterion, e.g. estimator=bucket (repeatable)")
+    loop.add_argument("--quality-floor", type=float, metavar="Q",
+                      help="never accept a step whose quality (fidelity to the original, 0..1) falls below Q")
+    loop.add_argument("--max-steps", type=_positive_int, default=50, help="at most this many steps (default 50)")
+    loop.add_argument("--calibration", default="auto", choices=["auto", "text", "random"],
+                      help="calibration data for the criterion: real text for a Hugging Face LM with a "
+                           "tokenizer, else random inputs (default auto)")
+    loop.add_argument("--calibration-batches", type=_positive_int, default=4, metavar="N")
+    _add_measure_options(parser)
+    # Into the measuring options' own "output" group, so that help shows one.
+    out = next((g for g in parser._action_groups if g.title == "output"), None) or parser.add_argument_group("output")
+    out.add_argument("--out", metavar="DIR",
+                     help="write the pruned model, result.json, record.json, report.md and the checkpoint here")
+    out.add_argument("--force", action="store_true", help="replace the results of an earlier run in DIR")
+    out.add_argument("--resume", action="store_true", help="continue the interrupted run whose checkpoint is in DIR")
+    return parser
+
+
+class _LiveView:
+    """Step lines as whole lines on standard error; the meter's phases as a redrawn bar."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        from energyprune.progress import ProgressBar
+
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.bar = ProgressBar(self.stream)
+
+    def __call__(self, phase: str, fraction: float, message: str) -> None:
+        if phase in ("step", "original"):
+            if phase == "original" and fraction < 1.0:
+                return  # "measuring ...": the bar shows that
+            self.bar.close()
+            self.bar = type(self.bar)(self.stream)
+            self.stream.write(f"energyprune: {message}\n")
+            self.stream.flush()
+            return
+        if phase == "final":
+            return  # the summary line is printed once, at the end
+        if self.tty:  # on a pipe or in a log, one line per step is the whole view
+            self.bar(phase, fraction, message)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _check_out_dir(args: argparse.Namespace) -> tuple[Path | None, bool]:
+    """(DIR, whether an earlier run's files must be removed first). DIR may be new, empty, resumed
+    (--resume) or replaced (--force); never silently overwritten."""
+    if args.out is None:
+        if args.resume:
+            raise UsageError("--resume needs --out DIR: the directory of the run to continue")
+        if args.force:
+            raise UsageError("--force replaces the results in --out DIR, and no --out was given")
+        return None, False
+    directory = Path(args.out)
+    if args.resume and args.force:
+        raise UsageError("--resume continues the run in DIR and --force replaces it: choose one")
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"--out {directory} is a file: give a directory")
+    if not directory.parent.exists():
+        raise UsageError(f"--out {directory}: the folder {directory.parent} does not exist")
+    if args.resume:
+        if not (directory / "checkpoint.json").is_file():
+            raise UsageError(f"--resume: {directory} holds no checkpoint.json, so there is no run to continue")
+        return directory, False
+    if directory.exists() and any(directory.iterdir()):
+        ours = [name for name in OWN_FILES if (directory / name).exists()]
+        if not args.force:
+            what = f"earlier results ({', '.join(ours)})" if ours else "other files"
+            raise UsageError(f"--out {directory} already holds {what}: choose another directory, pass --resume to "
+                             "continue its run, or --force to replace its results")
+        if not ours:
+            raise UsageError(f"--out {directory} holds files that are not energyprune results: choose another "
+                             "directory (--force only replaces a run's own files)")
+        return directory, True
+    return directory, False
+
+
+def _remove_earlier(directory: Path) -> None:
+    """--force: remove what an earlier run wrote, and nothing else."""
+    hf_copy = False
+    try:
+        hf_copy = bool(json.loads((directory / "pruned.json").read_text(encoding="utf-8")).get("huggingface_copy"))
+    except (OSError, ValueError, AttributeError):
+        pass
+    for name in OWN_FILES + (HF_FILES if hf_copy else ()):
+        path = directory / name
+        if path.is_file():
+            path.unlink()
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    words = ["energyprune", "prune"] + ([args.model] if args.model else [])
+    words += ["--target", args.target, "--criterion", args.criterion]
+    for flag, value in (("--unit-kind", args.unit_kind), ("--quality-floor", args.quality_floor),
+                        ("--device", args.device), ("--dtype", args.dtype), ("--seq-len", args.seq_len),
+                        ("--backend", None if args.backend == "auto" else args.backend)):
+        if value is not None:
+            words += [flag, str(value)]
+    if args.input_shape:
+        words += ["--input-shape", ",".join(map(str, args.input_shape))]
+    if args.batch_size != 1:
+        words += ["--batch-size", str(args.batch_size)]
+    for key, value in args.criterion_option:
+        words += ["--criterion-option", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    words += ["--out", str(args.out), "--resume"]
+    return shlex.join(words)
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    """The `prune` command; returns the exit code."""
+    from energyprune.budget import MeterJudge, PruneInterrupted, parse_target, prune_to_energy
+    from energyprune.cli import _meter_config, _prepared
+    from energyprune.scoring import calibration_for
+
+    target = parse_target(args.target)  # a typo in the target fails before the model loads
+    if args.quality_floor is not None and not math.isfinite(args.quality_floor):
+        raise UsageError(f"--quality-floor must be a finite number, got {args.quality_floor}")
+    config = _meter_config(args)
+    directory, replace = _check_out_dir(args)
+    loaded, model, inputs, device = _prepared(args.model, args)
+    calibration, source = calibration_for(loaded, model, args.batch_size, args.seq_len, args.calibration_batches,
+                                          args.calibration, device)
+    if replace:  # only once the model has loaded: a typo in MODEL must not cost the earlier results
+        assert directory is not None
+        _remove_earlier(directory)
+    live = _LiveView()
+    judge = MeterJudge(args.backend, config, cpu_tdp_w=args.cpu_tdp_w, progress=live)
+    live.stream.write(f"energyprune: pruning {loaded.description} on {device} to {target.text} with "
+                      f"{args.criterion}; calibration: {source}\n")
+    try:
+        result = prune_to_energy(
+            model, target, args.criterion, inputs=inputs, calibration=calibration, unit_kind=args.unit_kind,
+            quality_floor=args.quality_floor, judge=judge, checkpoint_dir=directory, resume=args.resume,
+            max_steps=args.max_steps, progress=live, **dict(args.criterion_option))
+    except PruneInterrupted as interrupt:
+        live.close()
+        partial = interrupt.result
+        if partial is not None and directory is not None:
+            partial = dataclasses.replace(partial, model_name=loaded.description)
+            _write_results(directory, partial, args)
+            print(f"energyprune: interrupted after step {len(partial.steps)}; the trajectory is in {directory}. "
+                  f"Resume with:\n  {_resume_command(args)}", file=sys.stderr)
+        elif partial is not None:
+            print(f"energyprune: interrupted after step {len(partial.steps)}; nothing saved (no --out DIR)",
+                  file=sys.stderr)
+        else:
+            print("energyprune: interrupted before the original was measured; nothing to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        live.close()
+    result = dataclasses.replace(result, model_name=loaded.description)
+    data = result.to_dict()
+    data["device"] = str(device)
+    data["calibration"] = source
+    if directory is not None:
+        from energyprune.budget.saved import save_pruned, source_of
+
+        assert result.model is not None
+        save_pruned(directory, result.model, result.record, source_of(loaded))
+        _write_results(directory, result, args, data)
+    if args.json:
+        from energyprune.report import to_json
+
+        sys.stdout.write(to_json(data))
+    else:
+        sys.stdout.write(render_text(data))
+    if directory is not None:
+        print(f"energyprune: wrote {directory} (pruned model, {RESULT_FILE}, {RECORD_FILE}, {REPORT_FILE}, {HTML_REPORT_FILE}); "
+              f"load it with energyprune.models.load_model({str(directory)!r})", file=sys.stderr)
+    print(f"energyprune: {result.message}", file=sys.stderr)
+    return 0 if result.reached else EXIT_UNREACHED
+
+
+def _write_results(directory: Path, result: Any, args: argparse.Namespace, data: dict[str, Any] | None = None) -> None:
+    from energyprune.report import to_json, write_atomic
+
+    directory.mkdir(parents=True, exist_ok=True)
+    data = data if data is not None else result.to_dict()
+    if args.no_trace:
+        measurement = data.get("original", {}).get("measurement")
+        if isinstance(measurement, dict):
+            measurement["power_trace"] = None
+    write_atomic(directory / RECORD_FILE, to_json(result.record.to_dict()))
+    from energyprune.errors import EnergyPruneError
+    from energyprune.reporting import render
+
+    # The same renderers as `energyprune report result.json`; the HTML draws its plots when
+    # matplotlib is installed and says how to get them where it is not. A report that cannot be
+    # drawn must not cost the run: result.json below is the source of truth either way.
+    for name, fmt in ((REPORT_FILE, "md"), (HTML_REPORT_FILE, "html")):
+        try:
+            write_atomic(directory / name, render(data, fmt))
+        except EnergyPruneError as error:
+            print(f"energyprune: warning: {name} not written ({error}); "
+                  f"`energyprune report {directory / RESULT_FILE}` renders it later", file=sys.stderr)
+    write_atomic(directory / RESULT_FILE, to_json(data))  # last: its presence means the others are there
+
+
+# ---- renderings of the result dict (the JSON is the source of truth) ----------------------------
+def _ratio(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _interval(pair: Any) -> str:
+    return "n/a" if not pair or None in pair else f"{pair[0]:.4f} .. {pair[1]:.4f}"
+
+
+def _steps_rows(data: dict[str, Any]) -> list[list[str]]:
+    from energyprune.report import format_energy
+
+    rows = [["step", "removed", "params", "energy ratio", "95% interval", "J/inference", "quality", "accepted"]]
+    for s in data["steps"]:
+        rows.append([str(s["index"]), str(len(s["removed"])), str(s["n_params"]), _ratio(s["energy_ratio"]),
+                     _interval(s["energy_ratio_ci95"]), format_energy(s["per_inference_j"]),
+                     "n/a" if s["quality"] is None else f"{s['quality']:.4g}", "yes" if s["accepted"] else "no"])
+    return rows
+
+
+def render_text(data: dict[str, Any]) -> str:
+    from energyprune.report import format_energy
+
+    estimated = data["provenance"] == "estimated"
+    tag = " (ESTIMATED: from a power model, not a hardware counter)" if estimated else ""
+    o, f = data["original"], data["final"]
+    lines = [f"energyprune prune: {data['model']}, criterion {data['criterion']} on {data['unit_kind']} units, "
+             f"target {data['target']['text']}",
+             f"  original  {format_energy(o['per_inference_j'])} per inference{tag}, {o['n_params']} params",
+             f"  final     energy ratio {_ratio(f['energy_ratio'])} [95% {_interval(f['energy_ratio_ci95'])}], "
+             f"{format_energy(f['per_inference_j'])} per inference, {f['n_params']} params"
+             + ("" if f.get("comparison") else " (no direct comparison with the original)"), ""]
+    rows = _steps_rows(data)
+    if len(rows) > 1:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows] + [""]
+    lines.append(f"  {'REACHED' if data['reached'] else 'NOT REACHED'} ({data['stop_reason']}): {data['message']}")
+    if data["warnings"]:
+        lines += ["", "  warnings:"] + [f"    ! {w}" for w in data["warnings"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,36 @@
+"""The default judge is the real meter: one short run end to end on the estimated backend."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from energyprune.budget import prune_to_energy
+from energyprune.meter import MeterConfig
+from tests.budget.models import tiny, tiny_inputs
+
+SHORT = MeterConfig(window_s=0.05, repeats=3, precision=0, idle_s=0.05, min_warmup_s=0, max_warmup_s=0.2)
+
+
+def test_real_meter_end_to_end_on_the_estimated_backend():
+    model = tiny(h=64)
+    phases = set()
+    result = prune_to_energy(model, "-30%", "magnitude", unit_kind="block", inputs=tiny_inputs(64),
+                             backend="estimated", config=SHORT, max_steps=1,
+                             progress=lambda phase, fraction, message: phases.add(phase))
+    assert {"idle", "warmup", "measure", "step"} <= phases  # the meter itself ran
+    assert result.provenance == "estimated" and "ESTIMATED" in result.message
+    measurement = result.original.measurement
+    assert measurement["schema"] == "energyprune.measurement/1" and measurement["provenance"] == "estimated"
+    assert len(measurement["windows"]) >= 3 and result.original.per_inference_j > 0
+    (step,) = result.steps
+    assert step.accepted and math.isfinite(step.step_ratio) and step.step_ratio > 0
+    low, high = step.step_ratio_ci95
+    ratios = step.comparison["ratios"]  # the interleaved pairs behind the step (interval of their mean)
+    assert len(ratios) >= 3 and low <= sum(ratios) / len(ratios) <= high
+    assert result.stop_reason in ("target-reached", "max-steps", "too-coarse")
+    final = result.final.comparison
+    assert final is not None and final["schema"] == "energyprune.comparison/1"  # original vs final, directly
+    assert final["a"]["power_trace"] is None and final["a"]["windows"]  # traces only in the original
+    assert result.final.energy_ratio == final["ratio_b_over_a"]
+    json.dumps(result.to_dict(), allow_nan=False)
