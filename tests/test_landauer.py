@@ -55,3 +55,16 @@ def test_temperature_comes_from_the_sensor_or_is_stated():
     assert kelvin == pytest.approx(326.15) and "sensor" in source
     kelvin, source = temperature_of([])
     assert kelvin == 300.0 and "assumed" in source
+
+
+def test_flops_see_inside_the_fused_transformer_fast_path_and_drop_with_a_block():
+    from energyprune.demo import build_demo_model
+    from energyprune.pruning import remove_units, units_for
+
+    model = build_demo_model().eval()
+    x = model.example_inputs(1, 32)
+    full = count_flops(model, x)
+    pruned, _ = remove_units(model, units_for(model, "block")[:1])
+    # Every block is the same size: removing one of four takes a share of the block FLOPs away.
+    assert count_flops(pruned, x) < full
+    assert torch.backends.mha.get_fastpath_enabled()  # restored after counting
