@@ -1,9 +1,13 @@
 """energyprune: measure joules per inference honestly, and prune models to an energy budget.
 
-Nothing runs at import: backends probe hardware only when asked to.
+Nothing runs at import: backends probe hardware only when asked to, and the names that need torch
+(`measure`, `prune_to_energy`, ...) are imported on first use.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from energyprune.errors import (
     BackendError,
@@ -19,7 +23,36 @@ from energyprune.measurement import DomainInfo, EnergyReading, Measurement, Prov
 
 __version__ = "0.1.0"
 
+# The public API that imports torch, loaded on first access (PEP 562).
+_LAZY = {
+    "measure": "energyprune.api",
+    "compare": "energyprune.api",
+    "EnergyMeter": "energyprune.api",
+    "MeterConfig": "energyprune.meter",
+    "prune": "energyprune.pruning",
+    "prune_to_energy": "energyprune.budget",
+    "parse_target": "energyprune.budget",
+    "EnergyTarget": "energyprune.budget",
+    "PruneResult": "energyprune.budget",
+    "PruneStep": "energyprune.budget",
+    "PruneInterrupted": "energyprune.budget",
+    "measure_distributed": "energyprune.distributed",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'energyprune' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
+    *_LAZY,
     "BackendError",
     "BackendUnavailable",
     "DomainInfo",

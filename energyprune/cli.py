@@ -1,4 +1,4 @@
-"""`energyprune measure | compare | score | report | backends`: the command-line faces.
+"""`energyprune measure | compare | score | prune | report | bench | backends`: the command-line faces.
 
 User mistakes end as one line on standard error and exit code 2, never a traceback (`-v` shows
 the traceback for bug reports). With `--json`, standard output holds the JSON alone.
@@ -126,7 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--device")
     score.add_argument("--json", action="store_true")
 
+    from energyprune.bench_cli import add_bench_parser
+    from energyprune.prune_cli import add_prune_parser
     from energyprune.report_cli import add_report_parser
+
+    add_prune_parser(commands)
+    add_bench_parser(commands)
 
     add_report_parser(commands)
 
@@ -153,6 +158,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_compare(args)
         if args.command == "score":
             return _cmd_score(args)
+        if args.command == "prune":
+            from energyprune.prune_cli import run_prune
+
+            return run_prune(args)
+        if args.command == "bench":
+            from energyprune.bench_cli import run_bench
+
+            return run_bench(args)
         if args.command == "report":
             from energyprune.report_cli import run_report
 
