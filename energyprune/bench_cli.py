@@ -21,29 +21,11 @@ DEFAULT_CRITERIA = ("cosine-block", "entropy-block", "magnitude", "random")
 DEFAULT_TARGET = "-30%"
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
 def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add `bench` to the CLI's sub-parsers (the object `add_subparsers()` returned). Imports no
     torch: the bench itself is imported by `run_bench` only."""
+    from energyprune.cli import _positive_float, _positive_int
+
     bench = subparsers.add_parser(
         "bench", help="this device's J/FLOP floor, the reference models against physics, and budgeted pruning",
         description="Measure this device's J/FLOP floor (cached), the reference models (J/inference, latency, "
