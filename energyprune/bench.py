@@ -46,7 +46,15 @@ from torch import nn
 from energyprune.bench_cli import DEFAULT_CRITERIA, DEFAULT_TARGET, REFERENCE_MODELS
 from energyprune.errors import EnergyPruneError, UsageError
 from energyprune.meter import MeterConfig
-from energyprune.metrics.floor import FloorResult, device_name, device_slug, load_floor, measure_floor
+from energyprune.metrics.floor import (
+    FloorResult,
+    device_name,
+    device_slug,
+    hardware_floor_ratio,
+    load_floor,
+    measure_floor,
+)
+from energyprune.metrics.landauer import operational_bound
 from energyprune.metrics.efficiency import efficiency, relative_efficiency
 from energyprune.metrics.physics import finite_or_none, physics_summary
 
@@ -371,7 +379,8 @@ def _point(step: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _prune_run(prune_to_energy: Callable[..., Any], bench_model: BenchModel, spec: CriterionSpec,
-               options: BenchOptions, config: MeterConfig, backends: Sequence[Any], say: Log) -> dict[str, Any]:
+               options: BenchOptions, config: MeterConfig, backends: Sequence[Any], say: Log,
+               floor: FloorResult | None = None, temperature: Mapping[str, Any] | None = None) -> dict[str, Any]:
     unit_kind = spec.options.get("unit_kind", UNIT_KINDS.get(spec.name))
     criterion_options = {k: v for k, v in spec.options.items() if k != "unit_kind"}
 
@@ -402,10 +411,36 @@ def _prune_run(prune_to_energy: Callable[..., Any], bench_model: BenchModel, spe
         "refused_steps": len(steps) - len(accepted),
         "final": _point(final),
         "efficiency": _run_efficiency(data),
+        "physics": _final_physics(getattr(result, "model", None), bench_model.inputs, final, str(data.get("provenance") or "estimated"),
+                                  floor, temperature),
         "seconds": time.perf_counter() - started,
         "prune_result": data,
     }
     return run
+
+
+def _final_physics(model: Any, inputs: Any, final: Mapping[str, Any], provenance: str,
+                   floor: FloorResult | None, temperature: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The pruned model against Landauer (operational bits) and the hardware floor, at the same
+    temperature as its original. Its J per inference is the original's measured figure times the
+    interleaved final ratio (the loop's figure of record), not a separate absolute measurement."""
+    energy_j = final.get("per_inference_j")
+    if model is None or not isinstance(energy_j, (int, float)) or not math.isfinite(energy_j) or energy_j <= 0:
+        return None
+    temperature = temperature or {}
+    bound = operational_bound(model, inputs, temperature_k=float(temperature.get("temperature_k", 300.0)),
+                              temperature_source=str(temperature.get("source", "assumed 300 K")))
+    out: dict[str, Any] = {
+        "energy_j": energy_j,
+        "energy_provenance": provenance,
+        "energy_source": "the original's measured J per inference x the final interleaved energy ratio",
+        "landauer": {"operational": bound.to_dict(energy_j)},
+        "hardware_floor": None,
+    }
+    flops = final.get("flops")
+    if floor is not None and isinstance(flops, (int, float)) and flops > 0:
+        out["hardware_floor"] = hardware_floor_ratio(energy_j, flops, floor, energy_provenance=provenance)
+    return finite_or_none(out)
 
 
 def _run_efficiency(data: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -504,7 +539,8 @@ def run_benchmark(options: BenchOptions, *, log: Log | None = None) -> dict[str,
         for spec in options.criteria:
             say(f"model {name}: pruning with {spec.label} toward {options.target}")
             try:
-                run = _prune_run(prune_to_energy, bench_model, spec, options, config, backends, say)
+                run = _prune_run(prune_to_energy, bench_model, spec, options, config, backends, say,
+                                 floor=floor, temperature=physics.get("temperature"))
             except EnergyPruneError as error:
                 skipped.append({"what": f"pruning {name} with {spec.label}", "reason": str(error)})
                 say(f"model {name}: {spec.label} failed ({error})")
@@ -780,13 +816,18 @@ def render_markdown(bench: Mapping[str, Any]) -> str:
                       "model uses functional activations only)."]
     lines += ["", f"## Budgeted pruning toward {bench['target']}", ""]
     if bench["criteria_runs"]:
-        lines += [f"| model | criterion | reached | steps | energy ratio{tag} | 95% interval | held-out fidelity | params | FLOPs |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| model | criterion | reached | steps | energy ratio{tag} | 95% interval | held-out fidelity | params | "
+                  "FLOPs | x above Landauer (operational) | x above floor |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in bench["criteria_runs"]:
             f = r["final"]
+            phys = r.get("physics") or {}
+            landauer = ((phys.get("landauer") or {}).get("operational") or {}).get("times_above")
+            floor_ratio = (phys.get("hardware_floor") or {}).get("ratio")
             lines.append(f"| {r['model']} | {r['criterion_label']} | {_fmt(r['reached'])} | {len(r['points'])} | "
                          f"{_fmt(f.get('energy_ratio'), '.3f')} | {_ci(f.get('energy_ratio_ci95'))} | "
-                         f"{_fmt(_held_out_fidelity(f), '.3f')} | {_fmt(f.get('n_params'), ',')} | {_fmt(f.get('flops'), '.3g')} |")
+                         f"{_fmt(_held_out_fidelity(f), '.3f')} | {_fmt(f.get('n_params'), ',')} | {_fmt(f.get('flops'), '.3g')} | "
+                         f"{_fmt(landauer, '.3g')} | {_fmt(floor_ratio, '.3g')} |")
     else:
         lines.append("No pruning run (see Skipped).")
     lines += ["", "## Seed table, reproduced with our measured numbers", "",

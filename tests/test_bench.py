@@ -220,5 +220,10 @@ def test_the_real_budget_loop_prunes_the_demo_through_the_bench():
         assert final["n_params"] < n_params and final["energy_ratio"] > 0 and len(final["energy_ratio_ci95"]) == 2
         assert run["efficiency"]["relative"] == pytest.approx(
             final["quality"] * run["efficiency"]["compression_ratio"] / final["energy_ratio"], rel=1e-6)
+        # The pruned model against Landauer: its energy over (MACs x 32 bits x k_B T ln 2).
+        landauer = run["physics"]["landauer"]["operational"]
+        bits = final["flops"] // 2 * 32
+        assert landauer["n_bits"] == bits
+        assert landauer["times_above"] == pytest.approx(final["per_inference_j"] / (bits * 2.870978885e-21), rel=1e-3)
     rows = {r["row"]: r for r in seed_table([run], {"demo": n_params})}
     assert rows["traditional"]["criterion"] is None  # magnitude was not run: its row stays empty

@@ -162,9 +162,17 @@ def _runs_table(runs: Sequence[Mapping[str, Any]], default: str) -> Any:
                      len(mappings(r.get("points"))), num(final.get("energy_ratio"), ".3f") + t,
                      pair(final.get("energy_ratio_ci95"), lambda v: num(v, ".3f")),
                      energy(final.get("per_inference_j")) + (t if is_number(final.get("per_inference_j")) else ""),
-                     num(point_fidelity(final), ".3f"), num(final.get("n_params"), ","), r.get("message") or ""))
+                     num(point_fidelity(final), ".3f"), num(final.get("n_params"), ","),
+                     num(_final_landauer(r), ".3g"), num(((r.get("physics") or {}).get("hardware_floor") or {}).get("ratio"), ".3g"),
+                     r.get("message") or ""))
     return table(("model", "criterion", "reached", "steps", "energy ratio", "95% interval", "J/inference",
-                  "fidelity", "params", "message"), rows)
+                  "fidelity", "params", "x above Landauer (operational)", "x above floor", "message"), rows)
+
+
+def _final_landauer(run: Mapping[str, Any]) -> Any:
+    """E / E_L of the pruned model (operational bits), where the bench computed it."""
+    landauer = ((run.get("physics") or {}).get("landauer") or {}).get("operational") or {}
+    return landauer.get("times_above")
 
 
 def _points_table(runs: Sequence[Mapping[str, Any]], default: str) -> Any:
