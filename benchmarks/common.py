@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,31 +10,26 @@ from typing import Any
 
 import torch
 
+from energyprune.metrics.floor import device_name as _library_device_name
+from energyprune.metrics.floor import device_slug as _library_device_slug
 from energyprune.report import to_json, write_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def device_slug(device: str) -> str:
-    """A folder name for the hardware: the GPU's name, or the CPU model and visible CPU count."""
-    if device.startswith("cuda"):
-        name = torch.cuda.get_device_name(torch.device(device))
-    else:
-        name = "cpu"
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    name = "cpu-" + line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-        import os
-
-        name += f"-{len(os.sched_getaffinity(0))}cpu"
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+def device_slug(device: str | torch.device) -> str:
+    """A folder name for the hardware: the GPU's name for ``cuda[:N]``, else the CPU model and the
+    visible CPU count (``cpu-amd-epyc-2cpu``). The library's `energyprune.metrics.floor.device_slug`
+    (ported from here) is the one definition: the floor cache and the results folders agree."""
+    return _library_device_slug(device)
 
 
-def results_dir(device: str) -> Path:
+def device_name(device: str | torch.device) -> str:
+    """The hardware in words (``NVIDIA H100 80GB HBM3``, ``cpu-AMD EPYC-2cpu``), for report headers."""
+    return _library_device_name(device)
+
+
+def results_dir(device: str | torch.device) -> Path:
     path = RESULTS / device_slug(device)
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -108,3 +102,104 @@ def cpu_workloads() -> dict[str, tuple[Callable[[], Any], str]]:
 
 def load_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
+
+
+# ---- devices for the pruning benchmarks ---------------------------------------------------------
+#: Meter settings per device type where the command line gives none. CPU: the short windows the
+#: committed CPU results were measured with (a 2-vCPU machine, estimated backend). CUDA: NVML's
+#: energy counter ticks every ~100 ms, so windows of >= 2 s (20 ticks) and warm-ups long enough
+#: for the clocks; 3 interleaved pairs a row keep a 60-row model inside a few 10-minute calls.
+METER_DEFAULTS: dict[str, dict[str, float]] = {
+    "cpu": {"window_s": 0.5, "repeats": 5, "idle_s": 0.5, "min_warmup_s": 0.2, "max_warmup_s": 0.6},
+    "cuda": {"window_s": 2.0, "repeats": 3, "idle_s": 1.0, "min_warmup_s": 0.5, "max_warmup_s": 2.0},
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N`` as a torch.device (``cuda`` pinned to the current index),
+    refused with a clear message where torch sees no such GPU."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise SystemExit(f"--device {name!r}: {error}") from None
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type != "cuda":
+        raise SystemExit(f"--device {name!r}: only cpu, cuda and cuda:N are supported")
+    if not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: torch sees no GPU here (torch {torch.__version__}); use --device cpu")
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if index >= torch.cuda.device_count():
+        raise SystemExit(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible")
+    return torch.device("cuda", index)
+
+
+def apply_meter_defaults(args: Any, device: torch.device) -> None:
+    """Fill the meter options left as None on the command line with the device type's defaults."""
+    for key, value in METER_DEFAULTS[device.type].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, type(value)(value))
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """Tensors in (nested) dicts, lists and tuples moved to `device`; everything else as is."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {key: to_device(value, device) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [to_device(value, device) for value in obj]
+    if isinstance(obj, tuple):
+        return tuple(to_device(value, device) for value in obj)
+    return obj
+
+
+def device_record(device: torch.device) -> dict[str, Any]:
+    """What the JSON header says about the hardware and its numerics."""
+    out: dict[str, Any] = {"device": device_slug(device), "device_name": device_name(device),
+                           "torch_device": str(device)}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        out.update(cuda=torch.version.cuda, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                   compute_capability=f"{props.major}.{props.minor}",
+                   tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32),
+                   dtype="float32 (the CPU runs' dtype; TF32 as recorded)")
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            out["driver"] = pynvml.nvmlSystemGetDriverVersion()
+            if isinstance(out["driver"], bytes):
+                out["driver"] = out["driver"].decode()
+        except Exception:  # noqa: BLE001 - the driver version is a nicety
+            pass
+    return out
+
+
+def save_json(path: Path, data: dict[str, Any]) -> None:
+    """A checkpoint: the JSON alone, written atomically (the Markdown and plots come at the end)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, to_json(data))
+
+
+def load_resume(path: Path, schema: str, device: str, meter_config: dict[str, Any],
+                quick: bool) -> dict[str, Any] | None:
+    """The partial results at `path` to continue from, or None where there are none. Refuses
+    (SystemExit) results of another schema, device or meter configuration: rows measured with other
+    windows on other hardware must not share one table."""
+    if not path.exists():
+        return None
+    data = load_json(path)
+    problems = []
+    if data.get("schema") != schema:
+        problems.append(f"schema {data.get('schema')!r}, not {schema!r}")
+    if data.get("device") != device:
+        problems.append(f"device {data.get('device')!r}, not {device!r}")
+    if data.get("meter_config") != meter_config:
+        problems.append(f"meter config {data.get('meter_config')} differs from this run's {meter_config}")
+    if bool(data.get("quick")) != quick:
+        problems.append("it is a --quick smoke test" if quick is False else "it is not a --quick smoke test")
+    if problems:
+        raise SystemExit(f"--resume: {path} cannot be continued: " + "; ".join(problems)
+                         + " (move it away, or give the same options)")
+    return data

@@ -25,9 +25,19 @@ lee_background corpus and is evaluated on its second half; MiniLM calibrates on 
 documents and is evaluated on the 50 lee.cor documents (embedding cosine against the original, and
 the Pearson correlation with the human similarity scores of those documents).
 
-    python benchmarks/prune_benchmark.py            # the full run (~20 min on 2 shared vCPUs)
-    python benchmarks/prune_benchmark.py --quick    # MiniLM only, k <= 2, few batches (~1 min)
+    python benchmarks/prune_benchmark.py            # the full run (~25 min on 2 shared vCPUs)
+    python benchmarks/prune_benchmark.py --quick    # MiniLM only, k <= 2, few batches (~2-4 min with energy-aware)
+    python benchmarks/prune_benchmark.py --plan --device cuda --models smollm2   # estimate only
+    python benchmarks/prune_benchmark.py --device cuda --models minilm --resume --budget-min 8
     python benchmarks/prune_report.py benchmarks/results/<device>/prune.json   # re-render only
+
+`--device cuda` (or cuda:N) runs everything on that GPU: the models, every batch (calibration,
+held-out, the energy inputs), and `compare` with backend "auto", which then reads the GPU's NVML
+counter; results go to benchmarks/results/<GPU slug>/, windows default to 2 s (`common.METER_DEFAULTS`)
+and `--threads` is left alone. Rows run k-major (k = 1 for every criterion, then k = 2, ...), so a
+time budget cuts the largest k of every criterion alike; with `--resume` the JSON is rewritten after
+every row and a later run with the same options continues it (split a model over several 10-minute
+GPU calls: benchmarks/gpu_prune_session.sh).
 
 EfficientNet-Lite0 is not benchmarked: see `EFFICIENTNET_NOTE`.
 """
@@ -56,7 +66,18 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import device_slug, results_dir  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS,
+    apply_meter_defaults,
+    device_record,
+    device_slug,
+    load_json,
+    load_resume,
+    resolve_device,
+    results_dir,
+    save_json,
+    to_device,
+)
 from prune_report import render  # noqa: E402
 
 from energyprune import zoo  # noqa: E402
@@ -161,7 +182,8 @@ class EmbeddingReference:
         with fidelity.evaluating(model):
             for batch in self.batches:
                 hidden = model(**batch).last_hidden_state
-                out.append(F.normalize(fidelity.mean_pool(hidden, batch["attention_mask"]).double(), dim=-1))
+                pooled = fidelity.mean_pool(hidden, batch["attention_mask"]).double()
+                out.append(F.normalize(pooled, dim=-1).cpu())  # (documents, 384): on the CPU, with the human scores
         return torch.cat(out)
 
     def __call__(self, model: nn.Module, *, cosine_only: bool = False) -> dict[str, float]:
@@ -182,23 +204,33 @@ def lee_pearson(embeddings: torch.Tensor, human: torch.Tensor) -> float:
 
 
 def lee_human_scores() -> torch.Tensor:
-    """The 50×50 human similarity matrix of lee.cor (upper triangle filled; gensim test data, latin-1)."""
-    from gensim.test.utils import datapath
+    """The 50×50 human similarity matrix of lee.cor (upper triangle filled; gensim test data, latin-1).
 
+    Read from gensim/test/test_data like `zoo.text_corpus`, located without importing gensim (whose
+    import needs scipy and smart_open: the GPU machine gets gensim's files, not its needs)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the Lee similarity scores ship with gensim's test data: pip install gensim")
+    path = Path(next(iter(spec.submodule_search_locations))) / "test" / "test_data" / "similarities0-1.txt"
     rows = [[float(v) for v in line.split()] for line in
-            Path(datapath("similarities0-1.txt")).read_bytes().decode("latin-1").splitlines() if line.strip()]
+            path.read_bytes().decode("latin-1").splitlines() if line.strip()]
     return torch.tensor(rows, dtype=torch.float64)
 
 
 def smollm2_bench(args: argparse.Namespace) -> Bench:
+    device = args.torch_device
     model, tokenizer = zoo.load_smollm2()
+    model = model.to(device)
     docs = zoo.text_corpus("lee_background")
     half = len(docs) // 2
-    calibration = zoo.calibration_batches(tokenizer, docs[:half], seq_len=128, batch_size=4,
-                                          n_batches=args.calibration_batches)
+    calibration = to_device(zoo.calibration_batches(tokenizer, docs[:half], seq_len=128, batch_size=4,
+                                                    n_batches=args.calibration_batches), device)
     for batch in calibration:
         batch["use_cache"] = False
-    heldout = zoo.calibration_batches(tokenizer, docs[half:], seq_len=256, batch_size=args.eval_seqs, n_batches=1)
+    heldout = to_device(zoo.calibration_batches(tokenizer, docs[half:], seq_len=256, batch_size=args.eval_seqs,
+                                                n_batches=1), device)
     heldout[0]["use_cache"] = False
     # The oracle searches on the first calibration rows only (k × blocks forwards).
     first = calibration[0]
@@ -234,19 +266,23 @@ def smollm2_bench(args: argparse.Namespace) -> Bench:
 
 
 def minilm_bench(args: argparse.Namespace) -> Bench:
+    device = args.torch_device
     model, tokenizer = zoo.load_minilm()
+    model = model.to(device)
     background = zoo.text_corpus("lee_background")
     lee = zoo.text_corpus("lee")
     human = lee_human_scores()
     if len(lee) != len(human):
         raise RuntimeError(f"lee.cor has {len(lee)} documents but the similarity matrix {len(human)}")
     n_cal = args.calibration_batches * 16
-    calibration = zoo.calibration_batches(tokenizer, background[:n_cal], seq_len=128, batch_size=16, pack=False)
-    heldout = zoo.calibration_batches(tokenizer, lee, seq_len=256, batch_size=25, pack=False)
+    calibration = to_device(zoo.calibration_batches(tokenizer, background[:n_cal], seq_len=128, batch_size=16,
+                                                    pack=False), device)
+    heldout = to_device(zoo.calibration_batches(tokenizer, lee, seq_len=256, batch_size=25, pack=False), device)
     oracle = calibration  # 6 blocks: the whole search is 6 + 5 + 4 + 3 forwards of the calibration set
     reference = EmbeddingReference(model, heldout, human)
     oracle_reference = EmbeddingReference(model, oracle)
-    measure_batch = zoo.calibration_batches(tokenizer, lee[:8], seq_len=128, batch_size=8, pack=False)[0]
+    measure_batch = to_device(zoo.calibration_batches(tokenizer, lee[:8], seq_len=128, batch_size=8, pack=False)[0],
+                              device)
     return Bench(
         key="minilm",
         title="all-MiniLM-L6-v2",
@@ -474,6 +510,12 @@ class Evaluator:
         assert stack is not None
         self.stack = stack
 
+    def seed(self, row: dict[str, Any]) -> None:
+        """Take a row measured by an earlier run (`--resume`) as the evaluation of its blocks."""
+        key = frozenset(row["removed"])
+        if key not in self.cache:
+            self.cache[key] = {k: v for k, v in row.items() if k not in ("k", "shared_with_earlier_row")}
+
     def __call__(self, removed: Sequence[int]) -> dict[str, Any]:
         key = frozenset(removed)
         if key in self.cache:
@@ -498,60 +540,106 @@ class Evaluator:
         return row
 
 
+def _rows_matching(rows: Sequence[dict[str, Any]], ranking: Sequence[int]) -> list[dict[str, Any]]:
+    """The rows of an earlier run that a (re)computed ranking still produces: same k, same blocks."""
+    return [r for r in rows if sorted(ranking[: r["k"]]) == sorted(r["removed"])]
+
+
+def _reachable(bench: Bench, ranking: dict[str, Any]) -> int:
+    return min(bench.k_max, len(ranking["ranking"]), bench.n_blocks - 1)
+
+
 def run_bench(bench: Bench, specs: list[CriterionSpec], args: argparse.Namespace, config: MeterConfig,
-              deadline: float) -> dict[str, Any]:
+              deadline: float, prior: dict[str, Any] | None = None,
+              checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """One model: checks, the original, the rankings, then the rows k-major. `prior` is this
+    model's entry of an earlier run's JSON (`--resume`): its checks, original, rankings and rows are
+    kept, and only what is missing is computed; `checkpoint(out)` is called after every step."""
     started = time.perf_counter()
     model = bench.model
-    print(f"[{bench.key}] {bench.title}: {bench.n_blocks} blocks, k <= {bench.k_max}", file=sys.stderr)
+    prior = prior or {}
+    if prior and (prior.get("data") != bench.data or prior.get("k_max", bench.k_max) > bench.k_max):
+        raise SystemExit(f"--resume: the earlier {bench.key} run used other data or a larger k "
+                         f"({prior.get('data')}, k <= {prior.get('k_max')}): give the same options")
+    print(f"[{bench.key}] {bench.title}: {bench.n_blocks} blocks, k <= {bench.k_max} on {args.torch_device}"
+          + (" (resuming)" if prior else ""), file=sys.stderr)
     out: dict[str, Any] = {"title": bench.title, "n_blocks": bench.n_blocks, "k_max": bench.k_max,
-                           "data": bench.data, "measures": bench.measures, "runs": {}}
+                           "data": bench.data, "measures": bench.measures,
+                           "runs": {label: run for label, run in prior.get("runs", {}).items()}}
+    wall_before = float(prior.get("wall_s", 0.0))
+
+    def progress() -> None:
+        out["wall_s"] = wall_before + time.perf_counter() - started
+        if checkpoint is not None:
+            checkpoint(out)
 
     # Checks of the benchmark's own shortcuts against the library, once per model.
     stack = find_block_stack(model)
     assert stack is not None
-    drop = [bench.n_blocks // 2, bench.n_blocks // 2 + 1]
-    checks: dict[str, Any] = {"skip_vs_surgery_max_rel_diff": check_skip_matches_surgery(bench, drop)}
-    pruned, _ = remove_units(model, [Unit("block", stack.block_path(i), i) for i in drop])
-    mine = bench.evaluate(pruned)
-    if bench.key == "smollm2":
-        batches = bench.evaluate.batches  # type: ignore[attr-defined]
-        lib = fidelity.next_token_fidelity(model, pruned, batches)
-        theirs = {"exp_neg_kl": lib.exp_neg_kl, "top1_agreement": lib.top1_agreement,
-                  "perplexity": fidelity.perplexity(pruned, batches)}
+    if prior.get("checks"):
+        out["checks"] = prior["checks"]
     else:
-        theirs = {"embedding_cosine": fidelity.embedding_fidelity(model, pruned, bench.evaluate.batches)}  # type: ignore[attr-defined]
-    checks["metrics_vs_library_max_rel_diff"] = max(abs(mine[k] - v) / max(1.0, abs(v)) for k, v in theirs.items())
-    if checks["metrics_vs_library_max_rel_diff"] > 1e-4:
-        raise RuntimeError(f"the benchmark's cached-reference metrics disagree with energyprune.metrics: {mine} vs {theirs}")
-    del pruned
-    out["checks"] = checks
+        drop = [bench.n_blocks // 2, bench.n_blocks // 2 + 1]
+        checks: dict[str, Any] = {"skip_vs_surgery_max_rel_diff": check_skip_matches_surgery(bench, drop)}
+        t0 = time.perf_counter()
+        pruned, _ = remove_units(model, [Unit("block", stack.block_path(i), i) for i in drop])
+        mine = bench.evaluate(pruned)
+        checks["row_overhead_s"] = time.perf_counter() - t0  # a row's surgery + held-out fidelity, for the plan
+        if bench.key == "smollm2":
+            batches = bench.evaluate.batches  # type: ignore[attr-defined]
+            lib = fidelity.next_token_fidelity(model, pruned, batches)
+            theirs = {"exp_neg_kl": lib.exp_neg_kl, "top1_agreement": lib.top1_agreement,
+                      "perplexity": fidelity.perplexity(pruned, batches)}
+        else:
+            theirs = {"embedding_cosine": fidelity.embedding_fidelity(model, pruned, bench.evaluate.batches)}  # type: ignore[attr-defined]
+        checks["metrics_vs_library_max_rel_diff"] = max(abs(mine[k] - v) / max(1.0, abs(v)) for k, v in theirs.items())
+        if checks["metrics_vs_library_max_rel_diff"] > 1e-4:
+            raise RuntimeError(f"the benchmark's cached-reference metrics disagree with energyprune.metrics: {mine} vs {theirs}")
+        del pruned
+        out["checks"] = checks
 
     # The original: its own measures, FLOPs, and an absolute energy figure.
-    m = measure(model, bench.measure_inputs, backend=args.backend, config=config, label=bench.key)
-    out["original"] = {
-        "params": count_parameters(model),
-        "flops": count_flops(model, bench.measure_inputs),
-        "fidelity": bench.evaluate(model),
-        "energy": {"provenance": m.provenance.value, "backends": list(m.backends),
-                   "per_inference_j": m.per_inference_j, "ci95_j": list(m.ci95_j),
-                   "estimate_band_j": list(m.estimate_band_j) if m.estimate_band_j else None,
-                   "latency_s": m.latency_s["median"], "warnings": list(m.warnings)},
-    }
-    print(f"  original: {out['original']['fidelity']}  {m.per_inference_j:.4g} J/inference ({m.provenance.value})",
-          file=sys.stderr)
+    if prior.get("original"):
+        out["original"] = prior["original"]
+        print(f"  original: {out['original']['fidelity']} (from the earlier run)", file=sys.stderr)
+    else:
+        m = measure(model, bench.measure_inputs, backend=args.backend, config=config, label=bench.key)
+        out["original"] = {
+            "params": count_parameters(model),
+            "flops": count_flops(model, bench.measure_inputs),
+            "fidelity": bench.evaluate(model),
+            "energy": {"provenance": m.provenance.value, "backends": list(m.backends),
+                       "per_inference_j": m.per_inference_j, "ci95_j": list(m.ci95_j),
+                       "estimate_band_j": list(m.estimate_band_j) if m.estimate_band_j else None,
+                       "latency_s": m.latency_s["median"], "warnings": list(m.warnings)},
+        }
+        print(f"  original: {out['original']['fidelity']}  {m.per_inference_j:.4g} J/inference ({m.provenance.value}, "
+              f"{', '.join(m.backends)})", file=sys.stderr)
+    progress()
 
     evaluator = Evaluator(bench, config, args.backend)
+    for run in out["runs"].values():
+        for row in run.get("rows", []):
+            evaluator.seed(row)
     rankings: list[tuple[str, dict[str, Any]]] = []
-    out["criteria_skipped"] = []
+    skipped = {s["criterion"]: s for s in prior.get("criteria_skipped", [])}
     for spec in specs:
         measures_energy = "config" in inspect.signature(CRITERIA[spec.name].__init__).parameters
         if measures_energy and bench.n_blocks > args.max_measured_blocks:
-            out["criteria_skipped"].append({
+            skipped[spec.label] = {
                 "criterion": spec.label,
                 "reason": f"it measures one interleaved comparison per block: {bench.n_blocks} comparisons, about "
-                          f"{bench.n_blocks * 12 / 60:.0f} min on this machine; run with --max-measured-blocks "
-                          f"{bench.n_blocks} to include it"})
+                          f"{bench.n_blocks * compare_seconds(config) / 60:.0f} min with this meter config; run with "
+                          f"--max-measured-blocks {bench.n_blocks} to include it"}
             print(f"  {spec.label}: skipped (one energy comparison per block, {bench.n_blocks} blocks)", file=sys.stderr)
+            continue
+        skipped.pop(spec.label, None)
+        earlier = out["runs"].get(spec.label)
+        if earlier and not earlier.get("error") and "ranking" in earlier:
+            earlier.setdefault("rows", [])
+            rankings.append((spec.label, earlier))
+            print(f"  {spec.label}: ranking {earlier['ranking'][:bench.k_max]} (from the earlier run, "
+                  f"{len(earlier['rows'])} rows done)", file=sys.stderr)
             continue
         try:
             ranking = rank_blocks(bench, spec, config, args.backend)
@@ -559,37 +647,144 @@ def run_bench(bench: Bench, specs: list[CriterionSpec], args: argparse.Namespace
             out["runs"][spec.label] = {"criterion": spec.name, "options": spec.options, "family": spec.family,
                                        "error": f"{type(error).__name__}: {error}", "rows": []}
             print(f"  {spec.label}: FAILED to score ({error})", file=sys.stderr)
+            progress()
             continue
+        ranking["rows"] = _rows_matching((earlier or {}).get("rows", []), ranking["ranking"])
+        out["runs"][spec.label] = ranking
         rankings.append((spec.label, ranking))
         print(f"  {spec.label}: ranking {ranking['ranking'][:bench.k_max]} ({ranking['candidates']} candidates, "
               f"{ranking['score_s']:.1f} s)", file=sys.stderr)
+        progress()
+    out["criteria_skipped"] = list(skipped.values())
     if not args.no_oracle:
-        rankings.append(("oracle", oracle_ranking(bench, bench.k_max)))
+        earlier = out["runs"].get("oracle")
+        if earlier and len(earlier.get("ranking", [])) >= min(bench.k_max, bench.n_blocks - 1):
+            earlier.setdefault("rows", [])
+            rankings.append(("oracle", earlier))
+            print(f"  oracle: ranking {earlier['ranking']} (from the earlier run)", file=sys.stderr)
+        else:
+            oracle = oracle_ranking(bench, bench.k_max)
+            oracle["rows"] = _rows_matching((earlier or {}).get("rows", []), oracle["ranking"])
+            out["runs"]["oracle"] = oracle
+            rankings.append(("oracle", oracle))
+            progress()
 
-    for label, ranking in rankings:
-        rows = []
-        order = ranking["ranking"]
-        reachable = min(bench.k_max, len(order), bench.n_blocks - 1)
-        for k in range(1, reachable + 1):
+    # The plan: distinct pruned models still to measure, and what they cost.
+    pending = {frozenset(r["ranking"][:k]) for _, r in rankings for k in range(1, _reachable(bench, r) + 1)
+               if not any(row["k"] == k for row in r["rows"])} - set(evaluator.cache)
+    row_s = compare_seconds(config) + max(float(out["checks"].get("row_overhead_s", 0.0)),
+                                          ROW_OVERHEAD_S[(args.torch_device.type, bench.key)])
+    left = deadline - time.perf_counter()
+    print(f"  plan: {len(pending)} pruned models to measure, ~{row_s:.0f} s each = ~{len(pending) * row_s / 60:.1f} min; "
+          f"time budget left {left / 60:.1f} min" + (" (expect a cut: continue with --resume)"
+                                                     if len(pending) * row_s > left else ""), file=sys.stderr)
+
+    # Rows, k-major: every criterion at k = 1, then at k = 2, ... so that a time budget cuts the
+    # largest k of every criterion alike, and slow drifts of the machine fall on all alike.
+    primary = next(m["key"] for m in bench.measures if m.get("primary"))
+    cut = None
+    for k in range(1, bench.k_max + 1):
+        for label, ranking in rankings:
+            if k > _reachable(bench, ranking) or any(row["k"] == k for row in ranking["rows"]):
+                continue
             if time.perf_counter() > deadline:
-                ranking["cut_by_time_budget_at_k"] = k
-                print(f"  {label}: time budget spent, stopping at k={k - 1}", file=sys.stderr)
+                cut = k
                 break
-            row = {"k": k, **evaluator(order[:k])}
-            rows.append(row)
+            row = {"k": k, **evaluator(ranking["ranking"][:k])}
+            ranking["rows"].append(row)
+            ranking["rows"].sort(key=lambda r: r["k"])
             e = row["energy"]
-            primary = next(m["key"] for m in bench.measures if m.get("primary"))
             print(f"  {label} k={k} blocks {row['removed']}: {primary} {row['fidelity'][primary]:.4f}, "
                   f"energy ratio {e['ratio']:.3f} [{e['ratio_ci95'][0]:.3f}, {e['ratio_ci95'][1]:.3f}] "
                   f"[{time.perf_counter() - started:.0f} s]", file=sys.stderr)
-        ranking["rows"] = rows
+            progress()
+        if cut is not None:
+            print(f"  time budget spent: stopping at k={cut}", file=sys.stderr)
+            break
+    out["complete"] = True  # every ranking of this run's criteria has its rows (gpu_prune_session.sh skips it then)
+    for label, ranking in rankings:
+        order = ranking["ranking"]
+        done = {row["k"] for row in ranking["rows"]}
+        missing = [k for k in range(1, _reachable(bench, ranking) + 1) if k not in done]
+        if missing:
+            ranking["cut_by_time_budget_at_k"] = missing[0]
+            out["complete"] = False
+        else:
+            ranking.pop("cut_by_time_budget_at_k", None)
         ranking["stopped_early"] = len(order) < bench.k_max
         if ranking["stopped_early"]:
             ranking["stop_note"] = (f"only {len(order)} of {bench.n_blocks} blocks have a finite score "
                                     f"(the rest are protected or outside the rule): stops at k={len(order)}")
-        out["runs"][label] = ranking
-    out["wall_s"] = time.perf_counter() - started
+    progress()
     return out
+
+
+# ---- the plan ---------------------------------------------------------------------------------
+#: Seconds beyond the meter's windows, by (device type, model): a row's copy, FLOP count and held-out
+#: fidelity; a model's setup (loading, references, checks); the scoring of the data-driven criteria
+#: and the oracle (k=8 for SmolLM2, 4 for MiniLM). CPU: the committed 2-vCPU run (prune.json).
+#: CUDA: guesses until a GPU run replaces them (the run itself prints the measured row overhead).
+ROW_OVERHEAD_S = {("cpu", "smollm2"): 8.5, ("cpu", "minilm"): 3.5, ("cuda", "smollm2"): 1.5, ("cuda", "minilm"): 1.0}
+SETUP_S = {("cpu", "smollm2"): 45.0, ("cpu", "minilm"): 20.0, ("cuda", "smollm2"): 60.0, ("cuda", "minilm"): 25.0}
+SCORING_S = {("cpu", "smollm2"): 140.0, ("cpu", "minilm"): 25.0, ("cuda", "smollm2"): 20.0, ("cuda", "minilm"): 5.0}
+BLOCKS = {"smollm2": 30, "minilm": 6}
+
+
+def compare_seconds(config: MeterConfig) -> float:
+    """One `compare`: idle, two warm-ups, 2r + 1 interleaved windows (each a little over window_s)."""
+    return config.idle_s + 2 * (config.min_warmup_s + 0.1) + (2 * config.repeats + 1) * config.window_s * 1.03
+
+
+def expected_rows(key: str, labels: Sequence[str], k_max: int, slug: str) -> tuple[int, str]:
+    """Distinct pruned models a run will measure: counted from an earlier full run's rankings where
+    there is one (this device's results, else the CPU's: the rankings barely depend on the device),
+    else the upper bound (every criterion × k)."""
+    for folder in [RESULTS / slug] + sorted(p for p in RESULTS.glob("*") if p.name != slug):
+        path = folder / "prune.json"
+        if not path.exists():
+            continue
+        try:
+            runs = load_json(path)["models"][key]["runs"]
+        except (KeyError, ValueError, OSError):
+            continue
+        sets: set[frozenset[int]] = set()
+        unknown = 0
+        for label in labels:
+            rows = {r["k"]: r for r in runs.get(label, {}).get("rows", [])}
+            for k in range(1, k_max + 1):
+                if k in rows:
+                    sets.add(frozenset(rows[k]["removed"]))
+                elif label not in runs or runs[label].get("cut_by_time_budget_at_k"):
+                    unknown += 1
+        return len(sets) + unknown, f"counted from {path.relative_to(RESULTS.parent)}"
+    return len(labels) * k_max, "upper bound: every criterion x k"
+
+
+def plan(models: Sequence[str], specs: Sequence[CriterionSpec], args: argparse.Namespace,
+         config: MeterConfig, slug: str) -> float:
+    """Print the expected duration of this run per model; returns the total in seconds."""
+    device_type = args.torch_device.type
+    total = 0.0
+    for key in models:
+        k_max = args.k_smollm2 if key == "smollm2" else args.k_minilm
+        k_max = min(k_max, BLOCKS[key] - 1)
+        labels = [s.label for s in specs if not ("config" in inspect.signature(CRITERIA[s.name].__init__).parameters
+                                                 and BLOCKS[key] > args.max_measured_blocks)]
+        measured = [s for s in specs if "config" in inspect.signature(CRITERIA[s.name].__init__).parameters
+                    and BLOCKS[key] <= args.max_measured_blocks]
+        if not args.no_oracle:
+            labels.append("oracle")
+        rows, source = expected_rows(key, labels, k_max, slug)
+        row_s = compare_seconds(config) + ROW_OVERHEAD_S[(device_type, key)]
+        scoring = SCORING_S[(device_type, key)] + len(measured) * (BLOCKS[key] + 0.5) * compare_seconds(config)
+        setup = SETUP_S[(device_type, key)] + compare_seconds(config) / 2
+        seconds = setup + scoring + rows * row_s
+        total += seconds
+        print(f"estimate [{key}] on {device_type}: setup ~{setup / 60:.1f} min + scoring ~{scoring / 60:.1f} min "
+              f"+ {rows} rows ({source}) x ~{row_s:.0f} s = ~{seconds / 60:.1f} min", file=sys.stderr)
+    print(f"estimate: ~{total / 60:.1f} min in all; time budget {args.budget_min:.1f} min"
+          + (" (the rest needs more runs with --resume)" if total > args.budget_min * 60 else ""), file=sys.stderr)
+    return total
 
 
 # ---- main -------------------------------------------------------------------------------------
@@ -597,6 +792,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: MiniLM only, k <= 2, 2 calibration batches, written to a temporary folder")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where the models and data run")
     parser.add_argument("--models", nargs="*", choices=sorted(BENCHES), help="default: all")
     parser.add_argument("--k-smollm2", type=int, default=8)
     parser.add_argument("--k-minilm", type=int, default=4)
@@ -610,17 +806,22 @@ def main() -> int:
     parser.add_argument("--oracle-seqs", type=int, default=1, help="SmolLM2: 128-token sequences the oracle searches on")
     parser.add_argument("--eval-seqs", type=int, default=2, help="SmolLM2 held-out sequences of 256 tokens")
     parser.add_argument("--backend", default="auto")
-    parser.add_argument("--window-s", type=float, default=0.5)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--idle-s", type=float, default=0.5)
-    parser.add_argument("--min-warmup-s", type=float, default=0.2)
-    parser.add_argument("--max-warmup-s", type=float, default=0.6)
+    parser.add_argument("--window-s", type=float, help="default: 0.5 on CPU, 2 on CUDA (a 100 ms counter)")
+    parser.add_argument("--repeats", type=int, help="default: 5 on CPU, 3 on CUDA")
+    parser.add_argument("--idle-s", type=float, help="default: 0.5 on CPU, 1 on CUDA")
+    parser.add_argument("--min-warmup-s", type=float, help="default: 0.2 on CPU, 0.5 on CUDA")
+    parser.add_argument("--max-warmup-s", type=float, help="default: 0.6 on CPU, 2 on CUDA")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (1: on a shared 2-vCPU machine two threads stall whenever the "
-                             "other core is taken; measured 2x128-token forwards of 3.5-15 s with 2 threads against "
-                             "1.2-2.7 s with 1 while another job ran)")
-    parser.add_argument("--budget-min", type=float, default=30.0,
-                        help="stop evaluating new rows after this many minutes (recorded in the JSON)")
+                        help="CPU only: torch intra-op threads (1: on a shared 2-vCPU machine two threads stall whenever "
+                             "the other core is taken; measured 2x128-token forwards of 3.5-15 s with 2 threads against "
+                             "1.2-2.7 s with 1 while another job ran). Left at torch's default with --device cuda")
+    parser.add_argument("--budget-min", "--time-budget", dest="budget_min", type=float, default=30.0,
+                        help="time budget in minutes, from the start (model loading included): no new row is "
+                             "started after it (recorded in the JSON; continue with --resume)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue OUT_DIR/prune.json where it exists (same device, meter config and data): keep "
+                             "its rankings and rows, measure only what is missing; rewrite it after every row")
+    parser.add_argument("--plan", action="store_true", help="print the duration estimate and exit (loads nothing)")
     parser.add_argument("--out-dir", type=Path, help="default: benchmarks/results/<device>/ (quick: a temporary folder)")
     args = parser.parse_args()
     if args.quick:
@@ -630,31 +831,52 @@ def main() -> int:
         args.calibration_batches = min(args.calibration_batches, 1)
         args.seeds = args.seeds[:1]
     models = args.models or list(BENCHES)
+    device = args.torch_device = resolve_device(args.device) if not args.plan else torch.device(args.device)
+    apply_meter_defaults(args, device)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # The meter's "falling back to the ESTIMATED backend" note is kept in every row's warnings;
     # printing it for each of ~100 comparisons helps nobody.
     logging.getLogger("energyprune.api").setLevel(logging.ERROR)
     torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
 
     config = MeterConfig(window_s=args.window_s, repeats=args.repeats, precision=0.0, idle_s=args.idle_s,
                          min_warmup_s=args.min_warmup_s, max_warmup_s=args.max_warmup_s, keep_trace=False)
     specs, skipped = criterion_specs(args.seeds)
     if args.criteria:
         specs = [s for s in specs if s.label in args.criteria or s.name in args.criteria or s.family in args.criteria]
+    if args.plan:
+        slug = device_slug(device) if device.type == "cpu" or torch.cuda.is_available() else "cuda"
+        plan(models, specs, args, config, slug)
+        return 0
+    hardware = device_record(device)
+    slug = hardware["device"]
     started = time.perf_counter()
     deadline = started + args.budget_min * 60
+    meter_config = {"window_s": config.window_s, "repeats": config.repeats, "precision": config.precision,
+                    "idle_s": config.idle_s, "min_warmup_s": config.min_warmup_s,
+                    "max_warmup_s": config.max_warmup_s, "backend": args.backend}
+    if args.out_dir:
+        out_dir = args.out_dir
+    elif args.quick:
+        out_dir = Path(tempfile.mkdtemp(prefix="energyprune-prune-quick-"))
+    else:
+        out_dir = results_dir(device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    schema = "energyprune.prune-benchmark/1"
+    prior = load_resume(out_dir / "prune.json", schema, slug, meter_config, args.quick) if args.resume else None
+    call = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": "python " + " ".join(sys.argv),
+            "models": list(models), "time_budget_min": args.budget_min}
     data: dict[str, Any] = {
-        "schema": "energyprune.prune-benchmark/1",
-        "device": device_slug("cpu"),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": "python " + " ".join(sys.argv),
+        "schema": schema,
+        **hardware,
+        "date": call["date"],
+        "command": call["command"],
         "quick": args.quick,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "meter_config": {"window_s": config.window_s, "repeats": config.repeats, "precision": config.precision,
-                         "idle_s": config.idle_s, "min_warmup_s": config.min_warmup_s,
-                         "max_warmup_s": config.max_warmup_s, "backend": args.backend},
+        "meter_config": meter_config,
         "method": {
             "pruning": "one-shot: each criterion scores the ORIGINAL model's blocks once; k blocks removed = "
                        "its k lowest finite scores, removed from the original (cumulative by one ranking); "
@@ -669,23 +891,36 @@ def main() -> int:
         "criteria_available": sorted(CRITERIA),
         "criteria_skipped": skipped,
         "efficientnet": EFFICIENTNET_NOTE,
-        "models": {},
+        "models": dict(prior["models"]) if prior else {},
     }
+    if prior:
+        data["calls"] = prior.get("calls") or [{"date": prior.get("date"), "command": prior.get("command"),
+                                                "models": list(prior.get("models", {})), "wall_s": prior.get("wall_s")}]
+    data.setdefault("calls", []).append(call)
+    wall_before = sum(float(c.get("wall_s") or 0.0) for c in data["calls"][:-1])
+    print(f"device {hardware['device_name']} ({device}); meter: {meter_config}; out: {out_dir}", file=sys.stderr)
+    plan(models, specs, args, config, slug)
+
+    def checkpoint(key: str, model_out: dict[str, Any]) -> None:
+        data["models"][key] = model_out
+        call["wall_s"] = time.perf_counter() - started
+        data["wall_s"] = wall_before + call["wall_s"]
+        if args.resume:
+            save_json(out_dir / "prune.json", data)
+
     for key in models:
         bench = BENCHES[key](args)
-        data["models"][key] = run_bench(bench, specs, args, config, deadline)
+        result = run_bench(bench, specs, args, config, deadline, prior=data["models"].get(key),
+                           checkpoint=lambda out, key=key: checkpoint(key, out))
+        checkpoint(key, result)
         del bench
         gc.collect()
-    data["wall_s"] = time.perf_counter() - started
-    if args.out_dir:
-        out_dir = args.out_dir
-    elif args.quick:
-        out_dir = Path(tempfile.mkdtemp(prefix="energyprune-prune-quick-"))
-    else:
-        out_dir = results_dir("cpu")
-    out_dir.mkdir(parents=True, exist_ok=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    call["wall_s"] = time.perf_counter() - started
+    data["wall_s"] = wall_before + call["wall_s"]
     paths = render(data, out_dir)
-    print(f"wrote {', '.join(str(p) for p in paths)} in {data['wall_s'] / 60:.1f} min", file=sys.stderr)
+    print(f"wrote {', '.join(str(p) for p in paths)} in {call['wall_s'] / 60:.1f} min", file=sys.stderr)
     return 0
 
 

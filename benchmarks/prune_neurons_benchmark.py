@@ -36,7 +36,15 @@ thermodynamic temperature is a variance across batches). Held-out data are ident
 
     python benchmarks/prune_neurons_benchmark.py            # the full run (~25 min on a quiet 2-vCPU machine; --quick prints an estimate)
     python benchmarks/prune_neurons_benchmark.py --quick    # MiniLM only, 2 fractions, short windows, to /tmp
+    python benchmarks/prune_neurons_benchmark.py --plan --device cuda            # estimate only
+    python benchmarks/prune_neurons_benchmark.py --device cuda --models minilm --resume --budget-min 8
     python benchmarks/prune_neurons_report.py benchmarks/results/<device>/prune_neurons.json   # re-render only
+
+`--device cuda` (or cuda:N): the models and every batch on that GPU, `compare` with backend "auto"
+(the GPU's NVML counter), results under benchmarks/results/<GPU slug>/, windows of 2 s by default
+(`common.METER_DEFAULTS`), `--threads` left alone. With `--resume` the JSON is rewritten after every
+row and every criterion's scores are kept beside it (prune_neurons.scores.pt), so that a later run
+with the same options continues where a time budget stopped this one (benchmarks/gpu_prune_session.sh).
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,8 +70,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, device_slug, load_json, results_dir  # noqa: E402
-from prune_benchmark import BENCHES, Bench, energy_record  # noqa: E402
+from common import (  # noqa: E402
+    METER_DEFAULTS,
+    RESULTS,
+    apply_meter_defaults,
+    device_record,
+    load_json,
+    load_resume,
+    resolve_device,
+    results_dir,
+    save_json,
+)
+from prune_benchmark import BENCHES, Bench, compare_seconds, energy_record  # noqa: E402
 from prune_neurons_report import render  # noqa: E402
 
 from energyprune.api import compare, measure  # noqa: E402
@@ -252,6 +270,12 @@ class Evaluator:
         self.backend = backend
         self.cache: dict[str, dict[str, Any]] = {}
 
+    def seed(self, row: dict[str, Any]) -> None:
+        """Take a row measured by an earlier run (`--resume`) as the evaluation of its selection."""
+        if row.get("selection") and row["selection"] not in self.cache:
+            self.cache[row["selection"]] = {k: v for k, v in row.items()
+                                            if k not in ("fraction", "removed", "k", "folded", "shared_with_earlier_row")}
+
     def __call__(self, units: Sequence[Unit], label: str) -> dict[str, Any]:
         key = _selection_hash(units)
         if key in self.cache:
@@ -335,80 +359,170 @@ def _log_row(bench: Bench, label: str, what: str, row: dict[str, Any], started: 
           file=sys.stderr)
 
 
+class ScoreStore:
+    """Every criterion's neuron scores beside the JSON (`--resume`): a later run selects the same
+    neurons without scoring again (MIPP on SmolLM2 takes minutes). One float64 tensor per criterion,
+    in the order of `units_for(model, "neuron")`, which is stored with them."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {}
+        if path is not None and path.exists():
+            self.data = torch.load(path, weights_only=True)
+
+    def scores(self, key: str, units: Sequence[Unit], label: str) -> dict[Unit, float] | None:
+        entry = self.data.get(key)
+        if not entry or entry["units"] != [(u.path, u.index) for u in units] or label not in entry["scores"]:
+            return None
+        return dict(zip(units, entry["scores"][label].tolist()))
+
+    def put(self, key: str, units: Sequence[Unit], label: str, scores: dict[Unit, float]) -> None:
+        if self.path is None:
+            return
+        names = [(u.path, u.index) for u in units]
+        entry = self.data.get(key)
+        if not entry or entry["units"] != names:
+            entry = self.data[key] = {"units": names, "scores": {}}
+        entry["scores"][label] = torch.tensor([scores[u] for u in units], dtype=torch.float64)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        torch.save(self.data, tmp)
+        os.replace(tmp, self.path)
+
+
 def run_bench(bench: Bench, specs: list[CriterionSpec], folds: list[CriterionSpec], args: argparse.Namespace,
-              config: MeterConfig, deadline: float) -> dict[str, Any]:
+              config: MeterConfig, deadline: float, prior: dict[str, Any] | None = None,
+              checkpoint: Callable[[dict[str, Any]], None] | None = None,
+              store: ScoreStore | None = None) -> dict[str, Any]:
+    """One model: the original, the scores, the rows fraction-major, the folding. `prior` is this
+    model's entry of an earlier run's JSON (`--resume`): what it holds is kept (rows only where this
+    run selects the same neurons), and only what is missing is computed; `checkpoint(out)` is
+    called after every step."""
     started = time.perf_counter()
     model = bench.model
+    prior = prior or {}
+    store = store or ScoreStore(None)
     neuron_list = units_for(model, "neuron")
     specs_mlp = find_mlps(model)
-    print(f"[{bench.key}] {bench.title}: {len(specs_mlp)} MLPs, {len(neuron_list)} neurons", file=sys.stderr)
+    data = {k: v for k, v in bench.data.items() if k != "oracle_search"}
+    if prior and prior.get("data") != data:
+        raise SystemExit(f"--resume: the earlier {bench.key} run used other data ({prior.get('data')}): "
+                         "give the same options")
+    print(f"[{bench.key}] {bench.title}: {len(specs_mlp)} MLPs, {len(neuron_list)} neurons on {args.torch_device}"
+          + (" (resuming)" if prior else ""), file=sys.stderr)
+    fractions = sorted(set(prior.get("fractions", [])) | set(args.fractions))
     out: dict[str, Any] = {
         "title": bench.title, "n_mlps": len(specs_mlp), "n_neurons": len(neuron_list),
-        "gated": any(s.gated for s in specs_mlp), "fractions": list(args.fractions),
-        "data": {k: v for k, v in bench.data.items() if k != "oracle_search"},
-        "measures": bench.measures, "runs": {}, "folding": {}, "criteria_failed": [],
-        "timing": {"setup_s": args.setup_s.get(bench.key)},
+        "gated": any(s.gated for s in specs_mlp), "fractions": fractions,
+        "data": data, "measures": bench.measures, "runs": dict(prior.get("runs", {})),
+        "folding": prior.get("folding", {}), "criteria_failed": prior.get("criteria_failed", []),
+        "timing": {**prior.get("timing", {}), "setup_s": args.setup_s.get(bench.key)},
     }
+    for key in ("checks", "original", "calibration_tokens"):
+        if key in prior:
+            out[key] = prior[key]
+    wall_before = float(prior.get("wall_s", 0.0))
+
+    def progress() -> None:
+        out["wall_s"] = wall_before + time.perf_counter() - started
+        if checkpoint is not None:
+            checkpoint(out)
 
     # The original: its own measures, FLOPs, and an absolute energy figure.
-    t0 = time.perf_counter()
-    out["original"] = original_record(bench, args, config)
-    out["timing"]["original_s"] = time.perf_counter() - t0
+    if "original" not in out:
+        t0 = time.perf_counter()
+        out["original"] = original_record(bench, args, config)
+        out["timing"]["original_s"] = time.perf_counter() - t0
     o = out["original"]
     print(f"  original: {o['fidelity']}  {o['energy']['per_inference_j']:.4g} J/inference "
-          f"({o['energy']['provenance']})", file=sys.stderr)
+          f"({o['energy']['provenance']}, {', '.join(o['energy']['backends'])})"
+          + (" (from the earlier run)" if prior.get("original") else ""), file=sys.stderr)
+    progress()
 
-    # Score once per criterion on the original model.
+    # Score once per criterion on the original model (or take the earlier run's scores).
     all_scores: dict[str, dict[Unit, float]] = {}
     for spec in specs:
+        earlier = out["runs"].get(spec.label)
+        kept = store.scores(bench.key, neuron_list, spec.label)
+        if earlier and not earlier.get("error") and kept is not None:
+            all_scores[spec.label] = kept
+            print(f"  {spec.label}: scores from the earlier run ({len(earlier.get('rows', []))} rows done)",
+                  file=sys.stderr)
+            continue
         try:
             scores, info = score(bench, spec, neuron_list)
         except (EnergyPruneError, TypeError, ValueError, RuntimeError) as error:
             out["runs"][spec.label] = {"criterion": spec.name, "options": spec.options, "family": spec.family,
                                        "error": f"{type(error).__name__}: {error}", "rows": []}
             print(f"  {spec.label}: FAILED to score ({error})", file=sys.stderr)
+            progress()
             continue
         all_scores[spec.label] = scores
-        out["runs"][spec.label] = {**info, "rows": []}
+        store.put(bench.key, neuron_list, spec.label, scores)
+        # Rows of an earlier run stay only where these scores select the same neurons (checked below).
+        out["runs"][spec.label] = {**info, "rows": (earlier or {}).get("rows", [])}
         s = info["scores"]
         print(f"  {spec.label}: scored {s['units']} neurons in {info['score_s']:.1f} s "
               f"({s['pos_inf']} +inf, {s['neg_inf']} -inf)" + (f"; warnings: {info['warnings']}" if info["warnings"] else ""),
               file=sys.stderr)
+        progress()
 
     # The selections, all from the original model's scores.
     selections: dict[float, dict[str, list[Unit]]] = defaultdict(dict)
     for label, scores in all_scores.items():
-        for fraction in args.fractions:
+        for fraction in fractions:
             try:
                 selections[fraction][label] = select(scores, fraction, "neuron")
             except EnergyPruneError as error:
                 out["runs"][label].setdefault("select_errors", {})[str(fraction)] = f"{type(error).__name__}: {error}"
     out["overlap"] = {str(f): overlaps(sel) for f, sel in selections.items()}
+    for label in all_scores:
+        run = out["runs"][label]
+        run["rows"] = [r for r in run.get("rows", []) if r["fraction"] in selections
+                       and label in selections[r["fraction"]]
+                       and r.get("selection") == _selection_hash(selections[r["fraction"]][label])]
 
     # A check of the benchmark's cached-reference metrics against the library, once per model.
     first = next(iter(selections.get(args.fractions[0], {}).values()), None)
-    if first:
+    if first and not out.get("checks"):
         out["checks"] = {"metrics_vs_library_max_rel_diff": check_metrics(bench, first)}
+
+    evaluator = Evaluator(bench, config, args.backend)
+    for run in list(out["runs"].values()) + list(out["folding"].get("runs", {}).values()):
+        for row in run.get("rows", []):
+            evaluator.seed(row)
+    pending = {_selection_hash(selections[f][label]) for f in args.fractions for label in all_scores
+               if label in selections[f]} - set(evaluator.cache)
+    row_s = compare_seconds(config) + ROW_OVERHEAD_S[(args.torch_device.type, bench.key)]
+    left = deadline - time.perf_counter()
+    print(f"  plan: {len(pending)} pruned models to measure (folding not counted), ~{row_s:.0f} s each = "
+          f"~{len(pending) * row_s / 60:.1f} min; time budget left {left / 60:.1f} min"
+          + (" (expect a cut: continue with --resume)" if len(pending) * row_s > left else ""), file=sys.stderr)
 
     # Evaluate: fraction-major, so a time budget cuts the large fractions of every criterion alike
     # and slow drifts of the shared machine fall on every criterion alike.
-    evaluator = Evaluator(bench, config, args.backend)
     cut = None
     for fraction in args.fractions:
         for label in all_scores:
             chosen = selections[fraction].get(label)
-            if chosen is None:
+            if chosen is None or any(r["fraction"] == fraction for r in out["runs"][label]["rows"]):
                 continue
             if time.perf_counter() > deadline:
                 cut = fraction
                 break
             row = {"fraction": fraction, "removed": len(chosen), **evaluator(chosen, f"-{fraction:.0%} neurons")}
             out["runs"][label]["rows"].append(row)
+            out["runs"][label]["rows"].sort(key=lambda r: r["fraction"])
             _log_row(bench, label, f"{fraction:.0%}", row, started)
+            progress()
         if cut is not None:
-            out["cut_by_time_budget_at_fraction"] = cut
             print(f"  time budget spent: stopping at fraction {cut}", file=sys.stderr)
             break
+    missing = [f for f in fractions for label in all_scores
+               if label in selections[f] and not any(r["fraction"] == f for r in out["runs"][label]["rows"])]
+    if missing:
+        out["cut_by_time_budget_at_fraction"] = min(missing)
+    else:
+        out.pop("cut_by_time_budget_at_fraction", None)
 
     # NEPENTHE's own unit: folding whole MLP activations.
     try:
@@ -419,9 +533,20 @@ def run_bench(bench: Bench, specs: list[CriterionSpec], folds: list[CriterionSpe
             "replaced by the identity it is still a product of two linear maps, so fold_activation refuses it")}
         print(f"  folding: does not apply ({error})", file=sys.stderr)
     else:
-        out["folding"] = {"applies": True, "units": len(fold_units), "k_max": min(args.fold_k, len(fold_units)),
-                          "runs": {}}
+        earlier_fold = out["folding"] if out["folding"].get("applies") else {}
+        # This run's K, or the earlier run's where it was larger (or where this run folds nothing).
+        k_max = max(args.fold_k, earlier_fold.get("k_max", 0)) if folds else earlier_fold.get("k_max", args.fold_k)
+        k_max = min(k_max, len(fold_units))
+        out["folding"] = {"applies": True, "units": len(fold_units), "k_max": k_max,
+                          "runs": dict(earlier_fold.get("runs", {}))}
+        for key in ("cut_by_time_budget_at_k",):
+            if key in earlier_fold:
+                out["folding"][key] = earlier_fold[key]
         for spec in folds:
+            earlier = out["folding"]["runs"].get(spec.label)
+            if earlier and not earlier.get("error") and earlier.get("order") is not None:
+                print(f"  {spec.label}: folding order from the earlier run", file=sys.stderr)
+                continue
             try:
                 criterion = get_criterion(spec.name, **spec.options)
                 t0 = time.perf_counter()
@@ -433,42 +558,60 @@ def run_bench(bench: Bench, specs: list[CriterionSpec], folds: list[CriterionSpe
                 continue
             n_finite = sum(1 for v in scores.values() if math.isfinite(v))
             order = select(scores, n_finite, "activation") if n_finite else []  # lowest score first
+            paths = [u.path for u in order]
             out["folding"]["runs"][spec.label] = {
                 "criterion": spec.name, "options": spec.options, "family": spec.family, "repr": repr(criterion),
                 "score_s": score_s, "scores": {u.path: (scores[u] if math.isfinite(scores[u]) else None) for u in fold_units},
-                "order": [u.path for u in order], "rows": []}
+                "order": paths,
+                "rows": [r for r in (earlier or {}).get("rows", []) if r.get("folded") == paths[: r["k"]]]}
             stats = getattr(criterion, "last_stats", None)
             if stats:  # P(ON): a low-entropy layer may be mostly ON (foldable) or mostly OFF (not)
                 out["folding"]["runs"][spec.label]["mean_p_on"] = {p: float(st.p.mean()) for p, st in stats.items()}
-            print(f"  {spec.label}: folding order {[u.path for u in order]}", file=sys.stderr)
+            print(f"  {spec.label}: folding order {paths}", file=sys.stderr)
+            progress()
+        fold_labels = [spec.label for spec in folds]
+        fold_cut = None
         for k in range(1, out["folding"]["k_max"] + 1):
-            for label, run in out["folding"]["runs"].items():
-                if len(run.get("order", [])) < k:
+            for label in fold_labels:
+                run = out["folding"]["runs"].get(label, {})
+                if len(run.get("order", [])) < k or any(r["k"] == k for r in run["rows"]):
                     continue
                 if time.perf_counter() > deadline:
-                    out["folding"]["cut_by_time_budget_at_k"] = k
+                    fold_cut = k
                     break
                 chosen = [u for u in fold_units if u.path in run["order"][:k]]
                 row = {"k": k, "folded": run["order"][:k], **evaluator(chosen, f"{k} MLPs folded")}
                 run["rows"].append(row)
+                run["rows"].sort(key=lambda r: r["k"])
                 _log_row(bench, label, f"k={k} folded", row, started)
-            if out["folding"].get("cut_by_time_budget_at_k"):
+                progress()
+            if fold_cut is not None:
                 break
+        fold_missing = [k for run in out["folding"]["runs"].values() if run.get("order") is not None
+                        for k in range(1, min(out["folding"]["k_max"], len(run["order"])) + 1)
+                        if not any(r["k"] == k for r in run.get("rows", []))]
+        if fold_missing:
+            out["folding"]["cut_by_time_budget_at_k"] = min(fold_missing)
+        else:
+            out["folding"].pop("cut_by_time_budget_at_k", None)
 
+    # Every row of this run's criteria and folding is there (gpu_prune_session.sh skips the model then).
+    out["complete"] = not out.get("cut_by_time_budget_at_fraction") and not out["folding"].get("cut_by_time_budget_at_k")
     out["timing"]["rows"] = len(evaluator.cache)
-    rows = list(evaluator.cache.values())
+    rows = [r for r in evaluator.cache.values() if "fidelity_s" in r]
     if rows:
         out["timing"]["row_fidelity_s_mean"] = statistics.fmean(r["fidelity_s"] for r in rows)
         out["timing"]["row_energy_s_mean"] = statistics.fmean(r["energy_s"] for r in rows)
     out["timing"]["score_s"] = {label: run.get("score_s") for label, run in out["runs"].items()}
-    out["wall_s"] = time.perf_counter() - started
+    progress()
     return out
 
 
 # ---- duration estimate ------------------------------------------------------------------------
-#: The full run's defaults that the estimate scales to (kept equal to the argparse defaults).
-FULL_DEFAULTS = {"window_s": 0.5, "repeats": 5, "calibration_batches": 8,
-                 "fractions": [0.1, 0.2, 0.3, 0.4, 0.5], "fold_k": 4, "seeds": 3}
+#: The full run's defaults that the estimate scales to (kept equal to the argparse defaults; the
+#: meter's window and repeats are the CPU's here, the device's own in `estimate_full`).
+FULL_DEFAULTS = {"window_s": METER_DEFAULTS["cpu"]["window_s"], "repeats": int(METER_DEFAULTS["cpu"]["repeats"]),
+                 "calibration_batches": 8, "fractions": [0.1, 0.2, 0.3, 0.4, 0.5], "fold_k": 4, "seeds": 3}
 #: Scoring time of SmolLM2 over MiniLM's, per criterion, both with 8 calibration batches and 4096 MIPP
 #: tokens, measured once on this machine (1 thread, load average 1-2): MiniLM mipp 33 s, thermodynamic
 #: 10 s, nepenthe 6 s; SmolLM2 300 s, 44 s, 18 s. Other criteria (magnitude, random): < 1 s.
@@ -489,7 +632,9 @@ def estimate_full(data: dict[str, Any], args: argparse.Namespace) -> dict[str, A
     * scoring = this run's per-criterion times, × the calibration-batch ratio for `DATA_BOUND`
       criteria; SmolLM2's = MiniLM's × `SMOLLM2_SCORING_FACTOR` (measured once).
     """
-    defaults = FULL_DEFAULTS
+    device_type = torch.device(data.get("torch_device", "cpu")).type
+    defaults = {**FULL_DEFAULTS, "window_s": METER_DEFAULTS[device_type]["window_s"],
+                "repeats": int(METER_DEFAULTS[device_type]["repeats"])}
     out: dict[str, Any] = {"models": {}, "assumptions": []}
     mini = data["models"].get("minilm")
     if mini is None or not mini["timing"].get("rows"):
@@ -519,7 +664,7 @@ def estimate_full(data: dict[str, Any], args: argparse.Namespace) -> dict[str, A
                                "total_s": setup_minilm + scoring_minilm + rows_minilm * row_minilm}
     out["assumptions"].append(f"MiniLM per-row time {row_minilm:.1f} s (this run's, windows rescaled)")
     row_smollm2 = None
-    block = RESULTS / device_slug("cpu") / "prune.json"
+    block = RESULTS / data["device"] / "prune.json"
     if block.exists():
         try:
             blocks = load_json(block)
@@ -538,7 +683,7 @@ def estimate_full(data: dict[str, Any], args: argparse.Namespace) -> dict[str, A
     rows_smollm2 = n_specs * len(defaults["fractions"])
     scoring_smollm2 = sum(v * SMOLLM2_SCORING_FACTOR.get(name, 8.0) for name, v in scoring.items())
     out["assumptions"].append("SmolLM2 scoring = MiniLM's x " + ", ".join(
-        f"{k} {v}" for k, v in SMOLLM2_SCORING_FACTOR.items()) + " (measured once on this machine)")
+        f"{k} {v}" for k, v in SMOLLM2_SCORING_FACTOR.items()) + " (measured once on the 2-vCPU CPU machine)")
     setup_smollm2 = 30.0 + row_smollm2  # loading, held-out references, and the original's measurement
     out["models"]["smollm2"] = {"rows": rows_smollm2, "row_s": row_smollm2, "scoring_s": scoring_smollm2,
                                 "setup_s": setup_smollm2,
@@ -547,12 +692,50 @@ def estimate_full(data: dict[str, Any], args: argparse.Namespace) -> dict[str, A
     return out
 
 
+# ---- the plan ---------------------------------------------------------------------------------
+#: Scoring seconds per criterion with 8 calibration batches, by (device type, model): CPU, the
+#: committed 2-vCPU run (prune_neurons.json); CUDA, unknown until a GPU run: the CPU's figures are
+#: used, marked as such (MIPP's elimination is many small float64 steps: not obviously faster there).
+SCORING_S = {("cpu", "smollm2"): {"mipp": 291.0, "thermodynamic": 38.0, "nepenthe": 18.0},
+             ("cpu", "minilm"): {"mipp": 45.0, "thermodynamic": 14.0, "nepenthe": 8.0}}
+#: A row's seconds beyond the meter (copy, FLOPs, held-out fidelity) and a model's setup (loading,
+#: references, the original's measurement), by (device type, model); CUDA figures are guesses.
+ROW_OVERHEAD_S = {("cpu", "smollm2"): 8.8, ("cpu", "minilm"): 5.1, ("cuda", "smollm2"): 1.5, ("cuda", "minilm"): 1.0}
+SETUP_S = {("cpu", "smollm2"): 20.0, ("cpu", "minilm"): 15.0, ("cuda", "smollm2"): 60.0, ("cuda", "minilm"): 25.0}
+
+
+def plan(models: Sequence[str], specs: Sequence[CriterionSpec], folds: Sequence[CriterionSpec],
+         args: argparse.Namespace, config: MeterConfig) -> float:
+    """Print the expected duration of this run per model; returns the total in seconds."""
+    device_type = args.torch_device.type
+    total = 0.0
+    for key in models:
+        row_s = compare_seconds(config) + ROW_OVERHEAD_S[(device_type, key)]
+        rows = len(specs) * len(args.fractions)
+        if key == "minilm" and folds:  # SmolLM2's MLPs are gated: no folding
+            rows += sum(1 for s in folds) * args.fold_k
+        known = SCORING_S.get((device_type, key)) or SCORING_S[("cpu", key)]
+        scale = args.calibration_batches / 8
+        scoring = sum(known.get(s.name, 1.0) * (scale if s.name != "mipp" else 1.0) for s in specs)
+        scoring += sum(known.get("nepenthe", 1.0) * scale for s in folds if s.name == "nepenthe")
+        setup = SETUP_S[(device_type, key)] + compare_seconds(config) / 2
+        seconds = setup + scoring + rows * row_s
+        total += seconds
+        note = "" if (device_type, key) in SCORING_S else " (the CPU's scoring times: unknown on CUDA)"
+        print(f"estimate [{key}] on {device_type}: setup ~{setup / 60:.1f} min + scoring ~{scoring / 60:.1f} min{note} "
+              f"+ {rows} rows x ~{row_s:.0f} s = ~{seconds / 60:.1f} min", file=sys.stderr)
+    print(f"estimate: ~{total / 60:.1f} min in all; time budget {args.budget_min:.1f} min"
+          + (" (the rest needs more runs with --resume)" if total > args.budget_min * 60 else ""), file=sys.stderr)
+    return total
+
+
 # ---- main -------------------------------------------------------------------------------------
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: MiniLM only, fractions 10%% and 50%%, one random seed, 2 calibration "
                              "batches, short windows, written to a temporary folder; prints the full run's estimate")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where the models and data run")
     parser.add_argument("--models", nargs="*", choices=sorted(BENCHES), help="default: all")
     parser.add_argument("--fractions", type=float, nargs="*", default=FULL_DEFAULTS["fractions"],
                         help="fractions of every MLP's neurons removed")
@@ -567,17 +750,24 @@ def main() -> int:
                         help="MIPP's token sample (its regression wants several tokens per neuron: >= 2 x 1537)")
     parser.add_argument("--eval-seqs", type=int, default=2, help="SmolLM2 held-out sequences of 256 tokens")
     parser.add_argument("--backend", default="auto")
-    parser.add_argument("--window-s", type=float, default=FULL_DEFAULTS["window_s"])
-    parser.add_argument("--repeats", type=int, default=FULL_DEFAULTS["repeats"])
-    parser.add_argument("--idle-s", type=float, default=0.5)
-    parser.add_argument("--min-warmup-s", type=float, default=0.2)
-    parser.add_argument("--max-warmup-s", type=float, default=0.6)
+    parser.add_argument("--window-s", type=float, help="default: 0.5 on CPU, 2 on CUDA (a 100 ms counter)")
+    parser.add_argument("--repeats", type=int, help="default: 5 on CPU, 3 on CUDA")
+    parser.add_argument("--idle-s", type=float, help="default: 0.5 on CPU, 1 on CUDA")
+    parser.add_argument("--min-warmup-s", type=float, help="default: 0.2 on CPU, 0.5 on CUDA")
+    parser.add_argument("--max-warmup-s", type=float, help="default: 0.6 on CPU, 2 on CUDA")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (1: see prune_benchmark.py --threads)")
-    parser.add_argument("--budget-min", type=float, default=60.0,
-                        help="stop evaluating new rows after this many minutes (recorded in the JSON)")
+                        help="CPU only: torch intra-op threads (1: see prune_benchmark.py --threads); left at "
+                             "torch's default with --device cuda")
+    parser.add_argument("--budget-min", "--time-budget", dest="budget_min", type=float, default=60.0,
+                        help="time budget in minutes, from the start (model loading included): no new row is "
+                             "started after it (recorded in the JSON; continue with --resume)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue OUT_DIR/prune_neurons.json where it exists (same device, meter config and data), "
+                             "with the scores kept in OUT_DIR/prune_neurons.scores.pt; rewrite both as it goes")
+    parser.add_argument("--plan", action="store_true", help="print the duration estimate and exit (loads nothing)")
     parser.add_argument("--out-dir", type=Path, help="default: benchmarks/results/<device>/ (quick: a temporary folder)")
     args = parser.parse_args()
+    device = args.torch_device = resolve_device(args.device) if not args.plan else torch.device(args.device)
     if args.quick:
         args.models = args.models or ["minilm"]
         if args.fractions == FULL_DEFAULTS["fractions"]:
@@ -585,8 +775,11 @@ def main() -> int:
         args.fold_k = min(args.fold_k, 1)
         args.calibration_batches = min(args.calibration_batches, 2)
         args.seeds = args.seeds[:1]
-        args.window_s = min(args.window_s, 0.25)
-        args.repeats = min(args.repeats, 3)
+        # Short windows for a smoke test; on a GPU no shorter than 10 ticks of its 100 ms counter.
+        quick_window = 0.25 if device.type == "cpu" else 1.0
+        args.window_s = min(args.window_s if args.window_s is not None else quick_window, quick_window)
+        args.repeats = min(args.repeats if args.repeats is not None else 3, 3)
+    apply_meter_defaults(args, device)
     if any(not 0 < f < 1 for f in args.fractions):
         parser.error("fractions must lie in (0, 1)")
     models = args.models or ["smollm2", "minilm"]
@@ -596,7 +789,8 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("energyprune.api").setLevel(logging.ERROR)
     torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
 
     config = MeterConfig(window_s=args.window_s, repeats=args.repeats, precision=0.0, idle_s=args.idle_s,
                          min_warmup_s=args.min_warmup_s, max_warmup_s=args.max_warmup_s, keep_trace=False)
@@ -607,19 +801,40 @@ def main() -> int:
             return s.label in args.criteria or s.name in args.criteria or s.family in args.criteria
         specs = [s for s in specs if wanted(s)]
         folds = [s for s in folds if wanted(s) or s.family == "random fold"]
+    if args.plan:
+        plan(models, specs, folds, args, config)
+        return 0
+    hardware = device_record(device)
     started = time.perf_counter()
     deadline = started + args.budget_min * 60
+    meter_config = {"window_s": config.window_s, "repeats": config.repeats, "precision": config.precision,
+                    "idle_s": config.idle_s, "min_warmup_s": config.min_warmup_s,
+                    "max_warmup_s": config.max_warmup_s, "backend": args.backend}
+    if args.out_dir:
+        out_dir = args.out_dir
+    elif args.quick:
+        out_dir = Path(tempfile.mkdtemp(prefix="energyprune-prune-neurons-quick-"))
+    else:
+        out_dir = results_dir(device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    schema = "energyprune.prune-neurons-benchmark/1"
+    prior = (load_resume(out_dir / "prune_neurons.json", schema, hardware["device"], meter_config, args.quick)
+             if args.resume else None)
+    if prior and prior.get("calibration_batches") != args.calibration_batches:
+        raise SystemExit(f"--resume: the earlier run used {prior.get('calibration_batches')} calibration batches, "
+                         f"this one {args.calibration_batches}: give the same options")
+    store = ScoreStore(out_dir / "prune_neurons.scores.pt" if args.resume else None)
+    call = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": "python " + " ".join(sys.argv),
+            "models": list(models), "time_budget_min": args.budget_min}
     data: dict[str, Any] = {
-        "schema": "energyprune.prune-neurons-benchmark/1",
-        "device": device_slug("cpu"),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": "python " + " ".join(sys.argv),
+        "schema": schema,
+        **hardware,
+        "date": call["date"],
+        "command": call["command"],
         "quick": args.quick,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "meter_config": {"window_s": config.window_s, "repeats": config.repeats, "precision": config.precision,
-                         "idle_s": config.idle_s, "min_warmup_s": config.min_warmup_s,
-                         "max_warmup_s": config.max_warmup_s, "backend": args.backend},
+        "meter_config": meter_config,
         "method": {
             "pruning": "one-shot: each criterion scores every neuron of the ORIGINAL model once; fraction f removes, "
                        "in every MLP, the round(f x width) neurons of lowest finite score there "
@@ -639,29 +854,42 @@ def main() -> int:
         "calibration_batches": args.calibration_batches,
         "criteria_available": sorted(CRITERIA),
         "criteria_skipped": skipped,
-        "models": {},
+        "models": dict(prior["models"]) if prior else {},
     }
+    if prior:
+        data["calls"] = prior.get("calls") or [{"date": prior.get("date"), "command": prior.get("command"),
+                                                "models": list(prior.get("models", {})), "wall_s": prior.get("wall_s")}]
+    data.setdefault("calls", []).append(call)
+    wall_before = sum(float(c.get("wall_s") or 0.0) for c in data["calls"][:-1])
+    print(f"device {hardware['device_name']} ({device}); meter: {meter_config}; out: {out_dir}", file=sys.stderr)
+    plan(models, specs, folds, args, config)
+
+    def checkpoint(key: str, model_out: dict[str, Any]) -> None:
+        data["models"][key] = model_out
+        call["wall_s"] = time.perf_counter() - started
+        data["wall_s"] = wall_before + call["wall_s"]
+        if args.resume:
+            save_json(out_dir / "prune_neurons.json", data)
+
     args.setup_s = {}
     for key in models:
         t0 = time.perf_counter()
         bench = BENCHES[key](args)
         args.setup_s[key] = time.perf_counter() - t0
-        data["models"][key] = run_bench(bench, specs, folds, args, config, deadline)
-        data["models"][key]["calibration_tokens"] = sum(int(b["attention_mask"].sum()) for b in bench.calibration)
+        result = run_bench(bench, specs, folds, args, config, deadline, prior=data["models"].get(key),
+                           checkpoint=lambda out, key=key: checkpoint(key, out), store=store)
+        result["calibration_tokens"] = sum(int(b["attention_mask"].sum()) for b in bench.calibration)
+        checkpoint(key, result)
         del bench
         gc.collect()
-    data["wall_s"] = time.perf_counter() - started
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    call["wall_s"] = time.perf_counter() - started
+    data["wall_s"] = wall_before + call["wall_s"]
     if args.quick:
         data["estimate_full"] = estimate_full(data, args)
-    if args.out_dir:
-        out_dir = args.out_dir
-    elif args.quick:
-        out_dir = Path(tempfile.mkdtemp(prefix="energyprune-prune-neurons-quick-"))
-    else:
-        out_dir = results_dir("cpu")
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = render(data, out_dir)
-    print(f"wrote {', '.join(str(p) for p in paths)} in {data['wall_s'] / 60:.1f} min", file=sys.stderr)
+    print(f"wrote {', '.join(str(p) for p in paths)} in {call['wall_s'] / 60:.1f} min", file=sys.stderr)
     if args.quick:
         est = data["estimate_full"]
         if "error" in est:
@@ -670,8 +898,8 @@ def main() -> int:
             parts = "; ".join(f"{k}: {m['rows']} rows x {m['row_s']:.0f} s + scoring {m['scoring_s'] / 60:.1f} min "
                               f"+ setup {m['setup_s'] / 60:.1f} min = {m['total_s'] / 60:.0f} min"
                               for k, m in est["models"].items())
-            print(f"estimated full run (python benchmarks/prune_neurons_benchmark.py): ~{est['total_min']:.0f} min "
-                  f"on a quiet machine ({parts}). Assumptions: {'; '.join(est['assumptions'])}", file=sys.stderr)
+            print(f"estimated full run (python benchmarks/prune_neurons_benchmark.py --device {args.device}): "
+                  f"~{est['total_min']:.0f} min ({parts}). Assumptions: {'; '.join(est['assumptions'])}", file=sys.stderr)
     return 0
 
 

@@ -350,8 +350,7 @@ def model_markdown(key: str, model: dict[str, Any], data: dict[str, Any]) -> lis
                      f"{p['latency_ratio_median']:.3f} |")
     loads = [v for r in _all_rows(model) for v in r["energy"].get("loadavg_1min", [])]
     if loads:
-        lines += ["", f"1-minute load average around the comparisons: {min(loads):.2f} to {max(loads):.2f} "
-                  f"on {data['threads']} threads (above ~{data['threads']}: other work shared the CPUs)."]
+        lines += ["", load_note(data, loads)]
     lines.append("")
     lines += _criteria_table(model)
 
@@ -410,6 +409,9 @@ def model_markdown(key: str, model: dict[str, Any], data: dict[str, Any]) -> lis
         orders = [f"{label}: {', '.join(p.rsplit('.', 1)[-1] for p in run.get('order', []))}"
                   for label, run in folding["runs"].items() if run.get("order")]
         lines += ["", "Folding orders (layer index, first folded first): " + "; ".join(orders) + ".", ""]
+        if folding.get("cut_by_time_budget_at_k"):
+            lines.insert(-1, f"**Time budget spent**: no folding row from k={folding['cut_by_time_budget_at_k']} on.")
+            lines.insert(-1, "")
     return lines
 
 
@@ -426,13 +428,47 @@ def _seed_row(name: str, x: str, entry: dict[str, Any], measures: Sequence[dict[
          f"{_measure_text(m, entry['spread'][m['key']][1])}]" for m in measures]) + " |"
 
 
+def _on_gpu(data: dict[str, Any]) -> bool:
+    return str(data.get("torch_device", "cpu")).startswith("cuda")
+
+
+def run_lines(data: dict[str, Any]) -> list[str]:
+    """Where and how the run was made: the hardware, the software, and each call of a resumed run."""
+    if _on_gpu(data):
+        where = (f"on {data.get('device_name', data['device'])} ({data['torch_device']}; driver {data.get('driver', '?')}, "
+                 f"CUDA {data.get('cuda', '?')}, torch {data['torch']}; float32, TF32 matmuls "
+                 f"{'on' if data.get('tf32_matmul') else 'off'})")
+    else:
+        where = (f"on {data.get('device_name', data['device'])} (torch {data['torch']}, {data['threads']} threads)")
+    calls = data.get("calls") or []
+    if len(calls) <= 1:
+        return [f"Run {data['date']} {where} with `{data['command']}`, {data['wall_s'] / 60:.1f} min."]
+    lines = [f"Run {where} in {len(calls)} calls continued with `--resume`, {data['wall_s'] / 60:.1f} min in all:", ""]
+    lines += [f"- {c.get('date')}: `{c.get('command')}` ({(c.get('wall_s') or 0) / 60:.1f} min)" for c in calls]
+    return lines
+
+
+def meter_note(data: dict[str, Any]) -> str:
+    if _on_gpu(data):
+        return ("Windows of >= 20 ticks of the GPU's ~100 ms energy counter (NVML; the backend integrates the "
+                "instantaneous power between ticks where it can).")
+    return "Short windows on a shared 2-vCPU machine: read the intervals."
+
+
+def load_note(data: dict[str, Any], loads: list[float]) -> str:
+    if _on_gpu(data):
+        return (f"1-minute load average of the host's CPUs around the comparisons: {min(loads):.2f} to {max(loads):.2f} "
+                "(the GPU's counter does not see the CPUs; a busy host slows the kernel launches).")
+    return (f"1-minute load average around the comparisons: {min(loads):.2f} to {max(loads):.2f} "
+            f"on {data['threads']} threads (above ~{data['threads']}: other work shared the CPUs).")
+
+
 def markdown(data: dict[str, Any]) -> str:
     words = {provenance_word(m) for m in data["models"].values()}
     word = "ESTIMATED" if "ESTIMATED" in words else "measured"
     cfg = data["meter_config"]
     lines = [f"# Neuron pruning benchmark: {data['device']}" + (" (QUICK SMOKE TEST — not results)" if data.get("quick") else ""),
-             "", f"Run {data['date']} with `{data['command']}` (torch {data['torch']}, {data['threads']} threads), "
-             f"{data['wall_s'] / 60:.1f} min.", "",
+             "", *run_lines(data), "",
              f"**Energy figures are {word}**" + (
                  " — no hardware energy counter is readable on this machine, so the meter fell back to the "
                  "estimated backend (CPU utilisation × a power model). The ratio pruned/original from interleaved "
@@ -441,7 +477,7 @@ def markdown(data: dict[str, Any]) -> str:
     lines += [f"- {name}: {text}" for name, text in data["method"].items()]
     lines += [f"- meter: backend {cfg['backend']}, windows of >= {cfg['window_s']} s, {cfg['repeats']} per model "
               f"(interleaved with the original's), idle {cfg['idle_s']} s, warm-up {cfg['min_warmup_s']}..{cfg['max_warmup_s']} s. "
-              "Short windows on a shared 2-vCPU machine: read the intervals.",
+              + meter_note(data),
               f"- calibration batches: {data['calibration_batches']}"
               + (" (more than the block benchmark's 2: MIPP's regression wants several tokens per neuron, the "
                  "thermodynamic temperature is a variance across batches)" if data["calibration_batches"] > 2 else ""),
