@@ -200,6 +200,7 @@ class BenchModel:
     evaluate: Callable[[nn.Module], float]
     fidelity_definition: str
     data: dict[str, str]
+    tokenizer: Any = None  # set for language models: semantic entropy samples generations with it
 
 
 class _NextTokenFidelity:
@@ -298,7 +299,7 @@ def _smollm2_model(device: torch.device, quick: bool, dtype: torch.dtype | None)
     reference = _NextTokenFidelity(model, heldout)
     ids = heldout[0]["input_ids"][:1, :128]
     return BenchModel(
-        name="smollm2", title="SmolLM2-135M-Instruct (30 blocks)", model=model,
+        name="smollm2", title="SmolLM2-135M-Instruct (30 blocks)", model=model, tokenizer=tokenizer,
         inputs={"input_ids": ids, "attention_mask": torch.ones_like(ids), "use_cache": False},
         calibration=calibration, evaluate=reference,
         fidelity_definition="exp(-KL) of next-token distributions vs the original on held-out text",
@@ -380,7 +381,8 @@ def _point(step: Mapping[str, Any]) -> dict[str, Any]:
 
 def _prune_run(prune_to_energy: Callable[..., Any], bench_model: BenchModel, spec: CriterionSpec,
                options: BenchOptions, config: MeterConfig, backends: Sequence[Any], say: Log,
-               floor: FloorResult | None = None, temperature: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               floor: FloorResult | None = None, temperature: Mapping[str, Any] | None = None,
+               encoder: Any = None) -> dict[str, Any]:
     unit_kind = spec.options.get("unit_kind", UNIT_KINDS.get(spec.name))
     criterion_options = {k: v for k, v in spec.options.items() if k != "unit_kind"}
 
@@ -413,10 +415,49 @@ def _prune_run(prune_to_energy: Callable[..., Any], bench_model: BenchModel, spe
         "efficiency": _run_efficiency(data),
         "physics": _final_physics(getattr(result, "model", None), bench_model.inputs, final, str(data.get("provenance") or "estimated"),
                                   floor, temperature),
+        "semantic_entropy": (_semantic_entropy(result.model, bench_model, encoder, options.quick)
+                             if encoder is not None and getattr(result, "model", None) is not None else None),
         "seconds": time.perf_counter() - started,
         "prune_result": data,
     }
     return run
+
+
+#: Prompts for the semantic entropy of language models: short questions with one right meaning, so
+#: that a model that keeps its meaning keeps a low H_s while its wording (H) may vary.
+SEMANTIC_PROMPTS = (
+    "What is the capital of France?",
+    "How many days are there in a week?",
+    "What colour is the sky on a clear day?",
+)
+
+
+def _information_summary(bench_model: BenchModel, quick: bool) -> dict[str, Any]:
+    """IC per layer (energyprune.metrics.information) on two calibration batches, with a summary
+    over layers; the per-layer records are kept in full."""
+    from energyprune.metrics.information import information_concentration
+
+    ic = information_concentration(bench_model.model, bench_model.calibration[:1 if quick else 2],
+                                   max_rows=128 if quick else 256).to_dict()
+    values = sorted(v for v in (layer.get("information_concentration") for layer in ic["layers"])
+                    if isinstance(v, (int, float)) and math.isfinite(v))
+    if values:
+        ic["summary"] = {"n_layers": len(values), "median": values[len(values) // 2], "min": values[0],
+                         "max": values[-1],
+                         "median_rank_fraction": sorted(layer["rank_fraction"] for layer in ic["layers"])[len(ic["layers"]) // 2]}
+    return ic
+
+
+def _semantic_entropy(model: nn.Module, bench_model: BenchModel, encoder: Any, quick: bool) -> dict[str, Any] | None:
+    """H and H_s of sampled answers (energyprune.metrics.semantic_entropy), for language models."""
+    if bench_model.tokenizer is None:
+        return None
+    from energyprune.metrics.semantic_entropy import semantic_entropy
+
+    report = semantic_entropy(model, bench_model.tokenizer, SEMANTIC_PROMPTS[:1] if quick else SEMANTIC_PROMPTS,
+                              n_samples=4 if quick else 10, max_new_tokens=16 if quick else 24, seed=0,
+                              encoder=encoder, chat_template=True)
+    return report.to_dict()
 
 
 def _final_physics(model: Any, inputs: Any, final: Mapping[str, Any], provenance: str,
@@ -520,11 +561,27 @@ def run_benchmark(options: BenchOptions, *, log: Log | None = None) -> dict[str,
         n_params = _n_params(bench_model.model)
         physics = physics_summary(bench_model.model, bench_model.inputs, result, floor=floor)
         flops = physics["flops"]["value"]  # counted once, by FlopCounterMode, inside the summary
+        say(f"model {name}: information concentration per layer")
+        information = _information_summary(bench_model, options.quick)
+        encoder = None
+        semantic = None
+        if bench_model.tokenizer is not None:
+            say(f"model {name}: semantic entropy of sampled answers")
+            try:
+                from energyprune.metrics.semantic_entropy import minilm_encoder
+
+                encoder = minilm_encoder()
+                semantic = _semantic_entropy(bench_model.model, bench_model, encoder, options.quick)
+            except EnergyPruneError as error:  # MiniLM not installed: say so, go on
+                skipped.append({"what": f"semantic entropy of {name}", "reason": str(error)})
+                encoder = None
         model_entries.append({
             "name": name,
             "title": bench_model.title,
             "measurement": _measurement_summary(result),
             "physics": physics,
+            "information": information,
+            "semantic_entropy": semantic,
             "flops": flops,
             "n_params": n_params,
             "fidelity_definition": bench_model.fidelity_definition,
@@ -540,7 +597,7 @@ def run_benchmark(options: BenchOptions, *, log: Log | None = None) -> dict[str,
             say(f"model {name}: pruning with {spec.label} toward {options.target}")
             try:
                 run = _prune_run(prune_to_energy, bench_model, spec, options, config, backends, say,
-                                 floor=floor, temperature=physics.get("temperature"))
+                                 floor=floor, temperature=physics.get("temperature"), encoder=encoder)
             except EnergyPruneError as error:
                 skipped.append({"what": f"pruning {name} with {spec.label}", "reason": str(error)})
                 say(f"model {name}: {spec.label} failed ({error})")
@@ -770,6 +827,45 @@ def _ci(ci: Any) -> str:
     return "n/a"
 
 
+def _information_markdown(bench: Mapping[str, Any]) -> list[str]:
+    rows = [(m["name"], m.get("information") or {}) for m in bench["models"]]
+    rows = [(name, ic) for name, ic in rows if ic.get("summary")]
+    if not rows:
+        return []
+    lines = ["", "## Information concentration per layer", "",
+             "IC = rank(W) x H(activations) [bits] / ||W||_0 for every Linear/conv layer (per-layer figures in "
+             "bench.json).", "", "| model | layers | median IC | min | max | median rank / max rank | estimator |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, ic in rows:
+        summary = ic["summary"]
+        lines.append(f"| {name} | {summary['n_layers']} | {summary['median']:.3g} | {summary['min']:.3g} | "
+                     f"{summary['max']:.3g} | {summary['median_rank_fraction']:.3f} | {ic['estimator']} |")
+    return lines
+
+
+def _semantic_markdown(bench: Mapping[str, Any]) -> list[str]:
+    rows = [(m["name"], "original", m.get("semantic_entropy")) for m in bench["models"]]
+    rows += [(r["model"], r["criterion_label"], r.get("semantic_entropy")) for r in bench["criteria_runs"]]
+    rows = [row for row in rows if row[2]]
+    if not rows:
+        return []
+    first = rows[0][2]
+    lines = ["", "## Semantic entropy of sampled answers (H_s <= H)", "",
+             f"{first['n_samples']} answers per prompt at temperature {first['temperature']:g}, up to "
+             f"{first['max_new_tokens']} new tokens; H over distinct token sequences, H_s over meaning clusters "
+             f"({first['encoder']}, cosine >= {first['threshold']}); bits, mean over {len(first['prompts'])} prompts.",
+             "", "| model | model state | H (bits) | H_s (bits) | meaning clusters per prompt | most frequent answer to the first prompt |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, state, report in rows:
+        clusters = ", ".join(str(p.get("n_clusters")) for p in report["prompts"])
+        distinct = report["prompts"][0].get("distinct") or [{"text": ""}]
+        common = max(distinct, key=lambda d: d.get("count", 0))
+        answer = " ".join(str(common.get("text", "")).split()).replace("|", "/")[:60]
+        lines.append(f"| {name} | {state} | {report['mean_entropy_bits']:.2f} | "
+                     f"{report['mean_semantic_entropy_bits']:.2f} | {clusters} | {answer} |")
+    return lines
+
+
 def render_markdown(bench: Mapping[str, Any]) -> str:
     """bench.md, rendered from the bench dict alone."""
     from energyprune.report import format_energy, format_time
@@ -814,6 +910,7 @@ def render_markdown(bench: Mapping[str, Any]) -> str:
                       f"{temperature['j_per_bit']:.3g} J per bit. Operational bits: one 32-bit accumulator word per "
                       "multiply-accumulate; informational bits: ON/OFF entropy of activation modules (n/a where the "
                       "model uses functional activations only)."]
+    lines += _information_markdown(bench) + _semantic_markdown(bench)
     lines += ["", f"## Budgeted pruning toward {bench['target']}", ""]
     if bench["criteria_runs"]:
         lines += [f"| model | criterion | reached | steps | energy ratio{tag} | 95% interval | held-out fidelity | params | "

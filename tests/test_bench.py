@@ -227,3 +227,25 @@ def test_the_real_budget_loop_prunes_the_demo_through_the_bench():
         assert landauer["times_above"] == pytest.approx(final["per_inference_j"] / (bits * 2.870978885e-21), rel=1e-3)
     rows = {r["row"]: r for r in seed_table([run], {"demo": n_params})}
     assert rows["traditional"]["criterion"] is None  # magnitude was not run: its row stays empty
+
+
+def test_information_summary_of_the_demo_and_the_new_markdown_sections():
+    import torch
+
+    demo = bench_module._demo_model(torch.device("cpu"), True, None)
+    ic = bench_module._information_summary(demo, quick=True)
+    summary = ic["summary"]
+    # Every Linear of the demo (4 blocks x 4 with the attention projections, plus the head) is studied.
+    assert summary["n_layers"] == len(ic["layers"]) > 4
+    assert summary["min"] <= summary["median"] <= summary["max"]
+    assert 0 < summary["median_rank_fraction"] <= 1
+    assert bench_module._semantic_entropy(demo.model, demo, encoder=None, quick=True) is None  # no tokenizer
+
+    report = {"n_samples": 4, "temperature": 1.0, "max_new_tokens": 8, "encoder": "fake", "threshold": 0.85,
+              "mean_entropy_bits": 2.0, "mean_semantic_entropy_bits": 1.0,
+              "prompts": [{"n_clusters": 2, "distinct": [{"text": "Paris", "count": 3}, {"text": "Lyon", "count": 1}]}]}
+    bench = {"models": [{"name": "lm", "information": ic, "semantic_entropy": report}],
+             "criteria_runs": [{"model": "lm", "criterion_label": "random", "semantic_entropy": None}]}
+    text = "\n".join(bench_module._information_markdown(bench) + bench_module._semantic_markdown(bench))
+    assert f"| lm | {summary['n_layers']} |" in text
+    assert "| lm | original | 2.00 | 1.00 | 2 | Paris |" in text

@@ -153,6 +153,35 @@ def _models_table(models: Sequence[Mapping[str, Any]]) -> Any:
                   "x above Landauer (operational)", "x above Landauer (informational)", "x above floor"), rows)
 
 
+def _information_table(models: Sequence[Mapping[str, Any]]) -> Any | None:
+    rows = []
+    for m in models:
+        ic = m.get("information") or {}
+        summary = ic.get("summary") or {}
+        if summary:
+            rows.append((m.get("name"), num(summary.get("n_layers")), num(summary.get("median"), ".3g"),
+                         num(summary.get("min"), ".3g"), num(summary.get("max"), ".3g"),
+                         num(summary.get("median_rank_fraction"), ".3f"), ic.get("estimator")))
+    if not rows:
+        return None
+    return table(("model", "layers", "median IC", "min IC", "max IC", "median rank / max rank", "entropy estimator"),
+                 rows)
+
+
+def _semantic_table(models: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str, Any]]) -> Any | None:
+    reports = [(m.get("name"), "original", m.get("semantic_entropy")) for m in models]
+    reports += [(r.get("model"), r.get("criterion_label") or r.get("criterion"), r.get("semantic_entropy")) for r in runs]
+    rows = []
+    for name, state, report in reports:
+        if isinstance(report, Mapping):
+            clusters = ", ".join(str(p.get("n_clusters")) for p in mappings(report.get("prompts")))
+            rows.append((name, state, num(report.get("mean_entropy_bits"), ".2f"),
+                         num(report.get("mean_semantic_entropy_bits"), ".2f"), clusters))
+    if not rows:
+        return None
+    return table(("model", "model state", "H (bits)", "H_s (bits)", "meaning clusters per prompt"), rows)
+
+
 def _runs_table(runs: Sequence[Mapping[str, Any]], default: str) -> Any:
     rows = []
     for r in runs:
@@ -217,6 +246,16 @@ def bench_document(bench: Mapping[str, Any]) -> Document:
     sections = [Section("Overview", [key_values({"device": dict(device), **overview})])]
     sections.append(Section("Hardware floor (J per FLOP of dense matmuls)", _floor_blocks(bench.get("floor"), t)))
     sections.append(Section("Reference models", [_models_table(models)] if models else ["No model in this result."]))
+    information = _information_table(models)
+    if information is not None:
+        sections.append(Section("Information concentration per layer", [
+            "IC = rank(W) x H(activations) [bits] / ||W||_0 for every Linear/conv layer; per-layer figures in the JSON.",
+            information]))
+    semantic = _semantic_table(models, runs)
+    if semantic is not None:
+        sections.append(Section("Semantic entropy of sampled answers (H_s <= H)", [
+            "H over distinct sampled token sequences, H_s over meaning clusters (MiniLM embeddings); bits, mean "
+            "over the prompts; the original model and each criterion's final pruned model.", semantic]))
     names = list(dict.fromkeys(str(r.get("model")) for r in runs))
     if names:
         sections.append(Section("Pareto front of the criteria",
