@@ -87,6 +87,11 @@ def add_prune_parser(subparsers: Any) -> argparse.ArgumentParser:
                       help="calibration data for the criterion: real text for a Hugging Face LM with a "
                            "tokenizer, else random inputs (default auto)")
     loop.add_argument("--calibration-batches", type=_positive_int, default=4, metavar="N")
+    loop.add_argument("--recovery-steps", type=int, default=0, metavar="N",
+                      help="after each removal, N steps of distillation toward the original on the calibration "
+                           "data (default 0: none)")
+    loop.add_argument("--recovery-lr", type=float, default=1e-4, metavar="LR",
+                      help="learning rate of the recovery steps (default 1e-4)")
     _add_measure_options(parser)
     # Into the measuring options' own "output" group, so that help shows one.
     out = next((g for g in parser._action_groups if g.title == "output"), None) or parser.add_argument_group("output")
@@ -183,6 +188,8 @@ def _resume_command(args: argparse.Namespace) -> str:
         words += ["--input-shape", ",".join(map(str, args.input_shape))]
     if args.batch_size != 1:
         words += ["--batch-size", str(args.batch_size)]
+    if args.recovery_steps:
+        words += ["--recovery-steps", str(args.recovery_steps), "--recovery-lr", str(args.recovery_lr)]
     for key, value in args.criterion_option:
         words += ["--criterion-option", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
     words += ["--out", str(args.out), "--resume"]
@@ -206,6 +213,15 @@ def run_prune(args: argparse.Namespace) -> int:
     if replace:  # only once the model has loaded: a typo in MODEL must not cost the earlier results
         assert directory is not None
         _remove_earlier(directory)
+    recovery = None
+    if args.recovery_steps < 0:
+        raise UsageError(f"--recovery-steps must be 0 or more, got {args.recovery_steps}")
+    if args.recovery_steps:
+        from energyprune.budget.recovery import Distillation
+
+        # The teacher is the loaded model itself: the loop prunes copies, so it stays the original.
+        recovery = Distillation(teacher=model, batches=list(calibration), steps=args.recovery_steps,
+                                lr=args.recovery_lr)
     live = _LiveView()
     judge = MeterJudge(args.backend, config, cpu_tdp_w=args.cpu_tdp_w, progress=live)
     live.stream.write(f"energyprune: pruning {loaded.description} on {device} to {target.text} with "
@@ -213,7 +229,8 @@ def run_prune(args: argparse.Namespace) -> int:
     try:
         result = prune_to_energy(
             model, target, args.criterion, inputs=inputs, calibration=calibration, unit_kind=args.unit_kind,
-            quality_floor=args.quality_floor, judge=judge, checkpoint_dir=directory, resume=args.resume,
+            quality_floor=args.quality_floor, recovery=recovery, judge=judge, checkpoint_dir=directory,
+            resume=args.resume,
             max_steps=args.max_steps, progress=live, **dict(args.criterion_option))
     except PruneInterrupted as interrupt:
         live.close()

@@ -7,7 +7,8 @@
 
 Parts: `target` (what a target string means), `judge` (who measures: the real meter by default),
 `loop` (the loop and its step-size schedule), `result` (PruneResult/PruneStep and their JSON),
-`checkpoint` (resume after Ctrl-C), `saved` (a pruned model on disk, loadable by `load_model`).
+`checkpoint` (resume after Ctrl-C), `saved` (a pruned model on disk, loadable by `load_model`),
+`recovery` (a short distillation toward the original between steps).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from energyprune.budget.checkpoint import Checkpoint, Checkpointer, fingerprint
 from energyprune.budget.judge import ComparisonLike, EnergyJudge, MeasurementLike, MeterJudge
 from energyprune.budget.loop import PruneInterrupted, next_step_size, prune_to_energy
+from energyprune.budget.recovery import Distillation
 from energyprune.budget.result import FinalFigures, OriginalFigures, PruneResult, PruneStep
 from energyprune.budget.saved import is_pruned_dir, load_pruned, save_pruned
 from energyprune.budget.target import EnergyTarget, parse_target
@@ -23,6 +25,7 @@ __all__ = [
     "Checkpoint",
     "Checkpointer",
     "ComparisonLike",
+    "Distillation",
     "EnergyJudge",
     "EnergyTarget",
     "FinalFigures",

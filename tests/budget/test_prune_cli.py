@@ -122,3 +122,17 @@ def test_usage_mistakes_exit_2_with_one_line(tmp_path, judges, capsys):
                 "--force", *DEMO]) == 2
     assert "not energyprune results" in capsys.readouterr().err
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_prune_with_recovery_steps_distils_each_candidate(tmp_path, judges, capsys):
+    out = tmp_path / "pruned"
+    code = cli(["prune", "--target", "-30%", "--criterion", "magnitude", "--recovery-steps", "2",
+                "--out", str(out), *DEMO])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    # Recovered weights differ from a plain slice of the original: the checkpoint keeps them.
+    assert (out / "checkpoint-weights.pt").is_file()
+    loaded = load_model(str(out))
+    assert sum(p.numel() for p in loaded.module.parameters()) == json.loads((out / "result.json").read_text())["final"]["n_params"]
+    with pytest.raises(SystemExit):
+        cli(["prune", "--target", "-30%", "--criterion", "magnitude", "--recovery-steps", "x", *DEMO])
