@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import load_json, save  # noqa: E402
-from prune_report import _measure_text, _ratio_text, place_legend  # noqa: E402
+from prune_report import _measure_text, _ratio_text, load_note, meter_note, place_legend, run_lines  # noqa: E402
 
 RANDOM = "random (mean of seeds)"
 RANDOM_FOLD = "random fold (mean of seeds)"
@@ -426,41 +426,6 @@ def _seed_row(name: str, x: str, entry: dict[str, Any], measures: Sequence[dict[
         f"{entry['ratio']:.3f} [{low:.3f}, {high:.3f}]", f"{entry['latency_s'] * 1e3:.1f}",
     ] + [f"{_measure_text(m, entry['fidelity'][m['key']])} [{_measure_text(m, entry['spread'][m['key']][0])}, "
          f"{_measure_text(m, entry['spread'][m['key']][1])}]" for m in measures]) + " |"
-
-
-def _on_gpu(data: dict[str, Any]) -> bool:
-    return str(data.get("torch_device", "cpu")).startswith("cuda")
-
-
-def run_lines(data: dict[str, Any]) -> list[str]:
-    """Where and how the run was made: the hardware, the software, and each call of a resumed run."""
-    if _on_gpu(data):
-        where = (f"on {data.get('device_name', data['device'])} ({data['torch_device']}; driver {data.get('driver', '?')}, "
-                 f"CUDA {data.get('cuda', '?')}, torch {data['torch']}; float32, TF32 matmuls "
-                 f"{'on' if data.get('tf32_matmul') else 'off'})")
-    else:
-        where = (f"on {data.get('device_name', data['device'])} (torch {data['torch']}, {data['threads']} threads)")
-    calls = data.get("calls") or []
-    if len(calls) <= 1:
-        return [f"Run {data['date']} {where} with `{data['command']}`, {data['wall_s'] / 60:.1f} min."]
-    lines = [f"Run {where} in {len(calls)} calls continued with `--resume`, {data['wall_s'] / 60:.1f} min in all:", ""]
-    lines += [f"- {c.get('date')}: `{c.get('command')}` ({(c.get('wall_s') or 0) / 60:.1f} min)" for c in calls]
-    return lines
-
-
-def meter_note(data: dict[str, Any]) -> str:
-    if _on_gpu(data):
-        return ("Windows of >= 20 ticks of the GPU's ~100 ms energy counter (NVML; the backend integrates the "
-                "instantaneous power between ticks where it can).")
-    return "Short windows on a shared 2-vCPU machine: read the intervals."
-
-
-def load_note(data: dict[str, Any], loads: list[float]) -> str:
-    if _on_gpu(data):
-        return (f"1-minute load average of the host's CPUs around the comparisons: {min(loads):.2f} to {max(loads):.2f} "
-                "(the GPU's counter does not see the CPUs; a busy host slows the kernel launches).")
-    return (f"1-minute load average around the comparisons: {min(loads):.2f} to {max(loads):.2f} "
-            f"on {data['threads']} threads (above ~{data['threads']}: other work shared the CPUs).")
 
 
 def markdown(data: dict[str, Any]) -> str:
