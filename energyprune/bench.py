@@ -726,7 +726,8 @@ def seed_table(runs: Sequence[Mapping[str, Any]], original_params: Mapping[str, 
         else:
             candidates = [r for r in mine if r["criterion"] in SEMANTIC_CRITERIA and r["criterion"] != "entropy-block"]
             best = max(candidates, key=lambda r: _num(_held_out_fidelity(r["final"])), default=None)
-            why = ("thermodynamic was not run; the fidelity-aware criterion with the highest final fidelity "
+            why = ("no thermodynamic run for this model (not asked for, or it failed: see Skipped); the "
+                   "fidelity-aware criterion with the highest final fidelity "
                    f"among {', '.join(sorted({r['criterion'] for r in candidates}))}") if best is not None else \
                 "no thermodynamic or other fidelity-aware criterion was run"
             choice.append(("semantic-thermodynamic", best, why))

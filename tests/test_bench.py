@@ -143,7 +143,7 @@ def test_seed_table_rows_come_from_the_runs_and_never_invent_the_seed_ranges():
     assert traditional["relative_efficiency"] == pytest.approx(0.5 * (1000 / 600) / 0.7)
     assert rows["entropy-based"]["criterion"] == "entropy-block"
     semantic = rows["semantic-thermodynamic"]
-    assert semantic["criterion"] == "cosine-block" and "thermodynamic was not run" in semantic["chosen_because"]
+    assert semantic["criterion"] == "cosine-block" and "no thermodynamic run for this model" in semantic["chosen_because"]
     for row in rows.values():
         assert row["seed_claimed_range"] is None and row["seed_claimed_range_note"] == SEED_RANGES_NOTE
     with_thermo = {r["row"]: r for r in seed_table(runs + [_run("m", "thermodynamic", 0.7, 0.4, 900)], {"m": 1000})}
