@@ -55,7 +55,7 @@ def score_model(model: nn.Module, criterion_name: str, calibration: list[Batch],
     if criterion_name == "entropy-block":
         options.setdefault("estimator", estimator)
     criterion = get_criterion(criterion_name, **options)
-    units = units_for(model, criterion.unit_kind)
+    units = units_for(model, criterion.unit_kind, calibration)
     scores = criterion.score(model, units, calibration)
     ranked = sorted((s, u) for u, s in scores.items() if math.isfinite(s))
     rank = {u: i + 1 for i, (_, u) in enumerate(ranked)}

@@ -48,7 +48,7 @@ from energyprune.errors import EnergyPruneError, MeasurementError, UsageError
 from energyprune.measurement import Provenance
 from energyprune.meter import MeterConfig, Progress
 from energyprune.models import Inputs, check_inputs
-from energyprune.pruning.base import Batch, Criterion, Unit
+from energyprune.pruning.base import Batch, Calibration, Criterion, Unit
 from energyprune.pruning.blocks import RemovedAttention
 from energyprune.pruning.criteria import get_criterion
 from energyprune.pruning.prune import remove_units, units_for
@@ -252,9 +252,10 @@ def _resolve_criterion(criterion: str | Criterion, unit_kind: str | None, option
     return criterion, str(criterion.name)
 
 
-def _scorable_units(model: nn.Module, kind: str) -> list[Unit]:
-    """The units of `kind` that a criterion may score: attention already removed is left out."""
-    units = units_for(model, kind)
+def _scorable_units(model: nn.Module, kind: str, calibration: Calibration | None = None) -> list[Unit]:
+    """The units of `kind` that a criterion may score: attention already removed and blocks that
+    change the shape of the hidden state are left out."""
+    units = units_for(model, kind, calibration)
     if kind == "attention":
         units = [u for u in units if not isinstance(get_module(model, u.path), RemovedAttention)]
     return units
@@ -460,7 +461,7 @@ class _Loop:
 
     def scores_now(self) -> tuple[list[Unit], dict[Unit, float]]:
         if self._scores is None:
-            units = _scorable_units(self.current, self.kind)
+            units = _scorable_units(self.current, self.kind, self.calibration)
             scores = self.criterion.score(self.current, units, self.calibration) if units else {}
             self._scores = (units, dict(scores))
         return self._scores

@@ -30,10 +30,21 @@ leaving block i; such boundaries share one buffer (it is split only if a batch e
 differ), so a Llama-style stack stores L + 1 buffers, not 2L. Lower `max_tokens` or pass
 `dtype=torch.float16` for very large models.
 
+Convolutional stacks (EfficientNet's MBConv blocks, ResNet stages): a 4-D or 5-D hidden state
+is a channels-first feature map (N, C, H, W[, D]), so its feature axis is the channels (axis 1)
+and every spatial position of every image is a "token" (`feature_axis` overrides the choice).
+Such stacks change their resolution and width on the way (strided blocks), so the token stream
+is split into **stages**: within one forward pass, the k-th distinct number of token rows met at
+a boundary is stage k, and each stage has its own reservoir. Boundaries of one stage are paired
+exactly as above; a block whose output has another shape than its input (`shape_preserving[i]`
+is False) has no paired in/out sample and no Block Influence (NaN): it cannot be removed without
+breaking the model, and the block criteria score it +inf. A transformer has one stage, and all
+of this reduces to the single stream described first.
+
 Assumptions: a block's first positional argument (or its `hidden_states` keyword) is the hidden
-state, its output is that tensor or a tuple/list whose first element is; the last dimension of
-a hidden state is the feature dimension and all others index tokens; every boundary of one forward
-pass holds the same number of tokens.
+state, its output is that tensor or a tuple/list whose first element is; the feature axis is the
+last one (or the channels of a 4-D/5-D map) and all others index tokens; every forward pass
+meets its stages in the same order.
 """
 
 from __future__ import annotations
@@ -66,7 +77,10 @@ class BlockStates:
     attention[i]: (m, d) state after the attention sub-block (see the module note), or None for
       a block without a recognised attention module; the whole field is None when not hooked.
     cos_mean[i]: mean over all tokens of cos(x_in, x_out); attention_cos_mean[i] likewise for the
-      attention sub-block (None where not hooked / no attention).
+      attention sub-block (None where not hooked / no attention). NaN where block i changes shape.
+    shape_preserving[i]: block i returned a tensor of its input's shape in every batch, so that
+      removing it leaves a runnable model (empty: not recorded, taken as all True).
+    tokens_seen, tokens_kept: of the first stage (the tokens entering block 0).
     """
 
     stack_path: str
@@ -81,10 +95,14 @@ class BlockStates:
     tokens_kept: int
     batches: int
     max_tokens: int
+    shape_preserving: tuple[bool, ...] = ()
 
     @property
     def n_blocks(self) -> int:
         return len(self.block_paths)
+
+    def preserves_shape(self, i: int) -> bool:
+        return not self.shape_preserving or self.shape_preserving[i]
 
     @property
     def block_influence(self) -> tuple[float, ...]:
@@ -137,14 +155,22 @@ class _Reservoir:
 
 
 class _Buffer:
-    """One boundary's sample: a (capacity, d) tensor allocated on first write."""
+    """One boundary's sample: a (capacity, d) tensor allocated on first write, filled under the
+    plan of one stage's reservoir (`stage`, set on first write)."""
 
     def __init__(self, capacity: int, dtype: torch.dtype) -> None:
         self.capacity = capacity
         self.dtype = dtype
         self.data: torch.Tensor | None = None
+        self.stage: int | None = None
 
-    def write(self, rows: torch.Tensor, slots: torch.Tensor) -> None:
+    def write(self, rows: torch.Tensor, slots: torch.Tensor, stage: int) -> None:
+        if self.stage is None:
+            self.stage = stage
+        elif self.stage != stage:
+            raise UsageError(
+                f"a block boundary was in resolution stage {self.stage} in one batch and {stage} in another: "
+                "collect_block_states needs every batch to pass through the same stages (same input sizes)")
         if self.data is None:
             self.data = torch.zeros(self.capacity, rows.shape[1], dtype=self.dtype, device=rows.device)
         elif self.data.shape[1] != rows.shape[1]:
@@ -155,6 +181,7 @@ class _Buffer:
     def copy(self) -> _Buffer:
         clone = _Buffer(self.capacity, self.dtype)
         clone.data = None if self.data is None else self.data.clone()
+        clone.stage = self.stage
         return clone
 
 
@@ -191,10 +218,42 @@ def _find_attention(block: nn.Module) -> tuple[str, nn.Module] | None:
     return None
 
 
+def feature_axis_of(hidden: torch.Tensor, feature_axis: int | None) -> int:
+    """The axis holding the features: `feature_axis` when given, else the channels (1) of a
+    channels-first 4-D/5-D feature map and the last axis of anything else."""
+    if feature_axis is not None:
+        return feature_axis
+    return 1 if hidden.ndim in (4, 5) else -1
+
+
+def token_rows(hidden: torch.Tensor, feature_axis: int | None = None) -> torch.Tensor:
+    """(tokens, features): every index but the feature axis's is one token (one position of one
+    sequence, or one pixel of one image)."""
+    axis = feature_axis_of(hidden, feature_axis)
+    if axis not in (-1, hidden.ndim - 1):
+        hidden = hidden.movedim(axis, -1)
+    return hidden.reshape(-1, hidden.shape[-1])
+
+
+@dataclass
+class _Plan:
+    """One stage's sampling decision for the current batch."""
+
+    stage: int
+    n: int  # token rows at this stage's boundaries
+    valid: torch.Tensor | None  # rows that are real tokens (padding excluded), None: all
+    rows: torch.Tensor  # rows sampled into the reservoir
+    slots: torch.Tensor  # the slot each sampled row takes
+
+
 class _Collector:
-    def __init__(self, n_blocks: int, max_tokens: int, seed: int, dtype: torch.dtype, attention: bool) -> None:
+    def __init__(self, n_blocks: int, max_tokens: int, seed: int, dtype: torch.dtype, attention: bool,
+                 feature_axis: int | None = None) -> None:
         self.n = n_blocks
-        self.reservoir = _Reservoir(max_tokens, seed)
+        self.max_tokens = max_tokens
+        self.seed = seed
+        self.feature_axis = feature_axis
+        self.reservoirs: list[_Reservoir] = []  # one per resolution stage, in the order a pass meets them
         self.dtype = dtype
         self.inputs: list[_Buffer | None] = [_Buffer(max_tokens, dtype)] + [None] * (n_blocks - 1)  # None: same as outputs[i-1]
         self.outputs = [_Buffer(max_tokens, dtype) for _ in range(n_blocks)]
@@ -204,17 +263,18 @@ class _Collector:
         self.cos_count = [0] * n_blocks
         self.attn_cos_sum = [0.0] * n_blocks
         self.attn_cos_count = [0] * n_blocks
+        self.shape_preserving = [True] * n_blocks
         self.batches = 0
         # per forward pass
         self._mask: torch.Tensor | None = None
-        self._plan: tuple[int, torch.Tensor | None, torch.Tensor, torch.Tensor] | None = None
+        self._plans: dict[int, _Plan] = {}  # by token-row count
         self._current_in: dict[int, torch.Tensor] = {}
         self._prev_out: tuple[int, torch.Tensor] | None = None
 
     # -- per batch
     def begin(self, mask: torch.Tensor | None) -> None:
         self._mask = mask
-        self._plan = None
+        self._plans = {}
         self._current_in.clear()
         self._prev_out = None
         self.batches += 1
@@ -224,35 +284,41 @@ class _Collector:
         self._prev_out = None
         self._mask = None
 
+    @property
+    def first_reservoir(self) -> _Reservoir:
+        return self.reservoirs[0] if self.reservoirs else _Reservoir(self.max_tokens, self.seed)
+
     def _flat(self, hidden: torch.Tensor) -> torch.Tensor:
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        if self._plan is None:
-            n = flat.shape[0]
+        return token_rows(hidden, self.feature_axis)
+
+    def _plan_for(self, flat: torch.Tensor) -> _Plan:
+        """The plan of the stage with this many token rows, made on its first boundary in the pass."""
+        n = flat.shape[0]
+        plan = self._plans.get(n)
+        if plan is None:
+            stage = len(self._plans)
+            if stage == len(self.reservoirs):
+                self.reservoirs.append(_Reservoir(self.max_tokens, self.seed + stage))
             valid = None
             if self._mask is not None and self._mask.numel() == n:
                 valid = torch.nonzero(self._mask.reshape(-1).to(flat.device) != 0).squeeze(1)
             count = n if valid is None else int(valid.numel())
-            rows, slots = self.reservoir.plan(count)
+            rows, slots = self.reservoirs[stage].plan(count)
             rows_t = torch.as_tensor(rows, dtype=torch.long, device=flat.device)
             if valid is not None:
                 rows_t = valid[rows_t]
-            self._plan = (n, valid, rows_t, torch.as_tensor(slots, dtype=torch.long, device=flat.device))
-        n, valid, _, _ = self._plan
-        if flat.shape[0] != n:
-            raise UsageError(
-                f"a block boundary holds {flat.shape[0]} token vectors where the first held {n}: "
-                "collect_block_states needs every block to see the same tokens")
-        return flat
+            plan = _Plan(stage, n, valid, rows_t, torch.as_tensor(slots, dtype=torch.long, device=flat.device))
+            self._plans[n] = plan
+        return plan
 
     def _valid(self, flat: torch.Tensor) -> torch.Tensor:
-        valid = self._plan[1] if self._plan is not None else None
+        valid = self._plan_for(flat).valid
         return flat if valid is None else flat.index_select(0, valid)
 
     def _write(self, buffer: _Buffer, flat: torch.Tensor) -> None:
-        assert self._plan is not None
-        _, _, rows, slots = self._plan
-        if rows.numel():
-            buffer.write(flat.index_select(0, rows), slots)
+        plan = self._plan_for(flat)
+        if plan.rows.numel():
+            buffer.write(flat.index_select(0, plan.rows), plan.slots, plan.stage)
 
     @staticmethod
     def _cos_sum(a: torch.Tensor, b: torch.Tensor) -> tuple[float, int]:
@@ -284,8 +350,10 @@ class _Collector:
         self.calls[i] += 1
         self._write(self.outputs[i], flat)
         x_in = self._current_in.pop(i, None)
-        if x_in is not None:
-            total, count = self._cos_sum(self._valid(x_in.reshape(-1, x_in.shape[-1])), self._valid(flat))
+        if x_in is not None and x_in.shape != output.shape:
+            self.shape_preserving[i] = False
+        if x_in is not None and self.shape_preserving[i]:
+            total, count = self._cos_sum(self._valid(self._flat(x_in)), self._valid(flat))
             self.cos_sum[i] += total
             self.cos_count[i] += count
         self._prev_out = (i, output)
@@ -305,7 +373,7 @@ class _Collector:
             state = x_in + output
         flat = self._flat(state)
         self._write(self.attention[i], flat)
-        total, count = self._cos_sum(self._valid(x_in.reshape(-1, x_in.shape[-1])), self._valid(flat))
+        total, count = self._cos_sum(self._valid(self._flat(x_in)), self._valid(flat))
         self.attn_cos_sum[i] += total
         self.attn_cos_count[i] += count
 
@@ -356,6 +424,7 @@ def collect_block_states(
     max_batches: int | None = None,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    feature_axis: int | None = None,
 ) -> BlockStates:
     """Run `calibration` through `model` once and return what entered and left each block.
 
@@ -368,6 +437,8 @@ def collect_block_states(
     max_batches: stop after this many batches (default: all of `calibration`).
     seed: seeds the reservoir, so the same data gives the same sample.
     dtype: dtype of the stored samples.
+    feature_axis: the axis of a hidden state that holds its features (default: the channels of a
+      4-D/5-D feature map, else the last axis).
 
     Batches are moved to the model's device. The model runs in eval mode under
     `torch.inference_mode()` and is put back in its previous mode; hooks are always removed.
@@ -388,7 +459,7 @@ def collect_block_states(
     if attention and not any(attention_modules):
         raise UsageError(
             f"no block of {stack.path} has an attention module named one of {', '.join(ATTENTION_NAMES)}")
-    collector = _Collector(n, max_tokens, seed, dtype, attention)
+    collector = _Collector(n, max_tokens, seed, dtype, attention, feature_axis)
     handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def pre_hook(i: int):  # noqa: ANN202
@@ -432,17 +503,18 @@ def collect_block_states(
             handle.remove()
         model.train(was_training)
 
-    if collector.reservoir.seen == 0:
+    if collector.first_reservoir.seen == 0:
         raise UsageError("the calibration data gave no tokens: pass at least one non-empty batch")
     if not all(collector.calls):
         idle = [i for i, c in enumerate(collector.calls) if not c]
         raise UsageError(f"blocks {idle} of {stack.path} never ran: does the model's forward use them?")
-    kept = collector.reservoir.filled
+    kept = collector.first_reservoir.filled
 
     def final(buffer: _Buffer) -> torch.Tensor:
-        if buffer.data is None:  # max_tokens == 0
+        if buffer.data is None or buffer.stage is None:  # max_tokens == 0
             return torch.empty(0, 0, dtype=dtype)
-        return buffer.data[:kept].clone()  # a normal tensor, outside inference mode
+        filled = collector.reservoirs[buffer.stage].filled
+        return buffer.data[:filled].clone()  # a normal tensor, outside inference mode
 
     outputs = tuple(final(b) for b in collector.outputs)
     inputs = tuple(final(b) if b is not None else outputs[i - 1] for i, b in enumerate(collector.inputs))
@@ -468,12 +540,51 @@ def collect_block_states(
         attention_paths=attention_paths,
         attention=attention_states,
         attention_cos_mean=attention_cos,
-        tokens_seen=collector.reservoir.seen,
+        tokens_seen=collector.first_reservoir.seen,
         tokens_kept=kept,
         batches=collector.batches,
         max_tokens=max_tokens,
+        shape_preserving=tuple(collector.shape_preserving),
     )
-    logger.info("calibration: %d batches, %d tokens seen, %d kept per boundary, %d blocks",
-                states.batches, states.tokens_seen, states.tokens_kept, n)
+    logger.info("calibration: %d batches, %d tokens seen, %d kept per boundary, %d blocks, %d resolution stage(s)",
+                states.batches, states.tokens_seen, states.tokens_kept, n, len(collector.reservoirs))
     return states
 
+
+
+def shape_changing_blocks(model: nn.Module, batch: Batch, stack: BlockStack | None = None) -> tuple[int, ...]:
+    """Indices of the blocks whose output has another shape than their input on `batch` (strided
+    or widening CNN blocks): removing one would break the model, so they are not block units.
+    One forward pass in eval mode under `torch.inference_mode()`; hooks always removed."""
+    if stack is None:
+        stack = find_block_stack(model)
+        if stack is None:
+            return ()
+    changing: set[int] = set()
+    seen: dict[int, torch.Size] = {}
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def pre_hook(i: int):  # noqa: ANN202
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            seen[i] = _hidden_of_input(args, kwargs, stack.block_path(i)).shape
+        return hook
+
+    def post_hook(i: int):  # noqa: ANN202
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if i in seen and _hidden_of_output(output, stack.block_path(i)).shape != seen[i]:
+                changing.add(i)
+        return hook
+
+    was_training = model.training
+    try:
+        for i, block in enumerate(stack.blocks):
+            handles.append(block.register_forward_pre_hook(pre_hook(i), with_kwargs=True))
+            handles.append(block.register_forward_hook(post_hook(i)))
+        model.eval()
+        with torch.inference_mode():
+            run_batch(model, _to_device(batch, model_device(model)))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return tuple(sorted(changing))

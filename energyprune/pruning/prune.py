@@ -6,6 +6,7 @@ the surgery matching their kind, and returns the pruned copy with its record and
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -16,11 +17,14 @@ from torch import nn
 
 from energyprune.errors import UsageError
 from energyprune.pruning.base import Calibration, Criterion, Unit
+from energyprune.pruning.calibration import shape_changing_blocks
 from energyprune.pruning.criteria import get_criterion
 from energyprune.pruning.criteria.nepenthe import activation_units
 from energyprune.pruning.criteria.units import block_units, neuron_units
 from energyprune.pruning.record import PruneRecord
 from energyprune.pruning.surgery import fold_activation, prune_mlp_neurons, remove_attention, remove_blocks
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,10 +40,24 @@ class PruneOutcome:
         return iter((self.model, self.record))
 
 
-def units_for(model: nn.Module, kind: str) -> list[Unit]:
-    """Every unit of `kind` the model offers."""
+def units_for(model: nn.Module, kind: str, calibration: Calibration | None = None) -> list[Unit]:
+    """Every unit of `kind` the model offers.
+
+    Blocks: given calibration data, the first batch is run once and the blocks that change the
+    shape of the hidden state (strided or widening CNN blocks, which no model survives losing) are
+    left out; without data every block of the stack is offered."""
     if kind in ("block", "attention"):
-        return block_units(model, kind)
+        units = block_units(model, kind)
+        first = next(iter(calibration), None) if calibration is not None else None
+        if kind == "block" and first is not None:
+            changing = set(shape_changing_blocks(model, first))
+            if changing:
+                logger.info("blocks %s change the shape of the hidden state: not offered for removal", sorted(changing))
+                units = [u for u in units if u.index not in changing]
+                if not units:
+                    raise UsageError("every block of the model changes the shape of its input: none can be removed; "
+                                     "prune neurons or channels instead")
+        return units
     if kind == "neuron":
         units = neuron_units(model)
         if not units:
@@ -143,7 +161,7 @@ def prune(
     elif criterion_options or unit_kind is not None:
         raise UsageError("options and unit_kind go with a criterion given by name")
     calibration = list(calibration)
-    units = units_for(model, criterion.unit_kind)
+    units = units_for(model, criterion.unit_kind, calibration)
     scores = criterion.score(model, units, calibration)
     chosen = select(scores, amount, criterion.unit_kind)
     pruned, record = remove_units(model, chosen, inplace=inplace)

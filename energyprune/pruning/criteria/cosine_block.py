@@ -6,7 +6,9 @@
 x_in is the hidden state entering block i and x_out the one leaving it (for `unit_kind=
 "attention"`: the state right after the attention sub-block, see `pruning.calibration`). A block
 that barely turns its input has BI ≈ 0 and is removed first (lowest score first). The mean runs
-over every non-padding token of the calibration data, not a sample.
+over every non-padding token of the calibration data, not a sample. For a feature map the
+tokens are the spatial positions and the vectors their channels (`pruning.calibration`); a block
+that changes the shape of the map (strided or widening) has no Block Influence and scores +inf.
 """
 
 from __future__ import annotations
@@ -75,9 +77,15 @@ class CosineBlockCriterion:
         check_block_indices(units, len(influence), self.name)
         protected = resolve_protected(self.protect, len(influence))
         scores = {}
+        states = self.last_states
         for unit in units:
             value = influence[unit.index]
-            if value is None or math.isnan(value):
+            if states is not None and not states.preserves_shape(unit.index):
+                # A strided / widening block (CNN stages): its output cannot replace its input.
+                logger.info("%s: %s changes the shape of the hidden state, so it cannot be removed: scored +inf",
+                            self.name, unit.path)
+                value = math.inf
+            elif value is None or math.isnan(value):
                 logger.warning("%s: no Block Influence for %s (no attention module, or no tokens): scored +inf",
                                self.name, unit.path)
                 value = math.inf

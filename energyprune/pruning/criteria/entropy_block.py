@@ -20,6 +20,10 @@ boundary (H_0 entering block 0, H_{i+1} leaving block i). What this module imple
 * `"positive"`: block i is a candidate iff ΔH_i ≥ 0 (each block on its own; no prefix).
 * `"all"`: every block is a candidate (the plain ΔH ranking).
 
+**Shape**: a block whose output has another shape than its input (a strided or widening CNN
+block, see `pruning.calibration`) has ΔH = NaN and is never a candidate. On such stacks the
+entropies along depth are of different dimensions, so the "increase" rule says little (a warning
+says so); `stage="all"` ranks the removable blocks by ΔH alone.
 **Protection** (`protect`, default `(0, 1, -1)`): the first two and the last block are never
 candidates, as in EntroDrop's code.
 
@@ -184,7 +188,16 @@ class EntropyBlockCriterion:
             return cache[key]
 
         entropies = tuple(entropy(X) for X in states.boundaries())
-        delta = tuple(entropy(states.outputs[i]) - entropy(states.inputs[i]) for i in range(states.n_blocks))
+        # A block that changes the shape of the state (a strided CNN block) cannot be removed; its
+        # ΔH would also compare entropies of different dimensions. NaN: never a candidate.
+        delta = tuple(entropy(states.outputs[i]) - entropy(states.inputs[i]) if states.preserves_shape(i)
+                      else math.nan for i in range(states.n_blocks))
+        widths = {X.shape[1] for X in states.boundaries()}
+        if len(widths) > 1 and self.stage == "increase":
+            logger.warning(
+                "%s: the hidden state changes width along depth (%s): the 'increase' stage rule compares "
+                "entropies of different dimensions, which says little; stage='all' ranks by ΔH alone",
+                self.name, ", ".join(str(w) for w in sorted(widths)))
         attention_entropies = attention_delta = None
         if self.unit_kind == "attention":
             assert states.attention is not None
@@ -192,6 +205,7 @@ class EntropyBlockCriterion:
             attention_delta = tuple(None if h is None else h - entropy(states.inputs[i])
                                     for i, h in enumerate(attention_entropies))
         peak, in_stage = stage_candidates(entropies, delta, self.stage)
+        in_stage = tuple(i for i in in_stage if not math.isnan(delta[i]))
         protected = resolve_protected(self.protect, states.n_blocks)
         candidates = tuple(i for i in in_stage if i not in protected)
         profile = EntropyProfile(
