@@ -28,6 +28,7 @@ import importlib.util
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -59,6 +60,8 @@ __all__ = [
     "load_minilm",
     "load_smollm2",
     "preprocess_efficientnet_lite",
+    "IMAGE_SOURCES",
+    "image_crops",
     "sample_images",
     "text_corpus",
 ]
@@ -327,6 +330,67 @@ def sample_images(
         wanted = {"auto": PIP_IMAGES, "scikit-image": PIP_IMAGES, "scikit-learn": "pip install scikit-learn pillow"}
         raise ModelLoadError(f"sample images need scikit-image or scikit-learn: run `{wanted[source]}`")
     images = torch.stack([_resize_center_crop(a, size) for a in arrays])
+    return (images if raw else preprocess_efficientnet_lite(images)), tuple(names)
+
+
+#: Photographs in scikit-image's wheel (no fetch): colour ones, then greyscale ones (repeated
+#: over three channels). Textures and micrographs are in on purpose: a calibration set should not
+#: be all cats and cups.
+IMAGE_SOURCES = (
+    "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
+    "stereo_motorcycle", "camera", "moon", "coins", "clock", "brick", "grass", "gravel", "page", "text", "cell",
+)
+
+
+def image_crops(
+    sources: Sequence[str], crops_per_image: int, *, size: int = 224, seed: int = 0, raw: bool = False
+) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """Random crops of scikit-image's bundled photographs: (len(sources) · crops_per_image, 3, size, size).
+
+    Each crop covers 30–100% of the photograph's area with an aspect ratio in [3/4, 4/3], is
+    flipped left-right with probability 1/2 and resized to size × size (bilinear, antialiased): the
+    usual random-resized-crop, seeded, so a run always sees the same images. Split calibration
+    and evaluation sets by *source* (`IMAGE_SOURCES`), not by crop, so that they share no pixels.
+    Scaled for EfficientNet-Lite ((x − 127) / 128), or 0..255 floats with ``raw=True``. Names are
+    ``"<source>#<crop>"``.
+    """
+    if crops_per_image < 1:
+        raise UsageError(f"crops_per_image must be >= 1, got {crops_per_image}")
+    if _find_package("skimage") is None:
+        raise ModelLoadError(f"image crops need scikit-image: run `{PIP_IMAGES}`")
+    from skimage import data
+
+    unknown = [name for name in sources if name not in IMAGE_SOURCES]
+    if unknown:
+        raise UsageError(f"unknown image source(s) {unknown}: choose from {', '.join(IMAGE_SOURCES)}")
+    generator = torch.Generator().manual_seed(seed)
+    out, names = [], []
+    for name in sources:
+        array = getattr(data, name)()
+        if isinstance(array, tuple):  # stereo_motorcycle: (left, right, disparity)
+            array = array[0]
+        image = torch.tensor(array).float()
+        if image.ndim == 2:
+            image = image.unsqueeze(-1).expand(*image.shape, 3)
+        image = image[..., :3].permute(2, 0, 1)
+        if float(image.max()) <= 1.0:  # a float image in [0, 1]
+            image = image * 255.0
+        height, width = image.shape[-2:]
+        for crop in range(crops_per_image):
+            r = torch.rand(3, generator=generator).tolist()
+            area = (0.3 + 0.7 * r[0]) * height * width
+            aspect = math.exp(math.log(3 / 4) + r[1] * math.log(16 / 9))
+            h = min(height, max(8, round(math.sqrt(area / aspect))))
+            w = min(width, max(8, round(math.sqrt(area * aspect))))
+            top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+            piece = image[:, top : top + h, left : left + w].unsqueeze(0)
+            if r[2] < 0.5:
+                piece = piece.flip(-1)
+            piece = F.interpolate(piece, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            out.append(piece[0].clamp(0, 255))
+            names.append(f"{name}#{crop}")
+    images = torch.stack(out)
     return (images if raw else preprocess_efficientnet_lite(images)), tuple(names)
 
 

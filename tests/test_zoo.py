@@ -171,3 +171,22 @@ def test_efficientnet_lite0_sees_the_cat_and_the_coffee() -> None:
     assert 281 <= top[0] <= 285  # tabby / tiger / Persian / Siamese / Egyptian cat
     assert float(probs[0, 281:286].sum()) > 0.8  # measured 0.91
     assert top[1] == 967 and float(probs[1, 967]) > 0.8  # espresso, measured 0.95
+
+
+@needs("skimage")
+def test_image_crops_are_seeded_scaled_and_refuse_unknown_sources() -> None:
+    images, names = zoo.image_crops(("chelsea", "camera"), 3, size=64, seed=5)
+    assert images.shape == (6, 3, 64, 64)
+    assert names == ("chelsea#0", "chelsea#1", "chelsea#2", "camera#0", "camera#1", "camera#2")
+    assert -1.0 <= float(images.min()) and float(images.max()) <= 1.0  # (x − 127) / 128 of 0..255
+    # camera is greyscale: its three channels are one image repeated.
+    assert torch.equal(images[3, 0], images[3, 1]) and torch.equal(images[3, 1], images[3, 2])
+    assert not torch.equal(images[0], images[1])  # different crops of one photograph
+    again, _ = zoo.image_crops(("chelsea", "camera"), 3, size=64, seed=5)
+    assert torch.equal(images, again)
+    raw, _ = zoo.image_crops(("chelsea",), 1, size=64, seed=5, raw=True)
+    torch.testing.assert_close(zoo.preprocess_efficientnet_lite(raw), images[:1])
+    with pytest.raises(UsageError, match="unknown image source"):
+        zoo.image_crops(("lena",), 1)
+    with pytest.raises(UsageError, match="crops_per_image"):
+        zoo.image_crops(("chelsea",), 0)
