@@ -27,7 +27,7 @@ from torch import nn
 
 from energyprune.errors import UsageError
 # The fidelity measures' own batch helpers: a batch is called the same way when distilling.
-from energyprune.metrics.fidelity import _forward, _to_device, model_device
+from energyprune.metrics.fidelity import forward_batch, model_device, to_device
 
 
 def _output(out: Any) -> tuple[torch.Tensor, str]:
@@ -92,10 +92,10 @@ class Distillation:
             params = _trainable(student)
             optimiser = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0)
             for step in range(self.steps):
-                batch = _to_device(self.batches[step % len(self.batches)], device)
+                batch = to_device(self.batches[step % len(self.batches)], device)
                 with torch.no_grad():
-                    target, kind = _output(_forward(self.teacher, batch))
-                output, _ = _output(_forward(student, batch))
+                    target, kind = _output(forward_batch(self.teacher, batch))
+                output, _ = _output(forward_batch(student, batch))
                 loss = self.loss(output, target.detach(), kind)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()

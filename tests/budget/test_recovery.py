@@ -7,7 +7,7 @@ import torch
 
 from energyprune.budget import Distillation, prune_to_energy
 from energyprune.errors import UsageError
-from energyprune.metrics.fidelity import _forward
+from energyprune.metrics.fidelity import forward_batch
 from energyprune.pruning import remove_units, units_for
 from tests.budget.models import tiny, tiny_inputs
 from tests.budget.scripted import FlopsJudge
@@ -16,7 +16,7 @@ from tests.budget.scripted import FlopsJudge
 def _kl(teacher, student, batches):
     loss = Distillation(teacher=teacher, batches=batches)
     with torch.no_grad():
-        return sum(loss.loss(_forward(student, b), _forward(teacher, b), "logits").item() for b in batches)
+        return sum(loss.loss(forward_batch(student, b), forward_batch(teacher, b), "logits").item() for b in batches)
 
 
 def test_distillation_moves_a_pruned_model_back_toward_the_original():
