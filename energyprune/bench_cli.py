@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -51,10 +50,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     bench.add_argument("--cpu-tdp-w", type=_positive_float, metavar="W",
                        help="the power of the CPUs this process sees, for the estimated backend")
     bench.add_argument("--json", action="store_true", help="print bench.json on standard output too")
-    # argparse takes "-30%" for an option (its negative-number rule knows no "%"): teach this
-    # sub-parser that such words are values, so `--target -30%` works as well as `--target=-30%`.
-    if hasattr(bench, "_negative_number_matcher"):
-        bench._negative_number_matcher = re.compile(r"^-\d+(\.\d*)?%?$|^-\.\d+%?$")
+    # `--target -30%` works because cli.main joins it into `--target=-30%` before parsing.
     return bench
 
 

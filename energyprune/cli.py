@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -141,9 +142,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Options whose value may start with a dash ("--target -30%"): argparse would read "-30%" as an
+#: option (its negative-number rule knows no "%"), so such a pair is joined into "--target=-30%"
+#: before parsing.
+_DASH_VALUE_OPTIONS = ("--target",)
+_DASH_VALUE = re.compile(r"^-(\d+(\.\d*)?|\.\d+)%?$")
+
+
+def join_dash_values(argv: Sequence[str]) -> list[str]:
+    """`argv` with "--target -30%" written as "--target=-30%" (anything else unchanged)."""
+    out: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        if args[i] in _DASH_VALUE_OPTIONS and i + 1 < len(args) and _DASH_VALUE.match(args[i + 1]):
+            out.append(f"{args[i]}={args[i + 1]}")
+            i += 2
+            continue
+        out.append(args[i])
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_dash_values(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="energyprune: %(message)s" if args.verbose == 0 else "%(levelname)s %(name)s: %(message)s",

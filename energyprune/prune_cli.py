@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import math
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -65,9 +64,7 @@ def add_prune_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Prune a copy of MODEL, step by measured step, until one inference meets --target. "
                     "Exit codes: 0 reached, 3 not reached (best model still saved), 2 usage error, 130 "
                     "interrupted (resume with --resume).")
-    # "--target -30%" must read -30% as the value: argparse takes a dash-word for an option unless it
-    # looks like a negative number, so teach this parser that a percentage is one too.
-    parser._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-\d*\.?\d+%$")
+    # "--target -30%" works because cli.main joins it into "--target=-30%" before parsing.
     parser.add_argument("model", nargs="?", help="a local Hugging Face folder, module:factory, file.py:factory, "
                         "a pruned DIR, or nothing for the built-in demo")
     loop = parser.add_argument_group("pruning")

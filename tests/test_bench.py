@@ -21,6 +21,7 @@ from energyprune.bench import (
     seed_table,
 )
 from energyprune.bench_cli import add_bench_parser, run_bench
+from energyprune.cli import join_dash_values
 from energyprune.errors import UsageError
 from energyprune.meter import MeterConfig
 from energyprune.metrics.floor import measure_floor
@@ -31,7 +32,7 @@ SHORT = MeterConfig(window_s=0.05, repeats=3, precision=0, idle_s=0.05, min_warm
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="energyprune")
     add_bench_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["bench", *argv])
+    return parser.parse_args(join_dash_values(["bench", *argv]))  # as cli.main does
 
 
 def strict_json(path) -> dict:

@@ -202,3 +202,13 @@ def test_reports_are_written_with_ordinary_permissions(tmp_path):
     os.umask(umask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_join_dash_values_keeps_a_negative_target_a_value():
+    from energyprune.cli import join_dash_values
+
+    assert join_dash_values(["prune", "--target", "-30%", "--out", "d"]) == ["prune", "--target=-30%", "--out", "d"]
+    assert join_dash_values(["--target", "-.5"]) == ["--target=-.5"]
+    assert join_dash_values(["--target", "0.7x"]) == ["--target", "0.7x"]  # nothing to join
+    assert join_dash_values(["--target", "--force"]) == ["--target", "--force"]  # an option stays an option
+    assert join_dash_values(["--target"]) == ["--target"]
