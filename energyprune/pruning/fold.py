@@ -18,7 +18,9 @@ identity in eval mode).
 
 Gated MLPs (Llama / Qwen2 / Mistral: `down(act(gate x) * up x)`) are refused: with the activation
 replaced by the identity they compute `down((gate x) * (up x))`, a product of two linear maps (a
-quadratic form), which no single linear map equals.
+quadratic form), which no single linear map equals. So are inverted-residual (MBConv) conv blocks
+(`MLPSpec.foldable` is False): BatchNorm, a depthwise convolution and a second activation sit
+between their expansion and projection, so removing one activation leaves no single linear map.
 """
 
 from __future__ import annotations
@@ -49,11 +51,8 @@ def fold_activation(model: nn.Module, mlp_path: str, *, inplace: bool = False) -
     params_before = count_parameters(model)
     spec = require_mlp(model, mlp_path)
     where = mlp_path or "the model"
-    if spec.gated:
-        raise UsageError(
-            f"{where} is a gated MLP (down(act(gate x) * up x)): with the activation replaced by the identity "
-            "it is still the product of two linear maps, not one linear map, so it cannot be folded exactly; "
-            "prune its neurons instead")
+    if not spec.foldable:
+        raise UsageError(f"{where} is {spec.fold_refusal}")
     container = get_module(model, mlp_path)
     for name in spec.activation:
         parent_name, _, leaf = name.rpartition(".")

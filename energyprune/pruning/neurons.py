@@ -11,10 +11,30 @@ An MLP is found by the names of its layers inside the module at `mlp_path`:
 | GPT-NeoX | `gpt_neox.layers.i.mlp` | `dense_h_to_4h` | `dense_4h_to_h` |
 | GPT-J | `transformer.h.i.mlp` | `fc_in` | `fc_out` |
 | plain `nn.Sequential(Linear, act, [Dropout,] Linear)` | its path | first Linear | last Linear |
+| EfficientNet / efficientnet-pytorch MBConv | `_blocks.i` | `_expand_conv` (+ `_se_expand`) | `_project_conv` |
 
 A neuron is one hidden unit: one row of each producer (and its bias), one column of the consumer.
 The consumer's input is the vector of neuron activations, so a forward pre-hook on the consumer
-sees exactly what a neuron criterion scores.
+sees exactly what a neuron criterion scores. Where the units lie in that tensor is the spec's
+`feature_axis`: the last axis for the MLPs of transformers (tokens, features), axis 1 for conv
+maps (N, C, H, W), whose rows are then the N·H·W positions.
+
+Inverted-residual (MBConv) blocks with an expansion (`expand_ratio != 1`; EfficientNet-Lite's
+first block has none and is skipped) are MLPs whose neurons are the expansion channels:
+
+    x -> _expand_conv -> _bn0 -> act -> _depthwise_conv -> _bn1 -> act [-> SE gate] -> _project_conv
+
+Hidden channel c flows only through that chain, so removing it removes output channel c of
+`_expand_conv`, entry c of `_bn0` and `_bn1` and channel c of the depthwise conv (the spec's
+`per_channel` layers), input channel c of `_project_conv` (the consumer) and, with squeeze-and-
+excitation, input channel c of `_se_reduce` (a `reader`) and output channel c of `_se_expand`
+(a producer: its output gates the channel, so an SE block is `gated`). The layout is recognised
+by those attribute names, with channel counts checked: the depthwise conv has groups == in ==
+out == hidden, producer and consumer groups == 1 (any kernel size). Such a block is not foldable
+(`fold_activation` refuses it): BatchNorm, a depthwise conv and a second activation sit between
+expansion and projection. The NEPENTHE pre-activation is `_bn0`'s output (it feeds the first
+activation). `_block_args` (expand_ratio, filters) are left as they were: forward reads only
+`expand_ratio != 1` and the skip condition, which pruning does not change.
 
 The config's intermediate size (`intermediate_size`, `ffn_dim` or `n_inner`) is updated only when
 every MLP of the block stack still has the same width; otherwise it is left as it was and the
@@ -44,6 +64,7 @@ from energyprune.pruning.slicing import (
     out_size,
     shrink_inputs,
     shrink_outputs,
+    shrink_per_channel,
     working_copy,
 )
 
@@ -52,17 +73,57 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class MLPSpec:
-    """Where the parts of one MLP are. Names are relative to `path` ("" means the module itself)."""
+    """Where the parts of one MLP are. Names are relative to `path` ("" means the module itself).
+
+    Removing neuron j shrinks output j of every producer, entry j of every per-channel layer, and
+    input j of the consumer and of every reader; nothing else sees the hidden units.
+    """
 
     path: str
-    producers: tuple[str, ...]  # layers whose outputs are the hidden neurons
+    producers: tuple[str, ...]  # layers whose outputs are the hidden neurons (or gate them)
     consumer: str  # the layer that reads the hidden neurons
     activation: tuple[str, ...]  # the nonlinearity between them (several for a Sequential)
-    gated: bool  # down(act(gate(x)) * up(x)): not foldable into one linear map
+    gated: bool  # down(act(gate(x)) * up(x)), or an SE gate: a product, not one linear map
     hidden_size: int
+    # Axis of the hidden units in the activation tensors: -1 (tokens, features) for transformer
+    # MLPs, 1 for conv maps (N, C, H, W).
+    feature_axis: int = -1
+    # Layers between producers and consumer that hold one entry per hidden unit (BatchNorm, a
+    # depthwise conv), in forward order; they shrink with the hidden units.
+    per_channel: tuple[str, ...] = ()
+    # Layers besides the consumer whose input channels are the hidden units (SE's _se_reduce).
+    readers: tuple[str, ...] = ()
+    # The layer whose output is the pre-activation of the nonlinearity (None: producers[0]).
+    preactivation: str | None = None
 
     def full(self, name: str) -> str:
         return join(self.path, name)
+
+    @property
+    def preactivation_layer(self) -> str:
+        """The layer (relative to `path`) whose output the nonlinearity reads: what NEPENTHE counts."""
+        return self.preactivation if self.preactivation is not None else self.producers[0]
+
+    @property
+    def fold_refusal(self) -> str | None:
+        """Why `fold_activation` cannot fold this MLP into one linear map, or None when it can.
+
+        Derived from the layout rather than stored, so it cannot disagree with it."""
+        if self.per_channel or self.readers or self.feature_axis != -1:
+            return ("an inverted-residual (MBConv) conv block: between expansion and projection its hidden "
+                    "channels pass BatchNorm, a depthwise convolution and a second activation (and an SE gate "
+                    "where it has one), so with one activation replaced by the identity there is still no single "
+                    "linear map to fold into; prune its neurons instead")
+        if self.gated:
+            return ("a gated MLP (down(act(gate x) * up x)): with the activation replaced by the identity it is "
+                    "still the product of two linear maps, not one linear map, so it cannot be folded exactly; "
+                    "prune its neurons instead")
+        return None
+
+    @property
+    def foldable(self) -> bool:
+        """True when `fold_activation` folds it: Linear -> act -> Linear, not gated, no layer between."""
+        return self.fold_refusal is None
 
 
 #: (producers, consumer, activation attribute, gated), tried in this order.
@@ -94,9 +155,54 @@ def _lookup(module: nn.Module, name: str) -> nn.Module | None:
         return None
 
 
+#: Attribute names of an efficientnet-pytorch MBConvBlock, in forward order.
+MBCONV_LAYERS = ("_expand_conv", "_bn0", "_depthwise_conv", "_bn1", "_project_conv")
+MBCONV_SE = ("_se_reduce", "_se_expand")
+
+
+def _is_conv(module: object) -> bool:
+    return isinstance(module, nn.modules.conv._ConvNd) and not module.transposed
+
+
+def _find_inverted_residual(module: nn.Module, path: str) -> MLPSpec | None:
+    """The expansion channels of an MBConv block as an MLP (see the module note), or None when
+    `module` does not have that layout with agreeing channel counts."""
+    expand, bn0, depthwise, bn1, project = (getattr(module, name, None) for name in MBCONV_LAYERS)
+    if not (_is_conv(expand) and _is_conv(depthwise) and _is_conv(project)):
+        return None
+    if not all(isinstance(bn, nn.modules.batchnorm._BatchNorm) for bn in (bn0, bn1)):
+        return None
+    hidden = expand.out_channels
+    if expand.groups != 1 or project.groups != 1 or project.in_channels != hidden:
+        return None
+    if bn0.num_features != hidden or bn1.num_features != hidden:
+        return None
+    # One filter per channel, no channel multiplier: channel c of the depthwise output is channel c.
+    if not depthwise.groups == depthwise.in_channels == depthwise.out_channels == hidden:
+        return None
+    se_reduce, se_expand = (getattr(module, name, None) for name in MBCONV_SE)
+    producers: tuple[str, ...] = ("_expand_conv",)
+    readers: tuple[str, ...] = ()
+    if se_reduce is not None or se_expand is not None:
+        # Present SE layers are shrunk even when `has_se` is False: unused layers do not mind, and
+        # a used pair left at the old width would break the forward.
+        if not (_is_conv(se_reduce) and _is_conv(se_expand)):
+            return None
+        if (se_reduce.groups != 1 or se_expand.groups != 1 or se_reduce.in_channels != hidden
+                or se_expand.out_channels != hidden or se_expand.in_channels != se_reduce.out_channels):
+            return None
+        producers += ("_se_expand",)
+        readers = ("_se_reduce",)
+    activation = ("_swish",) if hasattr(module, "_swish") else ()
+    return MLPSpec(
+        path, producers, "_project_conv", activation, gated=bool(readers), hidden_size=hidden,
+        feature_axis=1, per_channel=("_bn0", "_depthwise_conv", "_bn1"), readers=readers,
+        preactivation="_bn0")
+
+
 def find_mlp(model: nn.Module, path: str) -> MLPSpec | None:
-    """The MLP whose container is at `path`, or None where none of `MLP_PATTERNS` (nor a plain
-    Sequential of two linear layers) matches."""
+    """The MLP whose container is at `path`, or None where none of `MLP_PATTERNS`, a plain
+    Sequential of two linear layers, nor an MBConv block with an expansion matches."""
     module = get_module(model, path)
     if _plain_sequential(module):
         children = list(module.named_children())
@@ -118,7 +224,7 @@ def find_mlp(model: nn.Module, path: str) -> MLPSpec | None:
         if any(out_size(p) != hidden for p in layers[:-1]) or in_size(layers[-1]) != hidden:  # type: ignore[arg-type]
             continue
         return MLPSpec(path, producers, consumer, (activation,), gated, hidden)
-    return None
+    return _find_inverted_residual(module, path)
 
 
 def require_mlp(model: nn.Module, path: str) -> MLPSpec:
@@ -128,7 +234,8 @@ def require_mlp(model: nn.Module, path: str) -> MLPSpec:
         known = "; ".join(f"{'/'.join(p)} -> {c}" for p, c, _, _ in MLP_PATTERNS)
         raise UsageError(
             f"{path or 'the model'} ({type(module).__name__}) is not an MLP this library recognises: "
-            f"expected layers named {known}, or an nn.Sequential of exactly two Linear layers")
+            f"expected layers named {known}, an nn.Sequential of exactly two Linear layers, or an MBConv block "
+            f"with an expansion ({', '.join(MBCONV_LAYERS)})")
     return spec
 
 
@@ -187,7 +294,8 @@ def prune_mlp_neurons(
 ) -> tuple[nn.Module, PruneRecord]:
     """Remove hidden neurons: `neurons` maps an MLP path to the neuron indices to remove there.
 
-    Producers lose those output rows (weights and biases), the consumer loses those input columns.
+    Producers lose those output rows (weights and biases), per-channel layers (BatchNorm, depthwise
+    conv) those entries, the consumer and any readers those input columns / channels.
     Works on a deep copy unless `inplace`. Raises UsageError for a path that is not a recognised
     MLP, an index out of range, or removing every neuron of an MLP (remove the block or fold it).
     """
@@ -208,7 +316,10 @@ def prune_mlp_neurons(
         if removed:
             for name in spec.producers:
                 shrink_outputs(get_module(model, spec.full(name)), keep)
-            shrink_inputs(get_module(model, spec.full(spec.consumer)), keep)
+            for name in spec.per_channel:
+                shrink_per_channel(get_module(model, spec.full(name)), keep)
+            for name in (*spec.readers, spec.consumer):
+                shrink_inputs(get_module(model, spec.full(name)), keep)
         old_size[path] = spec.hidden_size
         paths.append(path)
         removed_all.append(removed)

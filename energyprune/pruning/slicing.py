@@ -185,6 +185,47 @@ def shrink_batchnorm(bn: nn.modules.batchnorm._NormBase, keep: Sequence[int]) ->
     bn.num_features = len(keep)
 
 
+def shrink_per_channel(module: nn.Module, keep: Sequence[int]) -> None:
+    """Keep the channels `keep` of a layer with one entry per channel: a BatchNorm (or another
+    `_NormBase`: affine parameters and running statistics), or a depthwise conv with one filter
+    per channel (groups == in_channels == out_channels)."""
+    if isinstance(module, nn.modules.batchnorm._NormBase):
+        shrink_batchnorm(module, keep)
+    elif (isinstance(module, nn.modules.conv._ConvNd) and not module.transposed
+          and module.groups == module.in_channels == module.out_channels):
+        shrink_depthwise(module, keep)
+    else:
+        raise UsageError(
+            f"{type(module).__name__} is not a per-channel layer (a BatchNorm, or a depthwise convolution with "
+            "groups == in_channels == out_channels)")
+
+
+def weight_by_output(module: nn.Module) -> torch.Tensor:
+    """The weight as (output units, elements): row j holds every weight that makes output j. Linear
+    (out, in); HF Conv1D transposed; a conv's (out, in / groups, *kernel) flattened per channel."""
+    if isinstance(module, nn.Linear):
+        return module.weight
+    if is_conv1d_hf(module):
+        return module.weight.t()
+    if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
+        return module.weight.reshape(module.weight.shape[0], -1)
+    raise UsageError(f"{type(module).__name__} is not a Linear, Conv1D or convolution")
+
+
+def weight_by_input(module: nn.Module) -> torch.Tensor:
+    """The weight as (input units, elements): row j holds every weight that reads input j. Linear
+    columns; HF Conv1D rows; for a conv with groups == 1, (out, in, *kernel) -> (in, out · kernel)."""
+    if isinstance(module, nn.Linear):
+        return module.weight.t()
+    if is_conv1d_hf(module):
+        return module.weight
+    if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
+        if module.groups != 1:
+            raise UsageError(f"the inputs of a grouped convolution ({module}) do not each own whole filters")
+        return module.weight.transpose(0, 1).reshape(module.weight.shape[1], -1)
+    raise UsageError(f"{type(module).__name__} is not a Linear, Conv1D or convolution")
+
+
 def linear_weight_bias(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(W, b) of a Linear or HF Conv1D in the nn.Linear convention: W is (out, in)."""
     if isinstance(module, nn.Linear):

@@ -3,11 +3,16 @@
 | unit kind | score (p = 1: L1, p = 2: L2) |
 | --- | --- |
 | "block", "attention" | per-parameter magnitude of the module's weight matrices (parameters with ≥ 2 dims; norms' gains and biases excluded): p=1 mean |w|, p=2 root-mean-square w - a sum of norms normalised by the parameter count, so blocks of different sizes compare |
-| "neuron" | norm of everything the neuron owns: its row in each producer (Llama gate_proj + up_proj, GPT-2 c_fc, BERT intermediate.dense, ...) and its column in the consumer (down_proj, c_proj, output.dense, ...); HF Conv1D weights are read transposed; biases excluded |
+| "neuron" | norm of everything the neuron owns: its row in each producer (Llama gate_proj + up_proj, GPT-2 c_fc, BERT intermediate.dense, ...) and its column in the consumer (down_proj, c_proj, output.dense, ...); HF Conv1D weights are read transposed; biases excluded. MBConv expansion channel c: filter c of `_expand_conv` (and of `_se_expand`), the depthwise filter c, and the input-c weights of `_project_conv` (and `_se_reduce`); BatchNorm gains and shifts excluded, like biases |
 | "channel" | norm of the output channel's filter: `weight[c]` of a conv, row c of a Linear (column c of a Conv1D) |
 
 Lowest first: the smallest weights are removed first. Neuron units name their MLP as
 `pruning.neurons.find_mlps` does (the path `prune_mlp_neurons` takes).
+
+A caveat for conv blocks: a BatchNorm right after a conv undoes the scale of the conv's filters
+(with statistics measured on the scaled filters, BN(a·w * x) = BN(w * x)), so the size of an
+`_expand_conv` or depthwise filter says little about the channel; the projection's input weights
+(after the last BatchNorm) carry the meaningful part of the score.
 """
 
 from __future__ import annotations
@@ -28,7 +33,13 @@ from energyprune.pruning.criteria.units import (
     resolve_protected,
 )
 from energyprune.pruning.neurons import require_mlp
-from energyprune.pruning.slicing import get_module, is_conv1d_hf, linear_weight_bias
+from energyprune.pruning.slicing import (
+    get_module,
+    is_conv1d_hf,
+    linear_weight_bias,
+    weight_by_input,
+    weight_by_output,
+)
 
 UNIT_KINDS = ("block", "attention", "neuron", "channel")
 
@@ -82,11 +93,13 @@ class MagnitudeCriterion:
         """Per-neuron sums of |w|^p (before the final root for p = 2) of the MLP at `path`."""
         spec = require_mlp(model, path)
         total = torch.zeros(spec.hidden_size, dtype=torch.float64)
-        for name in spec.producers:
-            weight, _ = linear_weight_bias(get_module(model, spec.full(name)))  # (hidden, in)
+        # Each view is (hidden, elements): the weights that make neuron j, or that read it.
+        views = [weight_by_output(get_module(model, spec.full(name))) for name in spec.producers]
+        views += [weight_by_output(module) for name in spec.per_channel
+                  if isinstance(module := get_module(model, spec.full(name)), nn.modules.conv._ConvNd)]
+        views += [weight_by_input(get_module(model, spec.full(name))) for name in (*spec.readers, spec.consumer)]
+        for weight in views:
             total += _per_element(weight.detach().double(), self.p).sum(dim=1).cpu()
-        weight, _ = linear_weight_bias(get_module(model, spec.full(spec.consumer)))  # (out, hidden)
-        total += _per_element(weight.detach().double(), self.p).sum(dim=0).cpu()
         return total
 
     def channel_magnitudes(self, model: nn.Module, path: str) -> torch.Tensor:

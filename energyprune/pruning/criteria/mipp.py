@@ -3,8 +3,19 @@ information with the next layer, by greedy backward elimination against a random
 
 For one MLP, A (n × h) are its hidden activations (the consumer's input: `act(gate x) * up x` for
 a gated MLP) and Y (n × d) the next layer's output (the consumer's output), on a uniform sample of
-at most `max_tokens` calibration tokens (padding excluded; the same tokens for every MLP; bottom-k
-of seeded random keys, so the sample does not favour early batches).
+at most `max_tokens` calibration tokens (padding excluded; bottom-k of seeded random keys, so the
+sample does not favour early batches). MLPs that see the same number of rows per batch (every MLP
+of a transformer) get the same tokens.
+
+**Conv blocks** (the expansion channels of an MBConv block, `MLPSpec.feature_axis` 1): a row is
+one position (n, y, x) of the feature map, A its hidden channels, Y the projection's output
+channels there. That Y is a linear function of A row by row only when the consumer is a 1×1
+convolution with stride 1, groups 1 and no padding, which it is in MBConv blocks; any other
+consumer (a k×k conv mixes neighbouring positions) is refused with a UsageError. Two honest
+limits: neighbouring positions are strongly correlated, so n positions carry less evidence than n
+independent tokens (sample from many images rather than few); and with squeeze-and-excitation,
+removing a channel also changes the SE gate of the others (it reads the channel's mean), which
+the estimator - a function of the consumer's input only - does not see.
 
 **Estimator** (Gaussian, regression residual). Y is an exact linear function of A, so the
 information of a deterministic Gaussian channel is infinite; the estimator therefore measures what
@@ -265,6 +276,29 @@ def eliminate(
     )
 
 
+def require_pointwise_consumer(model: nn.Module, spec: MLPSpec) -> None:
+    """A UsageError unless the consumer of a conv-map MLP is a linear map per position (1×1,
+    stride 1, groups 1, no padding): MIPP regresses its output on its input row by row."""
+    if spec.feature_axis == -1:
+        return
+    name = spec.full(spec.consumer)
+    consumer = get_module(model, name)
+    if not isinstance(consumer, nn.modules.conv._ConvNd) or consumer.transposed:
+        raise UsageError(f"mipp: {name} ({type(consumer).__name__}) reads conv channels but is not a convolution")
+    padding = consumer.padding
+    padded = any(int(v) != 0 for v in padding) if not isinstance(padding, str) else False  # 'same' adds none at 1×1
+    static = getattr(consumer, "static_padding", None)  # efficientnet-pytorch's Conv2dStaticSamePadding
+    padded = padded or any(int(v) != 0 for v in getattr(static, "padding", ()) or ())
+    pointwise = all(k == 1 for k in consumer.kernel_size) and all(int(v) == 1 for v in consumer.stride)
+    if not pointwise or consumer.groups != 1 or padded:
+        raise UsageError(
+            f"mipp: {name} is a convolution with kernel {tuple(consumer.kernel_size)}, stride "
+            f"{tuple(consumer.stride)}, groups {consumer.groups}{' and padding' if padded else ''}: MIPP reconstructs "
+            "the consumer's output from its input position by position, which is exact only for a 1×1 convolution "
+            "with stride 1, groups 1 and no padding (a linear map per position); score these neurons with another "
+            "criterion (magnitude, thermodynamic, nepenthe)")
+
+
 def collect_mlp_io(
     model: nn.Module,
     calibration: Calibration,
@@ -275,10 +309,13 @@ def collect_mlp_io(
     seed: int = 0,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{mlp_path: (A, Y)}: the consumer's input (hidden activations) and output on a uniform sample
-    of at most `max_tokens` calibration tokens (padding excluded), the same tokens for every MLP.
-    float32, on the device the activations are on."""
+    of at most `max_tokens` calibration rows per MLP (tokens, padding excluded; positions of a conv
+    map), the same rows for MLPs that see equally many. float32, on the device the activations
+    are on."""
+    for spec in specs:
+        require_pointwise_consumer(model, spec)
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    keys: torch.Tensor | None = None
+    keys: dict[str, torch.Tensor] = {}  # per MLP, the sort keys of its kept rows
     kept: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     current: dict[str, dict[str, torch.Tensor]] = {}  # this batch's {"A": rows, "Y": rows} per MLP
     mask_holder: list[torch.Tensor | None] = [None]
@@ -288,14 +325,14 @@ def collect_mlp_io(
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
             if not args or not isinstance(args[0], torch.Tensor):
                 raise UsageError(f"mipp: {spec.full(spec.consumer)} was called without a tensor input")
-            current.setdefault(spec.path, {})["A"] = valid_rows(args[0], mask_holder[0]).float()
+            current.setdefault(spec.path, {})["A"] = valid_rows(args[0], mask_holder[0], spec.feature_axis).float()
         return hook
 
     def post_hook(spec: MLPSpec):  # noqa: ANN202
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             if not isinstance(output, torch.Tensor):
                 raise UsageError(f"mipp: {spec.full(spec.consumer)} returned {type(output).__name__}, not a tensor")
-            current.setdefault(spec.path, {})["Y"] = valid_rows(output, mask_holder[0]).float()
+            current.setdefault(spec.path, {})["Y"] = valid_rows(output, mask_holder[0], spec.feature_axis).float()
         return hook
 
     device = model_device(model)
@@ -313,25 +350,30 @@ def collect_mlp_io(
                 missing = [s.path or "the model" for s in specs if len(current.get(s.path, {})) != 2]
                 if missing:
                     raise UsageError(f"mipp: the MLP(s) {', '.join(missing)} did not run on a calibration batch")
-                counts = {rows.shape[0] for seen in current.values() for rows in seen.values()}
-                if len(counts) != 1:
-                    raise UsageError("mipp: the MLPs saw different numbers of tokens in one batch")
-                n_new = counts.pop()
-                new_keys = torch.rand(n_new, generator=generator, dtype=torch.float64)
-                all_keys = new_keys if keys is None else torch.cat([keys, new_keys])
-                if all_keys.numel() > max_tokens:
-                    chosen = torch.topk(all_keys, max_tokens, largest=False).indices
-                    chosen, _ = torch.sort(chosen)
-                else:
-                    chosen = torch.arange(all_keys.numel())
+                # One draw of keys per row count: MLPs with equally many rows (all of a transformer's)
+                # share their keys, hence their sample; a CNN's blocks at another resolution get their own.
+                draws: dict[int, torch.Tensor] = {}
                 for spec in specs:
-                    a_all, y_all = current[spec.path]["A"], current[spec.path]["Y"]
+                    a_new, y_new = current[spec.path]["A"], current[spec.path]["Y"]
+                    n_new = a_new.shape[0]
+                    if y_new.shape[0] != n_new:
+                        raise UsageError(
+                            f"mipp: {spec.full(spec.consumer)} turned {n_new} input rows into {y_new.shape[0]} output "
+                            "rows: its output is not a function of its input row by row")
+                    if n_new not in draws:
+                        draws[n_new] = torch.rand(n_new, generator=generator, dtype=torch.float64)
+                    all_keys = draws[n_new] if spec.path not in keys else torch.cat([keys[spec.path], draws[n_new]])
+                    if all_keys.numel() > max_tokens:
+                        chosen = torch.topk(all_keys, max_tokens, largest=False).indices
+                        chosen, _ = torch.sort(chosen)
+                    else:
+                        chosen = torch.arange(all_keys.numel())
                     if spec.path in kept:
-                        a_all = torch.cat([kept[spec.path][0], a_all])
-                        y_all = torch.cat([kept[spec.path][1], y_all])
-                    index = chosen.to(a_all.device)
-                    kept[spec.path] = (a_all.index_select(0, index), y_all.index_select(0, index))
-                keys = all_keys[chosen]
+                        a_new = torch.cat([kept[spec.path][0], a_new])
+                        y_new = torch.cat([kept[spec.path][1], y_new])
+                    index = chosen.to(a_new.device)
+                    kept[spec.path] = (a_new.index_select(0, index), y_new.index_select(0, index))
+                    keys[spec.path] = all_keys[chosen]
     finally:
         mask_holder[0] = None
         current.clear()
@@ -341,7 +383,8 @@ def collect_mlp_io(
 
 
 class MippCriterion:
-    """MIPP's information-preserving elimination of MLP neurons (see the module note).
+    """MIPP's information-preserving elimination of MLP neurons (see the module note); for conv
+    blocks the consumer must be a 1×1 convolution (a UsageError otherwise).
 
     unit_kind: "neuron" (the only kind).
     max_tokens: tokens sampled for the estimator (default 2048).

@@ -6,11 +6,13 @@ pre-activation is > 0. Over the calibration tokens (padding excluded),
     p_j = P(z_j > 0) = (tokens with z_j > 0) / (tokens),
     H_j = −p_j log2 p_j − (1 − p_j) log2(1 − p_j)      (bits; 0 log 0 = 0)
 
-counted in one streaming pass by a forward hook on the layer producing the pre-activations: the
-first producer of the MLP (`pruning.neurons.MLPSpec.producers[0]`: GPT-2 `c_fc`, BERT
-`intermediate.dense`, OPT `fc1`, a Sequential's first Linear) - for gated MLPs (Llama / Qwen2 /
-Mistral `down(act(gate x) * up x)`) the gate's pre-activation (`gate_proj`). Only integer counts
-are kept: memory is one int64 per unit, whatever the amount of data.
+counted in one streaming pass by a forward hook on the layer producing the pre-activations
+(`pruning.neurons.MLPSpec.preactivation_layer`): the first producer of a transformer MLP (GPT-2
+`c_fc`, BERT `intermediate.dense`, OPT `fc1`, a Sequential's first Linear) - for gated MLPs (Llama
+/ Qwen2 / Mistral `down(act(gate x) * up x)`) the gate's pre-activation (`gate_proj`); for the
+expansion channels of an MBConv block, `_bn0` (its output feeds the first ReLU6), and a "token"
+is then one position (n, y, x) of the feature map. Only integer counts are kept: memory is one
+int64 per unit, whatever the amount of data.
 
 What the criterion scores (lowest removed first):
 
@@ -30,9 +32,18 @@ unit is dead scores +inf with a warning (its output is constant; neither folding
 removal fits - remove the block).
 
 Gated MLPs cannot be folded (`fold_activation` refuses them: with the activation replaced by the
-identity, `down((gate x) * (up x))` is still a product of two linear maps), so `activation_units`
-offers activation units for foldable MLPs only, and scoring an activation unit of a gated MLP is a
-UsageError. Their neurons can still be scored (kind "neuron", from the gate's pre-activation).
+identity, `down((gate x) * (up x))` is still a product of two linear maps), nor can MBConv blocks
+(BatchNorm, a depthwise conv and a second activation lie between expansion and projection), so
+`activation_units` offers activation units for foldable MLPs only (`MLPSpec.foldable`), and
+scoring an activation unit of another is a UsageError saying why. Their neurons can still be
+scored (kind "neuron", from the gate's or `_bn0`'s pre-activation).
+
+For MBConv channels two more things differ. ReLU6 is also flat above 6; the ON count is still
+z > 0, as NEPENTHE defines it. And an OFF channel is not dead downstream: its zero goes through
+the depthwise conv (no bias) and `_bn1`, which adds its shift β − γ·μ/σ, and the second ReLU6
+passes that constant on when it is > 0. Removing such a channel then shifts the block's output
+by a constant per output channel: `dead_neurons` / `remove_dead_neurons` are exact for those
+channels only where `_bn1`'s shift is ≤ 0.
 
 For GELU / SiLU an OFF unit's output is small, not exactly 0 (GELU(−3) ≈ −0.004), so removing a
 dead unit of those changes the output slightly; for ReLU it is exact. An always-ON unit has H = 0
@@ -87,7 +98,8 @@ class OnOffStats:
     """ON counts of one MLP's rectifier units over the calibration tokens.
 
     on_counts: (h,) int64 on the CPU, tokens with pre-activation > 0 per unit. tokens: tokens seen
-    (padding excluded). producer: the hooked layer (the gate for a gated MLP).
+    (padding excluded; feature-map positions for a conv block). producer: the hooked layer (the gate
+    for a gated MLP, `_bn0` for an MBConv block).
     """
 
     path: str
@@ -149,12 +161,15 @@ def on_off_statistics(
 
     def hook_for(spec: MLPSpec):  # noqa: ANN202
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            if not isinstance(output, torch.Tensor) or output.shape[-1] != spec.hidden_size:
+            axis = spec.feature_axis
+            if (not isinstance(output, torch.Tensor) or output.ndim <= max(axis, -axis - 1)
+                    or output.shape[axis] != spec.hidden_size):
+                expected = f"(..., {spec.hidden_size})" if axis == -1 else f"{spec.hidden_size} features on axis {axis}"
                 raise UsageError(
-                    f"nepenthe: {spec.full(spec.producers[0])} returned "
+                    f"nepenthe: {spec.full(spec.preactivation_layer)} returned "
                     f"{tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__}, "
-                    f"expected (..., {spec.hidden_size}) pre-activations")
-            rows = valid_rows(output, mask_holder[0])
+                    f"expected {expected} pre-activations")
+            rows = valid_rows(output, mask_holder[0], axis)
             on = (rows > 0).sum(dim=0, dtype=torch.int64)
             counts[spec.path] = on if spec.path not in counts else counts[spec.path] + on
             tokens[spec.path] += int(rows.shape[0])
@@ -163,7 +178,7 @@ def on_off_statistics(
     device = model_device(model)
     try:
         for spec in specs:
-            producer = get_module(model, spec.full(spec.producers[0]))
+            producer = get_module(model, spec.full(spec.preactivation_layer))
             handles.append(producer.register_forward_hook(hook_for(spec)))
         with observing(model):
             for batch in batches_of(calibration, max_batches, "nepenthe"):
@@ -178,7 +193,7 @@ def on_off_statistics(
     for spec in specs:
         if tokens[spec.path] == 0:
             raise UsageError(f"nepenthe: the MLP at {spec.path or 'the model'} never ran on the calibration data")
-        out[spec.path] = OnOffStats(spec.path, spec.full(spec.producers[0]), spec.gated,
+        out[spec.path] = OnOffStats(spec.path, spec.full(spec.preactivation_layer), spec.gated,
                                     counts[spec.path].cpu().clone(), tokens[spec.path])
     return out
 
@@ -201,8 +216,8 @@ def dead_neurons(
 
 def activation_units(model: nn.Module) -> list[Unit]:
     """One `Unit("activation", mlp_path, 0)` per foldable MLP (`fold_activation` works on it: not
-    gated), in depth order."""
-    return [Unit("activation", spec.path, 0) for spec in mlp_specs(model) if not spec.gated]
+    gated, not a conv block; `MLPSpec.foldable`), in depth order."""
+    return [Unit("activation", spec.path, 0) for spec in mlp_specs(model) if spec.foldable]
 
 
 class NepentheCriterion:
@@ -242,12 +257,12 @@ class NepentheCriterion:
             return {}
         specs = specs_of_units(model, units, self.name)
         if self.unit_kind == "activation":
-            gated = [p or "the model" for p, s in specs.items() if s.gated]
-            if gated:
+            refused = [f"{p or 'the model'} is {s.fold_refusal}" for p, s in specs.items() if not s.foldable]
+            if refused:
                 raise UsageError(
-                    f"{self.name}: {', '.join(gated)} {'is a gated MLP' if len(gated) == 1 else 'are gated MLPs'} "
-                    "(down(act(gate x) * up x)), which fold_activation cannot fold into one linear map; "
-                    "take activation units from activation_units(model), or score neurons (unit_kind='neuron')")
+                    f"{self.name}: an activation unit is a layer for fold_activation to fold, but "
+                    f"{'; '.join(refused)}. Take activation units from activation_units(model), or score neurons "
+                    "(unit_kind='neuron')")
         stats = on_off_statistics(model, calibration, list(specs), max_batches=self.max_batches)
         self.last_stats = stats
         scores: dict[Unit, float] = {}

@@ -9,8 +9,10 @@ rows count.
   train flag restored after (hooks are the caller's to remove).
 * `batches_of(calibration, max_batches)`: the batches, at most `max_batches`, a UsageError when
   there are none.
-* `valid_rows(tensor, mask)`: the (tokens, features) rows of a hooked tensor that are real tokens:
-  where a dict batch's `attention_mask` is 1, when the mask has one entry per row.
+* `valid_rows(tensor, mask, feature_axis)`: the (rows, features) of a hooked tensor. Features on
+  the last axis (transformer MLPs): one row per token, only the real ones - where a dict batch's
+  `attention_mask` is 1, when the mask has one entry per row. Features on another axis (conv maps
+  (N, C, H, W), `MLPSpec.feature_axis` 1): one row per position N·H·W, every one counted.
 """
 
 from __future__ import annotations
@@ -69,8 +71,13 @@ def attention_mask_of(batch: Batch) -> torch.Tensor | None:
     return None
 
 
-def valid_rows(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """(tokens, features): every position of `hidden` but the last dimension, minus padding."""
+def valid_rows(hidden: torch.Tensor, mask: torch.Tensor | None, feature_axis: int = -1) -> torch.Tensor:
+    """(rows, features): every position of `hidden` but the feature axis, as rows; for features on
+    the last axis, padding tokens (mask 0) left out."""
+    if hidden.ndim > 1 and feature_axis % hidden.ndim != hidden.ndim - 1:
+        # A conv map: positions are pixels, not tokens; an attention mask does not describe them.
+        moved = hidden.movedim(feature_axis, -1)
+        return moved.reshape(-1, moved.shape[-1])
     flat = hidden.reshape(-1, hidden.shape[-1])
     if mask is not None and mask.numel() == flat.shape[0]:
         keep = mask.reshape(-1).to(flat.device) != 0

@@ -13,9 +13,11 @@ gradient, averaged over the unit's weights:
     T_j = (1 / n_j) Σ_{e ∈ unit j} Var_b(g_b,e)        (unbiased variance over the B ≥ 2 batches)
 
 The unit's weights: for a neuron, its row in every producer of its MLP (Llama `gate_proj` and
-`up_proj`, GPT-2 `c_fc` (a column of the Conv1D weight), BERT `intermediate.dense`, ...); for a
-channel, the output channel's filter of a conv (`weight[c]`) or row c of a Linear. Biases are
-left out.
+`up_proj`, GPT-2 `c_fc` (a column of the Conv1D weight), BERT `intermediate.dense`, ...; for an
+MBConv expansion channel c, the filter c of `_expand_conv` (`weight[c]`, all its input channels
+and kernel taps) and, with squeeze-and-excitation, of `_se_expand`); for a channel, the output
+channel's filter of a conv (`weight[c]`) or row c of a Linear. Biases, BatchNorm parameters and
+the depthwise filters of MBConv blocks are left out (they are not producer rows).
 
 **Loss** L_b: a caller's `loss_fn(model, batch) -> scalar tensor` if given; otherwise, for a
 language model (the batch holds token ids - a mapping with `input_ids`, or an integer (batch,

@@ -68,7 +68,8 @@ def block_units(model: nn.Module, kind: str = "block") -> list[Unit]:
 
 
 def neuron_units(model: nn.Module) -> list[Unit]:
-    """One unit per hidden neuron of every MLP of the block stack (`find_mlps`), or of the model
+    """One unit per hidden neuron of every MLP of the block stack (`find_mlps`; for a CNN of MBConv
+    blocks, one per expansion channel of every block that has an expansion), or of the model
     itself when it is a plain two-layer `nn.Sequential` MLP. Empty when no MLP is recognised."""
     specs = find_mlps(model)
     if not specs:
