@@ -39,7 +39,7 @@ time budget cuts the largest k of every criterion alike; with `--resume` the JSO
 every row and a later run with the same options continues it (split a model over several 10-minute
 GPU calls: benchmarks/gpu_prune_session.sh).
 
-EfficientNet-Lite0 is not benchmarked: see `EFFICIENTNET_NOTE`.
+EfficientNet-Lite0: see `EFFICIENTNET_NOTE` (it has its own script).
 """
 
 from __future__ import annotations
@@ -93,16 +93,9 @@ from energyprune.pruning.slicing import count_parameters  # noqa: E402
 logger = logging.getLogger("prune_benchmark")
 
 EFFICIENTNET_NOTE = (
-    "EfficientNet-Lite0 is not benchmarked. Removing blocks is possible only for its shape-preserving "
-    "MBConv blocks (input = output filters, stride 1), but (1) `units_for(model, 'block')` offers every "
-    "block of `_blocks`, so the benchmark would have to filter units itself and every criterion would "
-    "have to accept a partial unit list; (2) entropy-block and cosine-block cannot score it at all: "
-    "`pruning.calibration` takes the LAST axis as the feature axis (the image width for NCHW maps, not "
-    "the channels) and refuses a stack whose blocks change the number of 'token' rows (the strided "
-    "blocks do). Library changes needed: a `feature_dim` (channel axis) option in "
-    "`collect_block_states`, per-boundary token counts, and a `block_units(..., shape_preserving=True)` "
-    "filter that `prune` and the criteria share. Magnitude, random and the oracle alone would not "
-    "answer the question this benchmark asks (entropy vs cosine)."
+    "EfficientNet-Lite0 has its own benchmark, benchmarks/prune_efficientnet_benchmark.py "
+    "(prune_efficientnet.md): only its 9 shape-preserving MBConv blocks can be removed, its data are images, "
+    "and its neurons are the expansion channels of the MBConv blocks."
 )
 
 
@@ -377,8 +370,8 @@ def rank_blocks(bench: Bench, spec: CriterionSpec, config: MeterConfig, backend:
     config, the oracle's objective and the oracle's batches (its measurement batch is the first)."""
     runtime = measuring_options(spec.name, bench, config, backend)
     criterion = get_criterion(spec.name, **spec.options, **runtime)
-    units = units_for(bench.model, criterion.unit_kind)
     calibration = bench.oracle_batches if "config" in runtime else bench.calibration
+    units = units_for(bench.model, criterion.unit_kind, calibration)
     start = time.perf_counter()
     scores = criterion.score(bench.model, units, calibration)
     score_s = time.perf_counter() - start
