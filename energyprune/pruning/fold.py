@@ -89,6 +89,11 @@ def fold_activation(model: nn.Module, mlp_path: str, *, inplace: bool = False) -
         else:  # a module, or a plain function (BERT with a callable hidden_act): Identity works as both
             setattr(parent, leaf, nn.Identity())
     set_module(model, spec.full(spec.consumer), nn.Identity())
+    if hasattr(container, "activation_relu_or_gelu"):
+        # nn.TransformerEncoderLayer's fused fast path applies ReLU/GELU by this flag and reads
+        # linear2.weight itself, ignoring the modules just replaced: 0 sends it down the unfused
+        # path, which calls linear1 -> activation -> linear2 (now folded -> identity -> identity).
+        container.activation_relu_or_gelu = 0
 
     op = PruneOp(
         kind="fold_activation",

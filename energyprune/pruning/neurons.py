@@ -10,6 +10,7 @@ An MLP is found by the names of its layers inside the module at `mlp_path`:
 | OPT / CLIP | `model.decoder.layers.i` | `fc1` | `fc2` |
 | GPT-NeoX | `gpt_neox.layers.i.mlp` | `dense_h_to_4h` | `dense_4h_to_h` |
 | GPT-J | `transformer.h.i.mlp` | `fc_in` | `fc_out` |
+| PyTorch `nn.TransformerEncoderLayer` / `DecoderLayer` | `layers.i` | `linear1` | `linear2` |
 | plain `nn.Sequential(Linear, act, [Dropout,] Linear)` | its path | first Linear | last Linear |
 | EfficientNet / efficientnet-pytorch MBConv | `_blocks.i` | `_expand_conv` (+ `_se_expand`) | `_project_conv` |
 
@@ -136,6 +137,7 @@ MLP_PATTERNS: tuple[tuple[tuple[str, ...], str, str, bool], ...] = (
     (("dense_h_to_4h",), "dense_4h_to_h", "act", False),
     (("fc_in",), "fc_out", "act", False),
     (("up_proj",), "down_proj", "act_fn", False),
+    (("linear1",), "linear2", "activation", False),  # torch's nn.TransformerEncoderLayer / DecoderLayer
 )
 
 #: Attribute names under which a config holds the MLP width.

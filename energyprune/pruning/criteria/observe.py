@@ -5,8 +5,9 @@ rows count.
 * `mlp_specs(model)`: the MLPs `neuron_units` offers - one per block of the block stack
   (`pruning.neurons.find_mlps`), or the model itself when it is a plain `nn.Sequential(Linear,
   act, [Dropout,] Linear)`.
-* `observing(model)`: eval mode and `torch.inference_mode()` for a pass, every submodule's
-  train flag restored after (hooks are the caller's to remove).
+* `observing(model)`: eval mode and `torch.inference_mode()` for a pass, with PyTorch's fused
+  transformer fast path off so that hooks inside its layers fire; every submodule's train flag
+  restored after (hooks are the caller's to remove).
 * `batches_of(calibration, max_batches)`: the batches, at most `max_batches`, a UsageError when
   there are none.
 * `valid_rows(tensor, mask, feature_axis)`: the (rows, features) of a hooked tensor. Features on
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from energyprune.errors import UsageError
+from energyprune.metrics.flops import fused_kernels_visible
 from energyprune.pruning.base import Batch, Unit
 from energyprune.pruning.neurons import MLPSpec, find_mlp, find_mlps, require_mlp
 
@@ -115,7 +117,10 @@ def observing(model: nn.Module) -> Iterator[None]:
     saved = [(module, module.training) for module in model.modules()]
     try:
         model.eval()
-        with torch.inference_mode():
+        # nn.TransformerEncoderLayer's fused fast path runs its MLP inside one kernel, where hooks
+        # on linear1 / linear2 cannot fire. Recent PyTorch leaves that path by itself when it sees
+        # hooks; switching it off here makes sure of it whatever the version (same arithmetic).
+        with fused_kernels_visible(), torch.inference_mode():
             yield
     finally:
         for module, flag in saved:
