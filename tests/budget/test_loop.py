@@ -150,12 +150,28 @@ def test_max_steps():
 
 
 # ---- refusing before any measuring ---------------------------------------------------------------
+class _LinearStack(torch.nn.Module):
+    """Blocks without an MLP: neuron criteria have nothing to prune here."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(8, 8) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = torch.relu(layer(x))
+        return x
+
+
 def test_a_criterion_that_does_not_apply_fails_before_measuring():
     torch.manual_seed(0)
     demo = DemoTransformer(vocab_size=50, d_model=16, n_heads=2, n_layers=2, d_ff=32).eval()
     judge = FlopsJudge()
     with pytest.raises(UsageError, match="no MLP"):
-        prune_to_energy(demo, "-30%", "magnitude", unit_kind="neuron", inputs=demo.example_inputs(1, 8), judge=judge)
+        prune_to_energy(_LinearStack().eval(), "-30%", "magnitude", unit_kind="neuron", inputs=torch.randn(2, 8),
+                        judge=judge)
+    with pytest.raises(UsageError, match="unit_kind must be one of block, attention"):
+        prune_to_energy(demo, "-30%", "cosine-block", unit_kind="neuron", inputs=demo.example_inputs(1, 8), judge=judge)
     with pytest.raises(UsageError, match="unknown criterion"):
         prune_to_energy(demo, "-30%", "no-such-criterion", inputs=demo.example_inputs(1, 8), judge=judge)
     assert judge.measures == 0 and judge.compares == 0

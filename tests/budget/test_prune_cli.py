@@ -112,8 +112,8 @@ def test_interrupt_prints_how_to_resume_and_resume_finishes(tmp_path, judges, ca
 def test_usage_mistakes_exit_2_with_one_line(tmp_path, judges, capsys):
     assert cli(["prune", "--target", "30%", "--criterion", "magnitude", *DEMO]) == 2
     assert "needs its sign" in capsys.readouterr().err
-    assert cli(["prune", "--target", "-30%", "--criterion", "magnitude", "--unit-kind", "neuron", *DEMO]) == 2
-    assert "no MLP" in capsys.readouterr().err
+    assert cli(["prune", "--target", "-30%", "--criterion", "cosine-block", "--unit-kind", "neuron", *DEMO]) == 2
+    assert "unit_kind must be one of block, attention" in capsys.readouterr().err
     assert cli(["prune", "--target", "-30%", "--criterion", "magnitude", "--resume", *DEMO]) == 2
     assert "--resume needs --out" in capsys.readouterr().err
     (tmp_path / "other").mkdir()
