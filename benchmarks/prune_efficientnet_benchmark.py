@@ -333,7 +333,31 @@ def winners(runs: dict[str, Any], x_key: str) -> dict[str, str]:
     return {k: f"{label} ({value:.3f})" for k, (value, label) in best.items()}
 
 
-def _table(runs: dict[str, Any], x_key: str, x_label: str, x_fmt: Callable[[Any], str]) -> list[str]:
+#: Rows of equal FLOPs (every criterion at one neuron fraction) should measure about the same
+#: energy ratio; one this far from the median of its group (of 3 or more) is flagged.
+ODD_RATIO_GAP = 0.08
+
+
+def odd_rows(data: dict[str, Any]) -> set[int]:
+    """ids of the rows whose energy ratio is ODD_RATIO_GAP or more away from the median ratio of
+    the other rows with the same FLOPs: measured while the machine behaved differently."""
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for part in ("blocks", "neurons"):
+        for run in data.get(part, {}).get("runs", {}).values():
+            for r in run.get("rows", []):
+                if "energy" in r and not r.get("shared_with_earlier_row"):
+                    groups.setdefault(int(r["flops"]), []).append(r)
+    odd: set[int] = set()
+    for rows in groups.values():
+        if len(rows) < 3:
+            continue
+        median = statistics.median(r["energy"]["ratio"] for r in rows)
+        odd |= {id(r) for r in rows if abs(r["energy"]["ratio"] - median) >= ODD_RATIO_GAP}
+    return odd
+
+
+def _table(runs: dict[str, Any], x_key: str, x_label: str, x_fmt: Callable[[Any], str],
+           odd: set[int] | None = None) -> list[str]:
     lines = [f"| criterion | {x_label} | energy ratio [95% CI] | params | GFLOPs | exp(−KL) | top-1 agr. | top-5 agr. |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label, run in runs.items():
@@ -342,7 +366,8 @@ def _table(runs: dict[str, Any], x_key: str, x_label: str, x_fmt: Callable[[Any]
                 lines.append(f"| {label} | {x_fmt(r[x_key])} | not run: {r['error']} | | | | | |")
                 continue
             e, f = r["energy"], r["fidelity"]
-            lines.append(f"| {label} | {x_fmt(r[x_key])} | {e['ratio']:.3f} [{e['ratio_ci95'][0]:.3f}, "
+            mark = " †" if odd and id(r) in odd else ""
+            lines.append(f"| {label} | {x_fmt(r[x_key])} | {e['ratio']:.3f}{mark} [{e['ratio_ci95'][0]:.3f}, "
                          f"{e['ratio_ci95'][1]:.3f}] | {r['params'] / 1e6:.3f} M | {r['flops'] / 1e9:.3f} | "
                          f"{f['exp_neg_kl']:.3f} | {f['top1_agreement']:.3f} | {f['top5_agreement']:.3f} |")
     return lines
@@ -354,6 +379,7 @@ def render(data: dict[str, Any], out_dir: Path) -> list[Path]:
                          for run in data[part]["runs"].values() for r in run.get("rows", []) if "energy" in r})
     estimated = any("estimated" in str(p) for p in provenance)
     original = data["original"]
+    odd = odd_rows(data)
     lines = [
         f"# EfficientNet-Lite0 pruning — {data['device_name']}",
         "",
@@ -369,6 +395,12 @@ def render(data: dict[str, Any], out_dir: Path) -> list[Path]:
         "Data: " + "; ".join(f"{k}: {v}" for k, v in data["data"].items()) + ".",
         "",
     ]
+    if odd:
+        lines += [f"† {len(odd)} row(s) whose energy ratio lies {ODD_RATIO_GAP} or more from the median of the rows "
+                  "with the same FLOPs (every criterion at one neuron fraction computes the same arithmetic): the "
+                  "machine behaved differently while they ran, and interleaving did not cancel it (this shared VM "
+                  "changes speed by ~20-40% between minutes, and the estimated backend charges what it sees). Compare "
+                  "those rows by GFLOPs (the plot's bottom row).", ""]
     if "blocks" in data:
         blocks = data["blocks"]
         won = winners(blocks["runs"], "k")
@@ -383,7 +415,7 @@ def render(data: dict[str, Any], out_dir: Path) -> list[Path]:
             "Best criterion at each k (held-out exp(−KL), oracle and random excluded): "
             + "; ".join(f"k={k}: {w}" for k, w in won.items()) + ".",
             "",
-            *_table(blocks["runs"], "k", "k", str),
+            *_table(blocks["runs"], "k", "k", str, odd),
             "",
         ]
     if "neurons" in data:
@@ -398,7 +430,7 @@ def render(data: dict[str, Any], out_dir: Path) -> list[Path]:
             "Best criterion at each fraction (held-out exp(−KL), random excluded): "
             + "; ".join(f"{float(k):.0%}: {w}" for k, w in won.items()) + ".",
             "",
-            *_table(neurons["runs"], "fraction", "removed", lambda x: f"{x:.0%}"),
+            *_table(neurons["runs"], "fraction", "removed", lambda x: f"{x:.0%}", odd),
             "",
         ]
         failed = {label: run["error"] for label, run in neurons["runs"].items() if "error" in run}
