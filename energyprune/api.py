@@ -20,7 +20,7 @@ from torch import nn
 from energyprune.backends import select_backends
 from energyprune.backends.base import Backend
 from energyprune.measurement import EnergySpan, Measurement
-from energyprune.meter import Comparison, Meter, MeterConfig, MeterSession, Progress, no_sync
+from energyprune.meter import Agree, Comparison, Meter, MeterConfig, MeterSession, Progress, no_agreement, no_sync
 from energyprune.models import Inputs, batch_size_of, call_model, check_inputs, cuda_devices_of, make_sync
 
 logger = logging.getLogger(__name__)
@@ -46,15 +46,17 @@ def measure(
     cpu_tdp_w: float | None = None,
     progress: Progress | None = None,
     label: str = "model",
+    agree: Agree | None = None,
 ) -> Measurement:
     """Joules per inference of `model(inputs)` (one call = one batch), with its interval.
 
     `inputs` is a tensor, a tuple of positional arguments or a mapping of keyword arguments.
     `backend` is a spec ("auto", "nvml", "rapl", "estimated", "replay:PATH", "nvml,rapl") or
-    backend objects. The model runs under `torch.inference_mode()`."""
+    backend objects. The model runs under `torch.inference_mode()`. `agree` (see `meter.Agree`)
+    makes several processes call the model equally often: `measure_distributed(lockstep=True)`."""
     check_inputs(model, inputs)
     backends, notes = _backends_for(backend, cuda_devices_of(model), cpu_tdp_w)
-    meter = Meter(backends, config, sync=make_sync(model), progress=progress)
+    meter = Meter(backends, config, sync=make_sync(model), progress=progress, agree=agree or no_agreement)
     with torch.inference_mode():
         result = meter.measure(lambda: call_model(model, inputs),
                                batch_size=batch_size or batch_size_of(inputs), label=label)

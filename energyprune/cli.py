@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("model", nargs="?", help="a local Hugging Face folder, module:factory, "
                          "file.py:factory, or nothing for the built-in demo")
     _add_measure_options(measure)
+    measure.add_argument("--lockstep", action="store_true",
+                         help="under torchrun: every rank calls the model equally often (needed when its forward "
+                              "talks to the other ranks, e.g. tensor parallel); no effect in one process")
 
     compare = commands.add_parser("compare", help="energy ratio of two models, by interleaved windows")
     compare.add_argument("model_a", help="the reference model (A)")
@@ -301,7 +304,7 @@ def _cmd_measure_distributed(args: argparse.Namespace, info: Any) -> int:
         result = measure_distributed(model, inputs, out=args.out, force=args.force,
                                      backend=args.backend, batch_size=args.batch_size,
                                      config=_meter_config(args), cpu_tdp_w=args.cpu_tdp_w,
-                                     progress=progress, label=loaded.spec)
+                                     progress=progress, label=loaded.spec, lockstep=args.lockstep)
     finally:
         if progress is not None:
             progress.close()

@@ -23,11 +23,14 @@ What the sum means, and why (README, "Several GPUs and torchrun"):
 * Provenance is ESTIMATED as soon as one counted domain is (the rule of
   `measurement.combined_provenance`: a sum is only as good as its worst term).
 
-Each rank runs its own meter loop: warm-up length and calls per window follow that rank's
-latency, so a model whose forward pass itself communicates (tensor parallel with collectives in
-`forward`) would deadlock when the ranks' call counts differ. Measure such models with
-`EnergyMeter` around a fixed number of steps on every rank; this module is for models whose calls
-run without talking to other ranks (data parallel replicas, independent shards, offline pipelines).
+Each rank runs its own meter loop: by default warm-up length and calls per window follow that
+rank's latency, which suits models whose calls run without talking to other ranks (data parallel
+replicas, independent shards, offline pipelines). A model whose forward pass itself communicates
+(tensor parallel: collectives in `forward`) would deadlock when the ranks' call counts differ:
+measure it with `lockstep=True` (`energyprune measure --lockstep`), and the ranks agree, by an
+all_reduce on the gloo group, on every decision that sets how often the model is called (warm-up
+ends when every rank is warm, each window takes the most calls any rank needs, the measurement
+stops when every rank is done), so every rank calls it equally often.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ if TYPE_CHECKING:  # torch is imported lazily: `combine` works on plain dicts wi
     from torch.distributed import ProcessGroup
 
     from energyprune.measurement import Measurement
+    from energyprune.meter import Agree
     from energyprune.models import Inputs
 
 logger = logging.getLogger(__name__)
@@ -589,6 +593,21 @@ def _process_group(info: RankInfo | None, group: ProcessGroup | None,
             dist.destroy_process_group()
 
 
+def _all_reduce_agreement(group: ProcessGroup | None) -> Agree:
+    """A `meter.Agree` over `group`: one all_reduce (MAX or MIN) of a float64 scalar on the CPU."""
+    import torch
+    import torch.distributed as dist
+
+    operations = {"max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+
+    def agree(value: float, op: str) -> float:
+        box = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(box, op=operations[op], group=group)
+        return float(box.item())
+
+    return agree
+
+
 def _group_rank_info(info: RankInfo | None, group: ProcessGroup | None) -> RankInfo:
     """Rank and world size as the group sees them (the order of the gathered list); the
     host-local facts from torchrun's variables, which describe this process whatever the group."""
@@ -626,6 +645,7 @@ def measure_distributed(
     tolerance: float = DEFAULT_TOLERANCE,
     keep_traces: bool = False,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    lockstep: bool = False,
     **measure_kwargs: Any,
 ) -> DistributedMeasurement | None:
     """Measure `model(inputs)` on every rank at once and sum at rank 0. Every rank must call it.
@@ -639,7 +659,11 @@ def measure_distributed(
     only).
 
     Uses the process group already initialised (or `group`, which must be gloo), else creates a
-    gloo group from torchrun's environment and destroys it before returning."""
+    gloo group from torchrun's environment and destroys it before returning.
+
+    lockstep: every rank calls the model equally often (see the module note); needed when the
+    model's forward communicates with the other ranks. A rank that fails mid-measurement then
+    leaves the others waiting in an agreement until `timeout_s`."""
     from energyprune.api import measure
     from energyprune.models import check_inputs, cuda_devices_of
     from energyprune.report import check_output_path, to_json, write_atomic
@@ -679,7 +703,8 @@ def measure_distributed(
         local: dict[str, Any] = {}
         if own_error is None:
             try:
-                result = measure(model, inputs, **measure_kwargs)
+                agree = _all_reduce_agreement(pg) if lockstep else None
+                result = measure(model, inputs, agree=agree, **measure_kwargs)
                 local = rank_record(result, info, devices=devices, started_unix_s=started,
                                     ended_unix_s=time.time(), keep_trace=keep_traces)
             except Exception as error:  # sent to rank 0 and raised below, on every rank

@@ -108,6 +108,19 @@ def no_sync() -> None:
     """The synchronisation of a CPU workload: there is nothing in flight to wait for."""
 
 
+#: Agreement among cooperating processes: given this process's value and "max" or "min", the
+#: group's value. A meter given one makes every decision that sets how many times the workload is
+#: called - when warm-up ends, the calls per window, when to stop - the same on every process, so
+#: a workload that communicates inside (tensor parallel: collectives in `forward`) never waits for
+#: a call another process does not make. `energyprune.distributed` builds one on all_reduce.
+Agree = Callable[[float, str], float]
+
+
+def no_agreement(value: float, op: str) -> float:
+    """One process agrees with itself."""
+    return value
+
+
 @dataclass
 class _Run:
     """Mutable bookkeeping of one workload inside a session."""
@@ -260,12 +273,23 @@ class Meter:
         sync: Callable[[], None] = no_sync,
         progress: Progress | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        agree: Agree = no_agreement,
     ) -> None:
         self.backends = list(backends)
         self.config = config or MeterConfig()
         self.sync = sync
         self.progress = progress or (lambda phase, fraction, message: None)
         self.clock = clock
+        self.agree = agree
+
+    def _calls_per_window(self, latency_s: float) -> int:
+        """Calls that fill a window at this latency; with an `agree`, the most any process needs."""
+        own = max(1, math.ceil(self.config.window_s / max(latency_s, 1e-9)))
+        return max(1, int(self.agree(float(own), "max")))
+
+    def _all_agree(self, flag: bool) -> bool:
+        """True when this process and (with an `agree`) every other one says True."""
+        return self.agree(1.0 if flag else 0.0, "min") >= 1.0
 
     # ---- public API -------------------------------------------------------------------------
     def measure(self, workload: Workload, batch_size: int = 1, label: str = "model") -> Measurement:
@@ -320,11 +344,11 @@ class Meter:
             self.progress("warmup", min(1.0, elapsed / max(self.config.max_warmup_s, 1e-9)),
                           f"warming up {run.label}: {len(latencies)} calls")
             warm = _stable(latencies) and elapsed >= self.config.min_warmup_s
-            if warm or elapsed >= self.config.max_warmup_s:
+            if self._all_agree(warm or elapsed >= self.config.max_warmup_s):
                 break
         run.warmup_inferences = len(latencies)
         latency_s = stats.median(latencies[-5:])
-        run.n_per_window = max(1, math.ceil(self.config.window_s / max(latency_s, 1e-9)))
+        run.n_per_window = self._calls_per_window(latency_s)
         if not _stable(latencies):
             logger.info("%s: latency still moving after %.1f s of warm-up", run.label, elapsed)
 
@@ -344,18 +368,19 @@ class Meter:
             fraction = min(1.0, max(len(runs[-1].windows) / config.repeats, measured_s / config.max_duration_s))
             self.progress("measure", fraction,
                           f"{len(runs[-1].windows)} windows, +-{precision * 100:.1f}% (95%)")
+            next_s = sum(r.windows[-1].duration_s for r in runs)
+            reason = None
             if done and config.precision == 0:  # no precision asked: the repeats are the plan
                 reason = "repeats-done"
-                break
-            if done and precision <= config.precision:
+            elif done and precision <= config.precision:
                 reason = "precision-reached"
-                break
-            next_s = sum(r.windows[-1].duration_s for r in runs)
-            if done and measured_s + next_s > config.max_duration_s:
+            elif done and measured_s + next_s > config.max_duration_s:
                 reason = "max-duration-reached"
+            if self._all_agree(reason is not None):  # in lockstep: once every process is done
                 break
         if len(runs) == 2:
             self._window(session, runs[0], index, idle_w)  # the closing A of the bracket
+        assert reason is not None  # the loop ends only once this process has a reason too
         return reason
 
     def _achieved_precision(self, runs: list[_Run]) -> float:
@@ -378,7 +403,7 @@ class Meter:
         # Re-size from what a window really took: unsynchronised calls pipeline on a GPU and run
         # faster than the synchronised warm-up calls suggested.
         latency_s = duration_s / n
-        run.n_per_window = max(1, math.ceil(self.config.window_s / max(latency_s, 1e-9)))
+        run.n_per_window = self._calls_per_window(latency_s)
 
     def _result(
         self, session: MeterSession, run: _Run, idle_w: Mapping[str, float], stop_reason: str

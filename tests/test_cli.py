@@ -212,3 +212,10 @@ def test_join_dash_values_keeps_a_negative_target_a_value():
     assert join_dash_values(["--target", "0.7x"]) == ["--target", "0.7x"]  # nothing to join
     assert join_dash_values(["--target", "--force"]) == ["--target", "--force"]  # an option stays an option
     assert join_dash_values(["--target"]) == ["--target"]
+
+
+def test_measure_takes_lockstep_for_torchrun():
+    from energyprune.cli import build_parser
+
+    assert build_parser().parse_args(["measure", "--lockstep"]).lockstep is True
+    assert build_parser().parse_args(["measure"]).lockstep is False

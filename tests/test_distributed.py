@@ -375,6 +375,31 @@ def _worker(rank: int, tmp: str, ports: list[int]) -> None:
             measure_distributed(model, x, backend=f"replay:{bad}", config=config)
         except Exception as error:  # every rank must end here, with the same line
             outcome["c_error"] = [type(error).__name__, str(error), getattr(error, "all_ranks", False)]
+
+        class Talking(nn.Module):
+            """Tensor-parallel style: every call sums over the ranks, so the ranks must call it
+            equally often. Alone, rank 1 would be twice as slow as rank 0."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.linear = nn.Linear(8, 8)
+                self.calls = 0
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                self.calls += 1
+                time.sleep(0.002 * (rank + 1))
+                y = self.linear(x)
+                dist.all_reduce(y)
+                return y
+
+        talking = Talking()
+        result = measure_distributed(talking, x, backend=f"replay:{trace}", config=config, lockstep=True,
+                                     timeout_s=120)
+        outcome["d_calls"] = talking.calls
+        if result is not None:
+            outcome["d"] = [{"warmup": r["measurement"]["warmup_inferences"],
+                             "windows": [w["n_inferences"] for w in r["measurement"]["windows"]]}
+                            for r in result.to_dict()["rank_measurements"]]
         dist.destroy_process_group()
     except BaseException:
         outcome["crash"] = traceback.format_exc()
@@ -436,6 +461,12 @@ def test_two_ranks_over_gloo_gather_at_rank_0(tmp_path):
     kind, message, all_ranks = outcomes[0]["c_error"]
     assert kind == "BackendUnavailable" and message.startswith("rank 1 failed:") and all_ranks
     assert "missing.csv" in message
+
+    # (D) lockstep: a model that talks to the other rank in forward finishes, and both ranks made
+    # the same calls (warm-up, and every window) although rank 1 is twice as slow alone.
+    assert outcomes[0]["d_calls"] == outcomes[1]["d_calls"]
+    first, second = outcomes[0]["d"]
+    assert first == second and len(first["windows"]) >= CONFIG_KWARGS["repeats"]
 
 
 @pytest.mark.slow

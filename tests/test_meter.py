@@ -123,3 +123,48 @@ def test_failing_workload_is_a_clear_measurement_error():
 def test_bad_config_is_a_usage_error(kwargs):
     with pytest.raises(UsageError):
         MeterConfig(**kwargs)
+
+
+class OtherProcess:
+    """An `agree` that plays a second process: it needs `calls` calls per window, is warm only
+    after `warm_after` warm-up calls, and is done only after `windows` windows."""
+
+    def __init__(self, calls: int, warm_after: int, windows: int) -> None:
+        self.calls, self.warm_after, self.windows = calls, warm_after, windows
+        self.warm_asks = 0
+        self.stop_asks = 0
+        self.phase = "warmup"
+
+    def __call__(self, value: float, op: str) -> float:
+        if op == "max":  # calls per window: the warm-up has ended by now
+            self.phase = "measure"
+            return max(value, float(self.calls))
+        if self.phase == "warmup":
+            self.warm_asks += 1
+            return min(value, 1.0 if self.warm_asks >= self.warm_after else 0.0)
+        self.stop_asks += 1
+        return min(value, 1.0 if self.stop_asks >= self.windows else 0.0)
+
+
+def test_an_agreement_makes_the_meter_call_as_often_as_the_slowest_process():
+    """In lockstep every decision that sets how often the workload runs is the group's: the
+    warm-up lasts until the other process is warm, each window takes the calls it needs, and the
+    measurement goes on until it is done too."""
+    fake = ScriptedBackend(idle_w=10.0, call_energy_j=0.1, tick_s=0.01)
+    calls = []
+
+    def workload():
+        calls.append(1)
+        fake.call()
+        busy(0.002)  # alone: ~25 warm-up calls in max_warmup_s (0.05 s), ~75 calls per 0.15 s window
+
+    other = OtherProcess(calls=150, warm_after=40, windows=6)
+    m = Meter([fake], FAST, agree=other).measure(workload)
+    assert m.warmup_inferences >= 40  # the warm-up lasts until the other process is warm too
+    assert [w.n_inferences for w in m.windows] == [150] * 6  # the other process's count, each window
+    assert len(m.windows) == 6 and m.stop_reason == "repeats-done"  # 4 repeats asked, 6 agreed
+    assert len(calls) == m.warmup_inferences + 6 * 150
+
+    alone = Meter([fake], FAST).measure(workload)
+    assert len(alone.windows) == 4 and alone.warmup_inferences < 40
+    assert all(w.n_inferences < 150 for w in alone.windows)
