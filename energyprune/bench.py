@@ -6,8 +6,9 @@ Steps (each one's numbers carry their provenance; nothing is a constant of the c
 1. **Floor**: J/FLOP of dense matmuls on this device (:mod:`energyprune.metrics.floor`), measured
    and cached; ``--quick`` reuses the cached floor when there is one, else measures a short one
    that it does not cache.
-2. **Models**: the built-in demo always; SmolLM2-135M-Instruct and all-MiniLM-L6-v2 when their
-   packages are installed (:mod:`energyprune.zoo`), each skipped model listed with the reason.
+2. **Models**: the built-in demo always; SmolLM2-135M-Instruct, all-MiniLM-L6-v2 and
+   EfficientNet-Lite0 when their packages are installed (:mod:`energyprune.zoo`; EfficientNet also
+   needs scikit-image for its photographs), each skipped model listed with the reason.
    Each is measured (J per inference, latency), its FLOPs and parameters counted, and its energy
    put against Landauer and the floor (:func:`energyprune.metrics.physics.physics_summary`).
 3. **Pruning**: ``energyprune.budget.prune_to_energy`` toward ``--target`` (default ``-30%``) with
@@ -330,8 +331,57 @@ def _minilm_model(device: torch.device, quick: bool, dtype: torch.dtype | None) 
               "heldout": "the 50 lee.cor documents (disjoint from lee_background)"})
 
 
+class _ClassFidelity:
+    """exp(−KL) of an image classifier's class distributions against the original's (the
+    agreement of two classifiers where no labels exist: no ImageNet offline)."""
+
+    def __init__(self, original: nn.Module, batches: Sequence[torch.Tensor]) -> None:
+        from energyprune.metrics.fidelity import evaluating
+
+        self.batches = list(batches)
+        with evaluating(original):
+            self.reference = [F.log_softmax(original(b).double(), dim=-1) for b in self.batches]
+
+    def __call__(self, model: nn.Module) -> float:
+        from energyprune.metrics.fidelity import evaluating
+
+        kl_sum, n = 0.0, 0
+        with evaluating(model):
+            for batch, log_p in zip(self.batches, self.reference):
+                log_q = F.log_softmax(model(batch).double(), dim=-1)
+                kl_sum += float((log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0.0).sum())
+                n += len(batch)
+        return math.exp(-kl_sum / n)
+
+
+#: EfficientNet's calibration photographs; the held-out ones are the other `zoo.IMAGE_SOURCES`.
+EFFICIENTNET_CALIBRATION_SOURCES = ("coffee", "rocket", "camera", "coins", "brick", "grass")
+
+
+def _efficientnet_model(device: torch.device, quick: bool, dtype: torch.dtype | None) -> BenchModel:
+    from energyprune import zoo
+
+    model = zoo.load_efficientnet_lite0().to(device=device, dtype=dtype)
+    heldout_sources = tuple(s for s in zoo.IMAGE_SOURCES if s not in EFFICIENTNET_CALIBRATION_SOURCES)
+    # Random crops of scikit-image's photographs, calibration and evaluation split by photograph.
+    cal_images, _ = zoo.image_crops(EFFICIENTNET_CALIBRATION_SOURCES, 2 if quick else 4, seed=0)
+    held_images, _ = zoo.image_crops(heldout_sources, 2 if quick else 4, seed=1)
+    as_model = {"device": device} if dtype is None else {"device": device, "dtype": dtype}
+    calibration = [b.to(**as_model) for b in cal_images.split(8)]
+    heldout = [b.to(**as_model) for b in held_images.split(16)]
+    return BenchModel(
+        name="efficientnet", title="EfficientNet-Lite0 (16 MBConv blocks, 9 removable)", model=model,
+        inputs=held_images[:1].to(**as_model), calibration=calibration, evaluate=_ClassFidelity(model, heldout),
+        fidelity_definition="exp(-KL) of the 1000-class distributions vs the original on held-out photographs "
+                            "(agreement, not accuracy: no ImageNet labels offline)",
+        data={"inputs": "1 held-out image, 3x224x224, (x - 127) / 128",
+              "calibration": f"{len(cal_images)} random crops of scikit-image's "
+                             f"{', '.join(EFFICIENTNET_CALIBRATION_SOURCES)}",
+              "heldout": f"{len(held_images)} random crops of the other {len(heldout_sources)} photographs"})
+
+
 MODEL_BUILDERS: dict[str, Callable[[torch.device, bool, torch.dtype | None], BenchModel]] = {
-    "demo": _demo_model, "smollm2": _smollm2_model, "minilm": _minilm_model,
+    "demo": _demo_model, "smollm2": _smollm2_model, "minilm": _minilm_model, "efficientnet": _efficientnet_model,
 }
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from energyprune.errors import UsageError
 
 #: What `energyprune bench` runs unless told otherwise (kept here, torch-free, for --help).
-REFERENCE_MODELS = ("demo", "smollm2", "minilm")
+REFERENCE_MODELS = ("demo", "smollm2", "minilm", "efficientnet")
 DEFAULT_CRITERIA = ("cosine-block", "entropy-block", "magnitude", "random")
 DEFAULT_TARGET = "-30%"
 

