@@ -14,6 +14,7 @@ Method (README, "How a measurement is taken"):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import platform
@@ -320,6 +321,12 @@ class Meter:
             stop_reason = self._repeat(session, [run_a, run_b], idle_w)
             a = self._result(session, run_a, idle_w, stop_reason)
             b = self._result(session, run_b, idle_w, stop_reason)
+        ratio_precision = self._achieved_precision([run_a, run_b])
+        if stop_reason == "max-duration-reached" and ratio_precision > self.config.precision:
+            note = (f"the ratio's 95% interval is +-{ratio_precision * 100:.1f}%, wider than the "
+                    f"+-{self.config.precision * 100:g}% asked: --max-duration ({self.config.max_duration_s:g} s) "
+                    "ran out first")
+            b = dataclasses.replace(b, warnings=(*b.warnings, note))
         return Comparison(a, b, tuple(_bracketed_ratios(run_a.windows, run_b.windows)), stop_reason)
 
     # ---- phases -----------------------------------------------------------------------------
@@ -423,8 +430,11 @@ class Meter:
                 "some windows drew less than the idle power: the idle baseline drifted (the "
                 "above-idle figure is uncertain; measure longer or let the device settle)"
             )
-        if stop_reason == "max-duration-reached":
-            achieved = stats.relative_half_width(stats.mean_ci95([w.per_inference_j for w in run.windows]))
+        achieved = (stats.relative_half_width(stats.mean_ci95([w.per_inference_j for w in run.windows]))
+                    if len(run.windows) >= 2 else math.inf)
+        # In a comparison the precision asked is the ratio's (warned by `compare`); a run's own
+        # interval may well be narrower than asked, and then there is nothing to warn about.
+        if stop_reason == "max-duration-reached" and achieved > self.config.precision:
             warnings.append(
                 f"the 95% interval is +-{achieved * 100:.1f}%, wider than the +-{self.config.precision * 100:g}% "
                 f"asked: --max-duration ({self.config.max_duration_s:g} s) ran out first"
