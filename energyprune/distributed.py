@@ -58,7 +58,6 @@ if TYPE_CHECKING:  # torch is imported lazily: `combine` works on plain dicts wi
     from torch.distributed import ProcessGroup
 
     from energyprune.measurement import Measurement
-    from energyprune.meter import Agree
     from energyprune.models import Inputs
 
 logger = logging.getLogger(__name__)
@@ -222,6 +221,8 @@ def _check_records(rank_results: Sequence[Mapping[str, Any]]) -> list[Mapping[st
             raise UsageError(f"rank result #{i} is not a record made by energyprune.distributed "
                              "(no 'rank' key)")
     failed = sorted((r for r in rank_results if r.get("error") is not None), key=lambda r: r["rank"])
+    # Ranks that stopped only because another failed in lockstep say nothing the failing one doesn't.
+    failed = [r for r in failed if r.get("error_type") != LockstepAborted.__name__] or failed
     if failed:
         # The failing ranks' own error class when they agree (BackendUnavailable stays that).
         kinds = {str(r.get("error_type")) for r in failed}
@@ -593,19 +594,47 @@ def _process_group(info: RankInfo | None, group: ProcessGroup | None,
             dist.destroy_process_group()
 
 
-def _all_reduce_agreement(group: ProcessGroup | None) -> Agree:
-    """A `meter.Agree` over `group`: one all_reduce (MAX or MIN) of a float64 scalar on the CPU."""
-    import torch
-    import torch.distributed as dist
+class LockstepAborted(MeasurementError):
+    """Another rank failed during a lockstep measurement: this rank stopped with it. The failing
+    rank's own error is the one reported."""
 
-    operations = {"max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 
-    def agree(value: float, op: str) -> float:
-        box = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(box, op=operations[op], group=group)
-        return float(box.item())
+class _Agreement:
+    """A `meter.Agree` over a gloo group that can also carry an abort.
 
-    return agree
+    Every exchange is one all_reduce (MAX) of [value, abort] as float64 on the CPU ("min" sends
+    −value), so an agreement, the closing `finish` and a failing rank's `abort` all match one
+    another: a rank that fails sends `abort` once, the others meet it in whatever agreement they
+    are waiting in, raise LockstepAborted, and every rank goes on to the gather of the records.
+    Without it they would wait in their agreement until the group's timeout."""
+
+    def __init__(self, group: ProcessGroup | None) -> None:
+        self.group = group
+
+    def _exchange(self, value: float, abort: bool) -> float:
+        import torch
+        import torch.distributed as dist
+
+        box = torch.tensor([value, 1.0 if abort else 0.0], dtype=torch.float64)
+        dist.all_reduce(box, op=dist.ReduceOp.MAX, group=self.group)
+        if not abort and float(box[1]) > 0:
+            raise LockstepAborted("stopped because another rank failed during the lockstep measurement")
+        return float(box[0])
+
+    def __call__(self, value: float, op: str) -> float:
+        return self._exchange(value, False) if op == "max" else -self._exchange(-value, False)
+
+    def finish(self) -> None:
+        """The closing exchange after a measurement: a rank that failed after the last agreement
+        is met here."""
+        self._exchange(0.0, False)
+
+    def abort(self) -> None:
+        """Tell the other ranks that this one failed (once, from the failing rank)."""
+        try:
+            self._exchange(0.0, True)
+        except RuntimeError:  # the group itself is broken: nothing left to tell anyone
+            logger.debug("could not send the lockstep abort", exc_info=True)
 
 
 def _group_rank_info(info: RankInfo | None, group: ProcessGroup | None) -> RankInfo:
@@ -662,8 +691,9 @@ def measure_distributed(
     gloo group from torchrun's environment and destroys it before returning.
 
     lockstep: every rank calls the model equally often (see the module note); needed when the
-    model's forward communicates with the other ranks. A rank that fails mid-measurement then
-    leaves the others waiting in an agreement until `timeout_s`."""
+    model's forward communicates with the other ranks. A rank that fails tells the others through
+    the agreement they are waiting in (`_Agreement`), so every rank still ends with its error. A
+    rank whose model hangs inside a collective cannot be helped: the others wait until `timeout_s`."""
     from energyprune.api import measure
     from energyprune.models import check_inputs, cuda_devices_of
     from energyprune.report import check_output_path, to_json, write_atomic
@@ -701,14 +731,27 @@ def measure_distributed(
         dist.barrier(group=pg)
         started = time.time()
         local: dict[str, Any] = {}
+        agreement = _Agreement(pg) if lockstep else None
         if own_error is None:
+            result = None
             try:
-                agree = _all_reduce_agreement(pg) if lockstep else None
-                result = measure(model, inputs, agree=agree, **measure_kwargs)
-                local = rank_record(result, info, devices=devices, started_unix_s=started,
-                                    ended_unix_s=time.time(), keep_trace=keep_traces)
+                result = measure(model, inputs, agree=agreement, **measure_kwargs)
+                if agreement is not None:
+                    agreement.finish()
+            except LockstepAborted as error:  # another rank failed: already told, nothing to send
+                own_error = error
             except Exception as error:  # sent to rank 0 and raised below, on every rank
                 own_error = error
+                if agreement is not None and result is None:
+                    agreement.abort()  # the others wait in an agreement (or in `finish`)
+            if own_error is None:
+                try:
+                    local = rank_record(result, info, devices=devices, started_unix_s=started,
+                                        ended_unix_s=time.time(), keep_trace=keep_traces)
+                except Exception as error:
+                    own_error = error
+        elif agreement is not None:
+            agreement.abort()  # the others are in their first agreement of the warm-up
         if own_error is not None:
             local = _failure_record(info, own_error)
         gathered = gather_measurements(local, group=pg)

@@ -400,6 +400,15 @@ def _worker(rank: int, tmp: str, ports: list[int]) -> None:
             outcome["d"] = [{"warmup": r["measurement"]["warmup_inferences"],
                              "windows": [w["n_inferences"] for w in r["measurement"]["windows"]]}
                             for r in result.to_dict()["rank_measurements"]]
+
+        # (E) lockstep with a failing rank: it tells the other one, which is waiting in an agreement.
+        started = time.monotonic()
+        try:
+            measure_distributed(nn.Linear(8, 8), x, backend=f"replay:{bad}", config=config, lockstep=True,
+                                timeout_s=120)
+        except Exception as error:
+            outcome["e_error"] = [type(error).__name__, str(error), getattr(error, "all_ranks", False)]
+        outcome["e_seconds"] = time.monotonic() - started
         dist.destroy_process_group()
     except BaseException:
         outcome["crash"] = traceback.format_exc()
@@ -467,6 +476,13 @@ def test_two_ranks_over_gloo_gather_at_rank_0(tmp_path):
     assert outcomes[0]["d_calls"] == outcomes[1]["d_calls"]
     first, second = outcomes[0]["d"]
     assert first == second and len(first["windows"]) >= CONFIG_KWARGS["repeats"]
+
+    # (E) a rank that fails in lockstep ends every rank with its own error, without a timeout.
+    assert outcomes[0]["e_error"] == outcomes[1]["e_error"]
+    kind, message, all_ranks = outcomes[0]["e_error"]
+    assert kind == "BackendUnavailable" and message.startswith("rank 1 failed:") and all_ranks
+    assert "rank 0" not in message  # rank 0 only stopped because of rank 1: not reported as a failure
+    assert max(o["e_seconds"] for o in outcomes) < 60  # the group's timeout is 120 s
 
 
 @pytest.mark.slow
