@@ -94,6 +94,11 @@ def fold_activation(model: nn.Module, mlp_path: str, *, inplace: bool = False) -
         # linear2.weight itself, ignoring the modules just replaced: 0 sends it down the unfused
         # path, which calls linear1 -> activation -> linear2 (now folded -> identity -> identity).
         container.activation_relu_or_gelu = 0
+        # nn.TransformerEncoder decides on its own nested-tensor fast path from its layers' weights
+        # (it reads layers[0].linear2.weight): off for an encoder holding the folded layer.
+        for module in model.modules():
+            if isinstance(module, nn.TransformerEncoder) and any(layer is container for layer in module.layers):
+                module.use_nested_tensor = False
 
     op = PruneOp(
         kind="fold_activation",

@@ -9,6 +9,7 @@ while observing), and a folded layer must leave it.
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import pytest
 import torch
@@ -95,3 +96,25 @@ def test_a_folded_layer_leaves_the_fast_path_and_computes_the_folded_map(demo, t
     expected = _run(reference, tokens, fast=False)
     torch.testing.assert_close(_run(folded, tokens, fast=True), expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(_run(folded, tokens, fast=False), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_folding_the_first_layer_of_a_transformer_encoder_keeps_padding_masks_working():
+    """nn.TransformerEncoder has its own nested-tensor fast path, which reads layers[0].linear2:
+    after folding layer 0 it must be off, and the masked forward must equal the unfused reference."""
+    torch.manual_seed(0)
+    encoder = torch.nn.TransformerEncoder(
+        torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 3, enable_nested_tensor=True).eval()
+    x = torch.randn(2, 5, 16)
+    mask = torch.tensor([[False] * 5, [False, False, False, True, True]])
+    folded, _ = fold_activation(encoder, "layers.0")
+    assert folded.use_nested_tensor is False
+    reference = copy.deepcopy(encoder)
+    reference.layers[0].activation = torch.nn.Identity()
+    reference.layers[0].activation_relu_or_gelu = 0
+    reference.use_nested_tensor = False
+    with fused_kernels_visible(), torch.inference_mode():
+        expected = reference(x, src_key_padding_mask=mask)
+    with torch.inference_mode():
+        got = folded(x, src_key_padding_mask=mask)
+    keep = ~mask  # padded positions carry no meaning (the nested path returns zeros there)
+    torch.testing.assert_close(got[keep], expected[keep], rtol=1e-4, atol=1e-4)
