@@ -377,7 +377,8 @@ def _efficientnet_model(device: torch.device, quick: bool, dtype: torch.dtype | 
         data={"inputs": "1 held-out image, 3x224x224, (x - 127) / 128",
               "calibration": f"{len(cal_images)} random crops of scikit-image's "
                              f"{', '.join(EFFICIENTNET_CALIBRATION_SOURCES)}",
-              "heldout": f"{len(held_images)} random crops of the other {len(heldout_sources)} photographs"})
+              "heldout": f"{len(held_images)} random crops of the other {len(heldout_sources)} photographs: "
+                         f"{', '.join(heldout_sources)}"})
 
 
 MODEL_BUILDERS: dict[str, Callable[[torch.device, bool, torch.dtype | None], BenchModel]] = {

@@ -282,4 +282,10 @@ def test_efficientnet_is_a_bench_model_with_disjoint_photographs():
     bench_model = MODEL_BUILDERS["efficientnet"](torch.device("cpu"), True, None)
     assert bench_model.inputs.shape == (1, 3, 224, 224) and bench_model.tokenizer is None
     assert bench_model.evaluate(bench_model.model) == pytest.approx(1.0, abs=1e-9)
-    assert "coffee" in bench_model.data["calibration"] and "coffee" not in bench_model.data["heldout"]
+    from energyprune import zoo
+    from energyprune.bench import EFFICIENTNET_CALIBRATION_SOURCES
+
+    heldout = [s for s in zoo.IMAGE_SOURCES if s not in EFFICIENTNET_CALIBRATION_SOURCES]
+    assert set(EFFICIENTNET_CALIBRATION_SOURCES) <= set(zoo.IMAGE_SOURCES) and len(heldout) == 12
+    assert all(name in bench_model.data["heldout"] for name in heldout)
+    assert not any(name in bench_model.data["heldout"] for name in EFFICIENTNET_CALIBRATION_SOURCES)

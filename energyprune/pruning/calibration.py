@@ -341,7 +341,13 @@ class _Collector:
                     prev[1] is hidden or (prev[1].shape == hidden.shape and torch.equal(prev[1], hidden))):
                 return
             logger.debug("the state entering block %d differs from the one leaving block %d: stored apart", i, i - 1)
-            buffer = self.outputs[i - 1].copy()
+            previous = self.outputs[i - 1]
+            same_kind = (previous.data is not None and previous.data.shape[1] == flat.shape[1]
+                         and previous.stage == self._plan_for(flat).stage)
+            # Until now the two were the same tensor, so the earlier rows are the input's too; a
+            # layer between the blocks that pools or widens the map (a ResNet-style loop) makes
+            # another kind of state, which starts a buffer of its own.
+            buffer = previous.copy() if same_kind else _Buffer(previous.capacity, previous.dtype)
             self.inputs[i] = buffer
         self._write(buffer, flat)
 

@@ -43,9 +43,13 @@ class PruneOutcome:
 def units_for(model: nn.Module, kind: str, calibration: Calibration | None = None) -> list[Unit]:
     """Every unit of `kind` the model offers.
 
-    Blocks: given calibration data, the first batch is run once and the blocks that change the
-    shape of the hidden state (strided or widening CNN blocks, which no model survives losing) are
-    left out; without data every block of the stack is offered."""
+    Blocks: given calibration data (re-iterable: a list of batches, since the criterion reads it
+    again), the first batch is run once and the blocks that change the shape of the hidden state
+    (strided or widening CNN blocks, which no model survives losing) are left out; without data
+    every block of the stack is offered."""
+    if calibration is not None and iter(calibration) is calibration:
+        raise UsageError("calibration must be re-iterable (a list of batches), not a one-shot iterator: "
+                         "reading its first batch here would take it from the criterion")
     if kind in ("block", "attention"):
         units = block_units(model, kind)
         first = next(iter(calibration), None) if calibration is not None else None

@@ -152,3 +152,80 @@ def test_prune_removes_only_removable_blocks_and_the_model_runs(cnn, images, cri
         removed_identity, _ = prune(cnn, criterion, 1, images, **options)
         with torch.no_grad():  # removing an exact identity leaves the outputs unchanged
             torch.testing.assert_close(removed_identity(images[1]), cnn(images[1]))
+
+
+class PooledCNN(nn.Module):
+    """Residual blocks with a pooling layer between two of them, outside the blocks (ResNet-style
+    loop): the state entering block 2 is not the one leaving block 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = nn.ModuleList(ConvBlock(8, 8, 1) for _ in range(4))
+        self.pool = nn.MaxPool2d(2)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i == 1:
+                x = self.pool(x)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_a_pooling_layer_between_blocks_starts_a_state_of_its_own(images):
+    torch.manual_seed(0)
+    model = PooledCNN().eval()
+    states = collect_block_states(model, images, max_tokens=10_000)
+    assert states.shape_preserving == (True,) * 4
+    assert states.outputs[1].shape[0] == 3 * 2 * 16 * 16  # before the pool
+    assert states.inputs[2].shape[0] == 3 * 2 * 8 * 8  # after it: another stage, its own buffer
+    profile = get_criterion("entropy-block", stage="all", protect=(), k=5).profile(model, images)
+    assert all(math.isfinite(d) for d in profile.delta)
+    outcome = prune(model, "entropy-block", 1, images, stage="all", protect=(), k=5)
+    with torch.no_grad():
+        assert outcome.model(images[0]).shape == (2, 5)
+
+
+def test_units_for_refuses_a_one_shot_iterator(cnn, images):
+    from energyprune.errors import UsageError
+
+    with pytest.raises(UsageError, match="re-iterable"):
+        units_for(cnn, "block", iter(images))
+    assert [u.index for u in units_for(cnn, "block", images)] == [1, 3, 4, 6]  # a list is fine
+
+
+class ChannelsLast(nn.Module):
+    """The TinyCNN's blocks fed channels-last maps (B, H, W, C), as some vision transformers pass
+    them: the default reads axis 1 (the height) as features, `feature_axis=-1` the channels."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(_Permuted(b) for b in inner.blocks)
+        self.stem = inner.stem
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x).permute(0, 2, 3, 1)
+        for block in self.blocks:
+            x = block(x)
+        return x.mean(dim=(1, 2))
+
+
+class _Permuted(nn.Module):
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+def test_feature_axis_option_reads_channels_last_maps(cnn, images):
+    model = ChannelsLast(cnn).eval()
+    cosine = get_criterion("cosine-block", feature_axis=-1)
+    scores = cosine.score(model, units_for(model, "block", images), images)
+    expected = get_criterion("cosine-block").score(cnn, units_for(cnn, "block", images), images)
+    assert [round(s, 6) for s in scores.values()] == [round(s, 6) for s in expected.values()]
+    entropy = get_criterion("entropy-block", stage="all", protect=(), k=5, feature_axis=-1)
+    assert entropy.profile(model, images).delta[IDENTITY] == pytest.approx(0.0, abs=1e-9)

@@ -41,16 +41,20 @@ class CosineBlockCriterion:
     protect: block indices scored +inf (never removed); negatives count from the end. ShortGPT
       protects none, so the default is ().
     max_batches: use at most this many calibration batches.
+    feature_axis: the axis of a hidden state that holds its features (default: the channels of a
+      4-D/5-D map, else the last axis; give -1 for channels-last maps such as (B, H, W, C)).
     """
 
     name = "cosine-block"
 
-    def __init__(self, unit_kind: str = "block", *, protect: Sequence[int] = (), max_batches: int | None = None) -> None:
+    def __init__(self, unit_kind: str = "block", *, protect: Sequence[int] = (), max_batches: int | None = None,
+                 feature_axis: int | None = None) -> None:
         if unit_kind not in BLOCK_KINDS:
             raise UsageError(f"{self.name}: unit_kind must be one of {', '.join(BLOCK_KINDS)}, got {unit_kind!r}")
         self.unit_kind = unit_kind
         self.protect = check_protect(protect, self.name)
         self.max_batches = max_batches
+        self.feature_axis = feature_axis
         self.last_states: BlockStates | None = None
 
     def __repr__(self) -> str:
@@ -62,7 +66,7 @@ class CosineBlockCriterion:
         stack = require_stack(model, self.name)
         states = collect_block_states(
             model, calibration, stack, max_tokens=0, attention=self.unit_kind == "attention",
-            max_batches=self.max_batches)
+            max_batches=self.max_batches, feature_axis=self.feature_axis)
         self.last_states = states
         if self.unit_kind == "attention":
             assert states.attention_influence is not None

@@ -133,6 +133,8 @@ class EntropyBlockCriterion:
     protect: block indices never removed, negatives from the end; default first two and last.
     max_tokens: token vectors sampled per boundary (memory bound of the calibration pass).
     max_batches: use at most this many calibration batches. seed: seeds the token sample.
+    feature_axis: the axis of a hidden state that holds its features (default: the channels of a
+      4-D/5-D map, else the last axis; give -1 for channels-last maps such as (B, H, W, C)).
     """
 
     name = "entropy-block"
@@ -147,6 +149,7 @@ class EntropyBlockCriterion:
         max_tokens: int = 2048,
         max_batches: int | None = None,
         seed: int = 0,
+        feature_axis: int | None = None,
         **estimator_options: Any,
     ) -> None:
         self._estimate = get_estimator(estimator)
@@ -165,6 +168,7 @@ class EntropyBlockCriterion:
         self.max_tokens = max_tokens
         self.max_batches = max_batches
         self.seed = seed
+        self.feature_axis = feature_axis
         self.last_profile: EntropyProfile | None = None
 
     def __repr__(self) -> str:
@@ -238,7 +242,7 @@ class EntropyBlockCriterion:
         stack = require_stack(model, self.name)
         states = collect_block_states(
             model, calibration, stack, max_tokens=self.max_tokens, attention=self.unit_kind == "attention",
-            max_batches=self.max_batches, seed=self.seed)
+            max_batches=self.max_batches, seed=self.seed, feature_axis=self.feature_axis)
         return self.profile_from_states(states)
 
     def score(self, model: torch.nn.Module, units: Sequence[Unit], calibration: Calibration) -> dict[Unit, float]:
@@ -260,4 +264,4 @@ def _check_options(estimator: str, options: dict[str, Any]) -> None:
         raise UsageError(
             f"entropy-block: the {estimator!r} estimator takes no option {', '.join(unknown)}; "
             f"its options are {', '.join(parameters)} (the criterion's own: estimator, unit_kind, stage, "
-            "protect, max_tokens, max_batches, seed)")
+            "protect, max_tokens, max_batches, seed, feature_axis)")
