@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import torch
 
+from energyprune.meter import MeterConfig
 from energyprune.metrics.floor import device_name as _library_device_name
 from energyprune.metrics.floor import device_slug as _library_device_slug
 from energyprune.report import to_json, write_atomic
@@ -139,6 +141,20 @@ def apply_meter_defaults(args: Any, device: torch.device) -> None:
     for key, value in METER_DEFAULTS[device.type].items():
         if getattr(args, key, None) is None:
             setattr(args, key, type(value)(value))
+
+
+def prepare_run(args: Any, device: torch.device) -> MeterConfig:
+    """What every pruning benchmark does before its first model: quiet logging (the meter's
+    "falling back to the ESTIMATED backend" note is kept in every row's warnings; printing it for
+    each of ~100 comparisons helps nobody), a fixed seed, `--threads` on the CPU, and the meter
+    config of the command line (no precision target: the repeats are the plan)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("energyprune.api").setLevel(logging.ERROR)
+    torch.manual_seed(0)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    return MeterConfig(window_s=args.window_s, repeats=args.repeats, precision=0.0, idle_s=args.idle_s,
+                       min_warmup_s=args.min_warmup_s, max_warmup_s=args.max_warmup_s, keep_trace=False)
 
 
 def to_device(obj: Any, device: torch.device) -> Any:

@@ -73,6 +73,7 @@ from common import (  # noqa: E402
     device_slug,
     load_json,
     load_resume,
+    prepare_run,
     resolve_device,
     results_dir,
     save_json,
@@ -826,16 +827,7 @@ def main() -> int:
     models = args.models or list(BENCHES)
     device = args.torch_device = resolve_device(args.device) if not args.plan else torch.device(args.device)
     apply_meter_defaults(args, device)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # The meter's "falling back to the ESTIMATED backend" note is kept in every row's warnings;
-    # printing it for each of ~100 comparisons helps nobody.
-    logging.getLogger("energyprune.api").setLevel(logging.ERROR)
-    torch.manual_seed(0)
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
-
-    config = MeterConfig(window_s=args.window_s, repeats=args.repeats, precision=0.0, idle_s=args.idle_s,
-                         min_warmup_s=args.min_warmup_s, max_warmup_s=args.max_warmup_s, keep_trace=False)
+    config = prepare_run(args, device)
     specs, skipped = criterion_specs(args.seeds)
     if args.criteria:
         specs = [s for s in specs if s.label in args.criteria or s.name in args.criteria or s.family in args.criteria]

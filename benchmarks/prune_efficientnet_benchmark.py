@@ -61,7 +61,15 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import apply_meter_defaults, device_record, load_json, resolve_device, results_dir, save  # noqa: E402
+from common import (  # noqa: E402
+    apply_meter_defaults,
+    device_record,
+    load_json,
+    prepare_run,
+    resolve_device,
+    results_dir,
+    save,
+)
 from prune_benchmark import energy_record  # noqa: E402
 
 from energyprune import zoo  # noqa: E402
@@ -560,13 +568,7 @@ def main() -> int:
         return 0
     device = resolve_device(args.device)
     apply_meter_defaults(args, device)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("energyprune.api").setLevel(logging.ERROR)
-    torch.manual_seed(0)
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    config = MeterConfig(window_s=args.window_s, repeats=args.repeats, precision=0.0, idle_s=args.idle_s,
-                         min_warmup_s=args.min_warmup_s, max_warmup_s=args.max_warmup_s, keep_trace=False)
+    config = prepare_run(args, device)
     out_dir = args.out_dir or (Path(tempfile.mkdtemp(prefix="energyprune-effnet-")) if args.quick
                                else results_dir(device))
     started = time.perf_counter()

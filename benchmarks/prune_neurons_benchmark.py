@@ -77,6 +77,7 @@ from common import (  # noqa: E402
     device_record,
     load_json,
     load_resume,
+    prepare_run,
     resolve_device,
     results_dir,
     save_json,
@@ -786,14 +787,7 @@ def main() -> int:
     # The block benchmark's data builders read these; the oracle is not used here.
     args.oracle_seqs = 1
     args.k_smollm2 = args.k_minilm = 1
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("energyprune.api").setLevel(logging.ERROR)
-    torch.manual_seed(0)
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
-
-    config = MeterConfig(window_s=args.window_s, repeats=args.repeats, precision=0.0, idle_s=args.idle_s,
-                         min_warmup_s=args.min_warmup_s, max_warmup_s=args.max_warmup_s, keep_trace=False)
+    config = prepare_run(args, device)
     specs, skipped = neuron_specs(args.seeds, args)
     folds = [] if args.no_fold else fold_specs(args.seeds)
     if args.criteria:
