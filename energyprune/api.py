@@ -116,6 +116,7 @@ class EnergyMeter:
         cpu_tdp_w: float | None = None,
         sample_interval_s: float = 0.005,
         keep_trace: bool = True,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if cuda_devices is None:
             cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
@@ -124,13 +125,14 @@ class EnergyMeter:
         self._idle_s = idle_s
         self._sample_interval_s = sample_interval_s
         self._keep_trace = keep_trace
+        self._clock = clock
         self._session: MeterSession | None = None
         self._start: Any = None
         self._idle_w: dict[str, float] = {}
         self.result: EnergySpan | None = None
 
     def __enter__(self) -> EnergyMeter:
-        self._session = MeterSession(self._backends, self._sync, self._sample_interval_s)
+        self._session = MeterSession(self._backends, self._sync, self._sample_interval_s, self._clock)
         self._session.__enter__()
         try:
             self._idle_w = self._session.idle_power_w(self._idle_s)

@@ -73,7 +73,8 @@ def _add_measure_options(parser: argparse.ArgumentParser) -> None:
                        help="auto (default), nvml, rapl, estimated, replay:PATH, or a comma list (nvml,rapl)")
     meter.add_argument("--duration", type=_positive_float, default=2.0, metavar="S",
                        help="minimum seconds per window (default 2: >= 20 ticks of a 100 ms GPU counter)")
-    meter.add_argument("--repeats", type=_positive_int, default=5, help="minimum number of windows (default 5)")
+    meter.add_argument("--repeats", type=_positive_int, default=6,
+                       help="minimum number of windows (default 6: the fewest for a 95%% interval of the median)")
     meter.add_argument("--precision", type=_non_negative_float, default=0.02,
                        help="add windows until the 95%% half-width is within this fraction (default 0.02; 0: just --repeats)")
     meter.add_argument("--max-duration", type=_positive_float, default=60.0, metavar="S",

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from energyprune.backends.base import Backend
+from energyprune.clock import sleep_on
 from energyprune.measurement import DomainInfo
 from energyprune.sampler import PowerSampler
 
@@ -109,7 +110,7 @@ class EdgeReader:
                     else:
                         previous_start[name] = t_before
             if pending and self._poll_pause_s:
-                time.sleep(self._poll_pause_s)
+                sleep_on(self._clock, self._poll_pause_s)
         missed = sorted(pending)
         now = self._clock()
         for name in missed:

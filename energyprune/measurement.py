@@ -151,11 +151,13 @@ class Measurement:
         return values
 
     def _quantisation_per_inference_j(self, domain: str | None = None) -> float:
-        """Mean edge-quantisation half-width per inference, summed over the chosen domains."""
+        """The largest edge-quantisation half-width per inference of any window, summed over the
+        chosen domains: a bound on how far each window's figure may be from its true value, so
+        the order statistics of the measured windows are within it of the true ones."""
         names = [d.name for d in self.domains] if domain is None else [domain]
         per_window = [sum(w.edge_uncertainty_j.get(n, 0.0) for n in names) / w.n_inferences
                       for w in self.windows]
-        return stats.median(per_window) / max(1, len(per_window)) ** 0.5
+        return max(per_window, default=0.0)
 
     # ---- headline figures -------------------------------------------------------------------
     @property
@@ -177,15 +179,18 @@ class Measurement:
         return self.per_inference_dynamic_j / self.batch_size
 
     @property
-    def ci95_j(self) -> tuple[float, float]:
-        """95% interval of the per-inference energy: window spread (Student t) and edge
-        quantisation in quadrature. It does not include an estimate's model uncertainty."""
-        return stats.mean_ci95(self._per_inference(), self._quantisation_per_inference_j())
+    def ci95_j(self) -> stats.Interval:
+        """95% interval of the median per-inference energy (`per_inference_j`): the order-statistic
+        interval of the windows' median, widened by the edge quantisation, never below 0. It does
+        not include an estimate's model uncertainty (`estimate_band_j`). `ci95_j.level` is the
+        confidence it really has (below 0.95 with fewer than six windows)."""
+        return stats.median_interval(self._per_inference(), self._quantisation_per_inference_j(),
+                                     non_negative=True)
 
     @property
-    def ci95_dynamic_j(self) -> tuple[float, float]:
-        return stats.mean_ci95(self._per_inference(dynamic=True),
-                               self._quantisation_per_inference_j())
+    def ci95_dynamic_j(self) -> stats.Interval:
+        """The same for the energy above idle (a difference: it may come out below 0)."""
+        return stats.median_interval(self._per_inference(dynamic=True), self._quantisation_per_inference_j())
 
     @property
     def cov(self) -> float:
@@ -231,8 +236,8 @@ class Measurement:
             "device": domain.device,
             "per_inference_j": stats.median(per_inference),
             "per_inference_dynamic_j": stats.median(dynamic),
-            "ci95_j": list(stats.mean_ci95(per_inference,
-                                           self._quantisation_per_inference_j(domain.name))),
+            "ci95_j": list(stats.median_interval(per_inference, self._quantisation_per_inference_j(domain.name),
+                                                 non_negative=True)),
             "energy_j": energy_j,
             "mean_power_w": energy_j / self.duration_s,
             "idle_power_w": self.idle_power_w.get(domain.name, 0.0),
@@ -253,6 +258,8 @@ class Measurement:
             "per_sample_dynamic_j": self.per_sample_dynamic_j,
             "ci95_j": list(self.ci95_j),
             "ci95_dynamic_j": list(self.ci95_dynamic_j),
+            "ci_level": self.ci95_j.level,
+            "estimator": "median of windows; order-statistic interval",
             "cov": self.cov,
             "estimate_band_j": list(band) if band is not None else None,
             "n_inferences": self.n_inferences,

@@ -27,6 +27,7 @@ from energyprune import stats
 from energyprune.backends.base import Backend, DeviceFactsReporter, DeviceStateReporter, PowerSensor
 # The names of throttle reasons that change what a joule buys belong to the backend reporting them.
 from energyprune.backends.nvml import LIMITING_THROTTLE_REASONS
+from energyprune.clock import sleep_on
 from energyprune.edges import COARSE_RESOLUTION_S, EdgeReader
 from energyprune.errors import BackendError, EnergyPruneError, MeasurementError, UsageError
 from energyprune.measurement import DeviceState, DomainInfo, Measurement, PowerTrace, Provenance, Window
@@ -43,7 +44,7 @@ Progress = Callable[[str, float, str], None]
 @dataclass(frozen=True)
 class MeterConfig:
     window_s: float = 2.0  # minimum length of one window; >= 20 ticks of a 100 ms counter
-    repeats: int = 5  # minimum number of windows
+    repeats: int = 6  # minimum number of windows: the fewest for a 95% interval of the median
     precision: float = 0.02  # stop once the 95% half-width is within this fraction of the figure
     max_duration_s: float = 60.0  # stop adding windows once their total time would exceed this
     idle_s: float = 1.0  # length of the idle-power window before warm-up
@@ -81,17 +82,20 @@ class Comparison:
 
     @property
     def ratio(self) -> float:
+        """The median of the bracketed ratios."""
         return stats.median(self.ratios)
 
     @property
-    def ratio_ci95(self) -> tuple[float, float]:
-        return stats.mean_ci95(self.ratios)
+    def ratio_ci95(self) -> stats.Interval:
+        """The order-statistic interval of that median (the same estimator as a measurement's)."""
+        return stats.median_interval(self.ratios, non_negative=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": "energyprune.comparison/1",
             "ratio_b_over_a": self.ratio,
             "ratio_ci95": list(self.ratio_ci95),
+            "ratio_ci_level": self.ratio_ci95.level,
             "ratio_cov": stats.cov(self.ratios),
             "ratios": list(self.ratios),
             "stop_reason": self.stop_reason,
@@ -249,7 +253,7 @@ class MeterSession:
         assert self.edges is not None and self.sampler is not None
         self.sync()
         start = self.edges.start_edge()
-        time.sleep(idle_s)
+        sleep_on(self.clock, idle_s)
         end = self.edges.end_edge()
         self.check_sampler()
         idle_w: dict[str, float] = {}
@@ -391,15 +395,13 @@ class Meter:
         return reason
 
     def _achieved_precision(self, runs: list[_Run]) -> float:
+        """The relative half-width of the median's 95% interval; infinite until there are
+        enough values for the interval to reach 95%."""
         if len(runs) == 2:
-            ratios = _bracketed_ratios(runs[0].windows, runs[1].windows)
-            if len(ratios) < 2:
-                return math.inf
-            return stats.relative_half_width(stats.mean_ci95(ratios))
-        values = [w.per_inference_j for w in runs[0].windows]
-        if len(values) < 2:
-            return math.inf
-        return stats.relative_half_width(stats.mean_ci95(values))
+            values = _bracketed_ratios(runs[0].windows, runs[1].windows)
+        else:
+            values = [w.per_inference_j for w in runs[0].windows]
+        return _precision_of(values)
 
     def _window(self, session: MeterSession, run: _Run, index: int, idle_w: Mapping[str, float]) -> None:
         n = run.n_per_window
@@ -430,8 +432,12 @@ class Meter:
                 "some windows drew less than the idle power: the idle baseline drifted (the "
                 "above-idle figure is uncertain; measure longer or let the device settle)"
             )
-        achieved = (stats.relative_half_width(stats.mean_ci95([w.per_inference_j for w in run.windows]))
-                    if len(run.windows) >= 2 else math.inf)
+        achieved = _precision_of([w.per_inference_j for w in run.windows])
+        if len(run.windows) < stats.MIN_VALUES_FOR_LEVEL:
+            level = stats.median_rank(len(run.windows))[1]
+            warnings.append(
+                f"only {len(run.windows)} window(s): the interval [min, max] holds the median with "
+                f"{level * 100:.1f}% confidence, not 95% (--repeats {stats.MIN_VALUES_FOR_LEVEL} or more for 95%)")
         # In a comparison the precision asked is the ratio's (warned by `compare`); a run's own
         # interval may well be narrower than asked, and then there is nothing to warn about.
         if stop_reason == "max-duration-reached" and achieved > self.config.precision:
@@ -489,6 +495,13 @@ def _stable(latencies: Sequence[float], window: int = 5, tolerance: float = 0.05
     recent = stats.median(latencies[-window:])
     before = stats.median(latencies[-2 * window:-window])
     return abs(recent - before) <= tolerance * before
+
+
+def _precision_of(values: Sequence[float]) -> float:
+    if len(values) < stats.MIN_VALUES_FOR_LEVEL:
+        return math.inf
+    centre = stats.median(values)
+    return stats.relative_half_width(stats.median_interval(values), centre)
 
 
 def _bracketed_ratios(a_windows: Sequence[Window], b_windows: Sequence[Window]) -> list[float]:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from energyprune.clock import Periodic, start_periodic
 from energyprune.measurement import PowerTrace
 
 logger = logging.getLogger(__name__)
@@ -22,7 +23,8 @@ PowerSource = Callable[[], Mapping[str, float]]
 
 
 class PowerSampler:
-    """Samples every source every `interval_s` on a daemon thread until stopped."""
+    """Samples every source every `interval_s` until stopped: on a daemon thread for the wall
+    clock, or at each simulated instant for a `clock.SimulatedClock`."""
 
     def __init__(
         self,
@@ -38,8 +40,7 @@ class PowerSampler:
         self._t_s: list[float] = []
         self._power_w: dict[str, list[float]] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic: Periodic | None = None
         self.error: BaseException | None = None
 
     @property
@@ -51,17 +52,15 @@ class PowerSampler:
         return bool(self._sources)
 
     def start(self) -> None:
-        if not self._sources or self._thread is not None:
+        if not self._sources or self._periodic is not None:
             return
         self.sample_once()  # one sample before returning, so a window never starts uncovered
-        self._thread = threading.Thread(target=self._run, name="energyprune-power", daemon=True)
-        self._thread.start()
+        self._periodic = start_periodic(self._clock, self._interval_s, self._tick, "energyprune-power")
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
-            self._thread = None
+        if self._periodic is not None:
+            self._periodic.stop()
+            self._periodic = None
 
     def sample_once(self) -> None:
         values: dict[str, float] = {}
@@ -82,21 +81,14 @@ class PowerSampler:
                 if len(series) < len(self._t_s):
                     series.append(math_nan())
 
-    def _run(self) -> None:
-        next_t = self._clock()
-        while not self._stop.is_set():
-            try:
-                self.sample_once()
-            except BaseException as error:  # reported by the meter at the next window edge
-                self.error = error
-                logger.debug("power sampler stopped: %s", error)
-                return
-            next_t += self._interval_s
-            delay = next_t - self._clock()
-            if delay < 0:  # fell behind (a slow read): do not try to catch up in a burst
-                next_t = self._clock()
-                delay = 0.0
-            self._stop.wait(delay)
+    def _tick(self) -> None:
+        if self.error is not None:
+            return
+        try:
+            self.sample_once()
+        except BaseException as error:  # reported by the meter at the next window edge
+            self.error = error  # from then on the callback does nothing
+            logger.debug("power sampler stopped: %s", error)
 
     def has(self, domain: str) -> bool:
         with self._lock:

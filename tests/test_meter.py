@@ -1,9 +1,8 @@
 from __future__ import annotations
 
-import time
-
 import pytest
 
+from energyprune.clock import SimulatedClock
 from energyprune.errors import MeasurementError, UsageError
 from energyprune.measurement import Provenance
 from energyprune.meter import Meter, MeterConfig
@@ -13,21 +12,18 @@ FAST = MeterConfig(window_s=0.15, repeats=4, precision=0.0, max_duration_s=1.0, 
                    max_warmup_s=0.05, sample_interval_s=0.002)
 
 
-def busy(duration_s: float) -> None:
-    end = time.perf_counter() + duration_s
-    while time.perf_counter() < end:
-        pass
 
 
 @pytest.mark.parametrize("backend_cls", [ScriptedBackend, SensingScriptedBackend])
 def test_meter_recovers_the_energy_of_each_call_despite_a_coarse_counter(backend_cls):
-    fake = backend_cls(idle_w=100.0, call_energy_j=0.5, tick_s=0.02)
+    clock = SimulatedClock()
+    fake = backend_cls(idle_w=100.0, call_energy_j=0.5, tick_s=0.02, clock=clock)
 
     def workload():
         fake.call()
-        busy(0.002)
+        clock.sleep(0.002)
 
-    m = Meter([fake], FAST).measure(workload, batch_size=4)
+    m = Meter([fake], FAST, clock=clock).measure(workload, batch_size=4)
     # Above idle, each call costs exactly its impulse; the edge corrections must not leak a tick.
     assert m.per_inference_dynamic_j == pytest.approx(0.5, rel=0.03)
     latency = m.latency_s["median"]
@@ -42,14 +38,15 @@ def test_meter_recovers_the_energy_of_each_call_despite_a_coarse_counter(backend
 
 
 def test_each_window_matches_the_true_energy_of_its_interval():
-    fake = SensingScriptedBackend(idle_w=50.0, call_energy_j=1.0, tick_s=0.05)
+    clock = SimulatedClock()
+    fake = SensingScriptedBackend(idle_w=50.0, call_energy_j=1.0, tick_s=0.05, clock=clock)
     windows = []
 
     def workload():
         fake.call()
-        busy(0.003)
+        clock.sleep(0.003)
 
-    m = Meter([fake], FAST).measure(workload)
+    m = Meter([fake], FAST, clock=clock).measure(workload)
     for w in m.windows:
         windows.append(w)
         # one tick of the counter is 50 W x 0.05 s = 2.5 J; the correction must beat that by far
@@ -58,49 +55,53 @@ def test_each_window_matches_the_true_energy_of_its_interval():
 
 
 def test_precision_rule_stops_early_and_says_so():
-    fake = SensingScriptedBackend(idle_w=10.0, call_energy_j=0.2, tick_s=0.01)
+    clock = SimulatedClock()
+    fake = SensingScriptedBackend(idle_w=10.0, call_energy_j=0.2, tick_s=0.01, clock=clock)
 
     def workload():
         fake.call()
-        busy(0.001)
+        clock.sleep(0.001)
 
     config = MeterConfig(window_s=0.05, repeats=3, precision=0.5, max_duration_s=5.0, idle_s=0.05,
                          max_warmup_s=0.02, sample_interval_s=0.002)
-    m = Meter([fake], config).measure(workload)
+    m = Meter([fake], config, clock=clock).measure(workload)
     assert m.stop_reason == "precision-reached"
-    assert len(m.windows) == 3
+    # 3 repeats asked, but the median's interval reaches 95% only from 6 windows on
+    assert len(m.windows) == 6 and m.ci95_j.level >= 0.95
 
 
 def test_max_duration_stops_and_warns_when_precision_is_not_reached():
-    fake = SensingScriptedBackend(idle_w=10.0, call_energy_j=0.2, tick_s=0.01)
+    clock = SimulatedClock()
+    fake = SensingScriptedBackend(idle_w=10.0, call_energy_j=0.2, tick_s=0.01, clock=clock)
     calls = {"n": 0}
 
     def workload():
         calls["n"] += 1
         # alternate cheap and expensive windows so the interval cannot close
         fake.call()
-        busy(0.001 if (calls["n"] // 40) % 2 else 0.004)
+        clock.sleep(0.001 if (calls["n"] // 40) % 2 else 0.004)
 
     config = MeterConfig(window_s=0.05, repeats=3, precision=1e-6, max_duration_s=0.4, idle_s=0.05,
                          max_warmup_s=0.02, sample_interval_s=0.002)
-    m = Meter([fake], config).measure(workload)
+    m = Meter([fake], config, clock=clock).measure(workload)
     assert m.stop_reason == "max-duration-reached"
     assert any("ran out first" in w for w in m.warnings)
 
 
 def test_compare_interleaves_and_reports_the_ratio():
-    fake = SensingScriptedBackend(idle_w=0.0, call_energy_j=1.0, tick_s=0.01)
+    clock = SimulatedClock()
+    fake = SensingScriptedBackend(idle_w=0.0, call_energy_j=1.0, tick_s=0.01, clock=clock)
 
     def cheap():
         fake.call()
-        busy(0.002)
+        clock.sleep(0.002)
 
     def dear():
         fake.call()
         fake.call()
-        busy(0.002)
+        clock.sleep(0.002)
 
-    comparison = Meter([fake], FAST).compare(cheap, dear)
+    comparison = Meter([fake], FAST, clock=clock).compare(cheap, dear)
     assert comparison.ratio == pytest.approx(2.0, rel=0.05)
     low, high = comparison.ratio_ci95
     assert low <= 2.0 * 1.05 and high >= 2.0 * 0.95
@@ -110,13 +111,14 @@ def test_compare_interleaves_and_reports_the_ratio():
 
 
 def test_failing_workload_is_a_clear_measurement_error():
-    fake = SensingScriptedBackend()
+    clock = SimulatedClock()
+    fake = SensingScriptedBackend(clock=clock)
 
     def broken():
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
     with pytest.raises(MeasurementError, match="shapes cannot be multiplied"):
-        Meter([fake], FAST).measure(broken)
+        Meter([fake], FAST, clock=clock).measure(broken)
 
 
 @pytest.mark.parametrize("kwargs", [{"window_s": 0}, {"repeats": 0}, {"max_duration_s": 0}, {"precision": -1}])
@@ -150,21 +152,22 @@ def test_an_agreement_makes_the_meter_call_as_often_as_the_slowest_process():
     """In lockstep every decision that sets how often the workload runs is the group's: the
     warm-up lasts until the other process is warm, each window takes the calls it needs, and the
     measurement goes on until it is done too."""
-    fake = ScriptedBackend(idle_w=10.0, call_energy_j=0.1, tick_s=0.01)
+    clock = SimulatedClock()
+    fake = ScriptedBackend(idle_w=10.0, call_energy_j=0.1, tick_s=0.01, clock=clock)
     calls = []
 
     def workload():
         calls.append(1)
         fake.call()
-        busy(0.002)  # alone: ~25 warm-up calls in max_warmup_s (0.05 s), ~75 calls per 0.15 s window
+        clock.sleep(0.002)  # alone: ~25 warm-up calls in max_warmup_s (0.05 s), ~75 calls per 0.15 s window
 
     other = OtherProcess(calls=150, warm_after=40, windows=6)
-    m = Meter([fake], FAST, agree=other).measure(workload)
+    m = Meter([fake], FAST, agree=other, clock=clock).measure(workload)
     assert m.warmup_inferences >= 40  # the warm-up lasts until the other process is warm too
     assert [w.n_inferences for w in m.windows] == [150] * 6  # the other process's count, each window
     assert len(m.windows) == 6 and m.stop_reason == "repeats-done"  # 4 repeats asked, 6 agreed
     assert len(calls) == m.warmup_inferences + 6 * 150
 
-    alone = Meter([fake], FAST).measure(workload)
+    alone = Meter([fake], FAST, clock=clock).measure(workload)
     assert len(alone.windows) == 4 and alone.warmup_inferences < 40
     assert all(w.n_inferences < 150 for w in alone.windows)

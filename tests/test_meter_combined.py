@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from energyprune.api import EnergyMeter
 from energyprune.backends.nvml import NvmlBackend
 from energyprune.backends.rapl import RaplBackend
+from energyprune.clock import SimulatedClock
 from energyprune.meter import Meter, MeterConfig
 from tests.fakes.fake_pynvml import FakeGpu, make_fake_pynvml
 from tests.fakes.powercap import add_energy, two_sockets_with_dram
@@ -17,23 +16,21 @@ CONFIG = MeterConfig(window_s=0.2, repeats=3, precision=0.0, idle_s=0.25, max_wa
                      sample_interval_s=0.002)
 
 
-def busy(duration_s: float) -> None:
-    end = time.perf_counter() + duration_s
-    while time.perf_counter() < end:
-        pass
 
 
 def test_domains_of_all_backends_are_kept_apart_and_summed(tmp_path):
+    clock = SimulatedClock()
     gpus = [FakeGpu(load_w=100.0), FakeGpu(load_w=60.0)]
-    nvml = NvmlBackend(cuda_devices=[0, 1], nvml=make_fake_pynvml(gpus, tick_s=0.1), environ={})
+    nvml = NvmlBackend(cuda_devices=[0, 1], nvml=make_fake_pynvml(gpus, tick_s=0.1, clock=clock), environ={},
+                       clock=clock)
     zones = two_sockets_with_dram(tmp_path / "powercap")
-    rapl = RaplBackend(tmp_path / "powercap", cpuinfo_path=tmp_path / "none")
+    rapl = RaplBackend(tmp_path / "powercap", cpuinfo_path=tmp_path / "none", clock=clock)
 
     def call() -> None:
         add_energy(zones["package-0"], 10_000)  # 10 mJ on socket 0's package per call
-        busy(0.002)
+        clock.sleep(0.002)
 
-    m = Meter([nvml, rapl], CONFIG).measure(call)
+    m = Meter([nvml, rapl], CONFIG, clock=clock).measure(call)
     names = {d.name for d in m.domains}
     assert {"gpu:0", "gpu:1", "rapl:package-0", "rapl:package-1", "rapl:dram-0", "rapl:dram-1"} == names
     summary = {d["name"]: d for d in m.to_dict()["domains"]}
@@ -47,11 +44,13 @@ def test_domains_of_all_backends_are_kept_apart_and_summed(tmp_path):
 
 
 def test_energy_meter_span_with_idle_baseline(tmp_path):
+    clock = SimulatedClock()
     gpu = FakeGpu(load_w=50.0)
-    nvml = NvmlBackend(cuda_devices=[0], nvml=make_fake_pynvml([gpu], tick_s=0.1), environ={})
-    with EnergyMeter([nvml], idle_s=0.3) as meter:
+    nvml = NvmlBackend(cuda_devices=[0], nvml=make_fake_pynvml([gpu], tick_s=0.1, clock=clock), environ={},
+                       clock=clock)
+    with EnergyMeter([nvml], idle_s=0.3, clock=clock) as meter:
         gpu.load_w = 250.0
-        busy(0.2)
+        clock.sleep(0.2)
         gpu.load_w = 50.0
     span = meter.result
     assert span is not None

@@ -123,12 +123,14 @@ class RaplBackend:
         *,
         cpuinfo_path: str | os.PathLike[str] = DEFAULT_CPUINFO,
         read_text: ReadText | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if root is None:
             root = os.environ.get(ROOT_ENV) or DEFAULT_ROOT
         self.root = Path(root)
         self.cpuinfo_path = Path(cpuinfo_path)
         self._read_text: ReadText = read_text if read_text is not None else read_sysfs_text
+        self._clock = clock
         self._availability: Availability | None = None
         self._zones: tuple[_Zone, ...] = ()
         self._domains: tuple[DomainInfo, ...] = ()
@@ -169,7 +171,7 @@ class RaplBackend:
         if not self._counters:
             raise BackendError("rapl: read() was called before open() (or after close())")
         energy_j = {zone.domain: self._joules_since_open(zone) for zone in self._zones}
-        return EnergyReading(t_s=time.perf_counter(), energy_j=energy_j)
+        return EnergyReading(t_s=self._clock(), energy_j=energy_j)
 
     def close(self) -> None:
         # No file stays open between reads, so closing only forgets the zero points.

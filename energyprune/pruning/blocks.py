@@ -22,12 +22,16 @@ no multiply-accumulates. What "removed" means depends on where the family puts i
   that LayerNorm, so the whole attention sub-layer is skipped and its output is its input. Mode
   "skip".
 
-KV cache (transformers 5): a removed attention writes nothing to the cache. On its first call with
-a cache it puts a `DummyLayer` (transformers' own placeholder for layers without attention) in its
-slot, so the cache's sequence length and mask sizes are read from the first layer that still has
-attention. Without that, removing the attention of block 0 would make the cache report a length
-of 0 at every decoding step (it reads layer 0 by default) and generation would silently use wrong
-positions.
+KV cache: a removed attention neither reads nor writes the cache. The attention modules that
+remain are given consecutive cache slots (their `layer_idx`, which Hugging Face attention uses only
+to find its slot) in block order, so slot 0 always belongs to a real attention layer: the cache's
+sequence length and mask sizes, which transformers reads from the first slot, stay right. This
+relies on nothing but `cache.update(key, value, layer_idx)`, the one call every family and every
+transformers release since 4.36 makes, so it does not depend on the cache's internal layer classes
+(a placeholder layer, tried before, broke when transformers 5.25 dropped its `get_seq_length`).
+A model whose blocks mix attention types (`config.layer_types`: full and sliding) types its cache
+slots by position; where moving slots would give an attention a slot of another type, the removal
+is refused with a clear error (remove whole blocks instead).
 
 Caveats: with `output_attentions=True` the removed layers have no entry (the tuple is shorter).
 A model with removed attention saved with `save_pretrained` does not reload as itself (the config
@@ -38,7 +42,7 @@ random attention): rebuild it with `apply_record` on the original and load the p
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -94,8 +98,15 @@ def _refuse_heterogeneous(model: nn.Module, what: str) -> None:
 
 # ------------------------------------------------------------------------------------- blocks
 def _renumber(block: nn.Module, old: int, new: int, block_path: str) -> None:
-    """Set every `layer_idx` attribute equal to `old` inside `block` to `new`."""
+    """Set every `layer_idx` attribute equal to `old` inside `block` to `new`, except inside a
+    live attention module, whose `layer_idx` is a cache slot (`_assign_cache_slots`)."""
+    found = find_attention(block)
+    skip = set()
+    if found is not None and not isinstance(found[1], RemovedAttention):
+        skip = {id(m) for m in found[1].modules()}
     for name, module in block.named_modules():
+        if id(module) in skip:
+            continue
         value = getattr(module, "layer_idx", None)
         if isinstance(value, bool) or not isinstance(value, int):
             continue
@@ -105,6 +116,42 @@ def _renumber(block: nn.Module, old: int, new: int, block_path: str) -> None:
             logger.warning(
                 "%s.layer_idx is %d, not the block's index %d: left as it is",
                 join(block_path, name), value, old)
+
+
+def _live_attention_blocks(blocks: Iterable[nn.Module]) -> list[int]:
+    """Positions of the blocks whose attention has not been removed."""
+    out = []
+    for i, block in enumerate(blocks):
+        found = find_attention(block)
+        if found is not None and not isinstance(found[1], RemovedAttention):
+            out.append(i)
+    return out
+
+
+def _check_slot_types(model: nn.Module, live: Sequence[int], layer_types_after: Sequence[Any] | None = None) -> None:
+    """Refuse cache slots whose type (config.layer_types, by position) differs from the type of the
+    attention that would use them: a full attention in a sliding-window slot would lose tokens."""
+    for config in _configs(model):
+        types = layer_types_after if layer_types_after is not None else getattr(config, "layer_types", None)
+        if not isinstance(types, (list, tuple)) or len(set(types)) < 2:
+            continue
+        mismatched = [(slot, i) for slot, i in enumerate(live) if i < len(types) and types[i] != types[slot]]
+        if mismatched:
+            slot, i = mismatched[0]
+            raise UsageError(
+                f"cannot remove this attention: the model mixes attention types ({', '.join(sorted(set(map(str, types))))}) "
+                f"and its KV cache types slots by position, so block {i}'s {types[i]} attention would use a "
+                f"{types[slot]} slot; remove whole blocks instead")
+
+
+def _assign_cache_slots(blocks: Iterable[nn.Module]) -> None:
+    """Give the live attention modules consecutive `layer_idx` cache slots, in block order."""
+    for slot, i in enumerate(_live_attention_blocks(blocks)):
+        _, attention = find_attention(list(blocks)[i])  # type: ignore[misc]  # live: found
+        for module in attention.modules():
+            value = getattr(module, "layer_idx", None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                module.layer_idx = slot
 
 
 def _fix_config_depth(model: nn.Module, removed: tuple[int, ...], old_len: int) -> dict[str, Any]:
@@ -155,10 +202,18 @@ def remove_blocks(
     _refuse_heterogeneous(model, "remove_blocks")
 
     survivors = [i for i in range(n) if i not in set(removed)]
+    live = _live_attention_blocks(stack.blocks)
+    if len(live) < n:  # some attention was removed before: its slots move with the blocks
+        kept_live = [survivors.index(i) for i in live if i in survivors]
+        for config in _configs(model):
+            types = getattr(config, "layer_types", None)
+            if isinstance(types, (list, tuple)) and len(types) == n:
+                _check_slot_types(model, kept_live, [types[i] for i in survivors])
     for index in reversed(removed):
         del stack.blocks[index]
     for new, old in enumerate(survivors):
         _renumber(stack.blocks[new], old, new, stack.block_path(new))
+    _assign_cache_slots(stack.blocks)
     changed = _fix_config_depth(model, removed, n)
 
     op = PruneOp(
@@ -176,32 +231,14 @@ def remove_blocks(
 
 
 # ---------------------------------------------------------------------------------- attention
-def _mark_cache_slot_empty(cache: Any, layer_idx: int) -> None:
-    """Put transformers' DummyLayer in slot `layer_idx` of a KV cache (see the module docstring)."""
-    try:
-        from transformers.cache_utils import DummyLayer, EncoderDecoderCache
-    except ImportError:  # transformers < 5 (no DummyLayer) or absent: nothing to mark
-        return
-    if isinstance(cache, EncoderDecoderCache):
-        cache = cache.self_attention_cache
-    layers = getattr(cache, "layers", None)
-    if not isinstance(layers, list):
-        return
-    replicate = getattr(cache, "layer_class_to_replicate", None)
-    if replicate is not None:  # a lazily grown cache: create the slots up to ours
-        while len(layers) <= layer_idx:
-            layers.append(replicate())
-    if layer_idx < len(layers) and not isinstance(layers[layer_idx], DummyLayer):
-        layers[layer_idx] = DummyLayer()
-
-
 class RemovedAttention(nn.Module):
     """Stands where an attention module was; no parameters, no multiply-accumulates.
 
     mode "zero": returns `(zeros like the input, None)`, so `x + attn(x)` is `x`.
     mode "skip": returns `(input, None)`, for BERT-style attention modules that add the residual
     and apply a LayerNorm themselves.
-    In both modes, a KV cache passed in gets an empty placeholder for this layer's slot.
+    It never touches a KV cache passed in: the remaining attention layers own every slot.
+    `layer_idx` is the block it stands in (for reports), not a cache slot.
     """
 
     def __init__(self, mode: str, layer_idx: int | None = None, replaced: str = "") -> None:
@@ -216,11 +253,6 @@ class RemovedAttention(nn.Module):
         return f"mode={self.mode!r}, layer_idx={self.layer_idx}, replaced={self.replaced!r}"
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
-        if self.layer_idx is not None:
-            for key in ("cache", "past_key_values", "past_key_value", "layer_past"):
-                cache = kwargs.get(key)
-                if cache is not None:
-                    _mark_cache_slot_empty(cache, self.layer_idx)
         if self.mode == "skip":
             return hidden_states, None
         return torch.zeros_like(hidden_states), None
@@ -242,14 +274,6 @@ def _attention_mode(attention: nn.Module) -> str:
     if isinstance(output, nn.Module) and any(isinstance(m, nn.LayerNorm) for m in output.modules()):
         return "skip"
     return "zero"
-
-
-def _layer_idx_of(attention: nn.Module, default: int) -> int:
-    for module in attention.modules():
-        value = getattr(module, "layer_idx", None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return default
 
 
 def _can_generate(model: nn.Module) -> bool:
@@ -296,16 +320,18 @@ def remove_attention(
         raise UsageError(
             "cannot remove the attention of every block of a generating model: its KV cache needs one "
             "attention layer to count the tokens seen; remove blocks instead")
+    _check_slot_types(model, left)
 
     paths, modes = [], []
     for i in chosen:
         block = stack.blocks[i]
         name, attention = find_attention(block)  # type: ignore[misc]  # checked above
         mode = _attention_mode(attention)
-        replacement = RemovedAttention(mode, _layer_idx_of(attention, i), type(attention).__name__)
+        replacement = RemovedAttention(mode, i, type(attention).__name__)
         setattr(block, name, replacement)
         paths.append(join(stack.block_path(i), name))
         modes.append(mode)
+    _assign_cache_slots(stack.blocks)
 
     op = PruneOp(
         kind="remove_attention",

@@ -4,7 +4,6 @@ test_contracts idea): whatever backend the meter gets, it can rely on these."""
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -14,6 +13,7 @@ from energyprune.backends.estimated import EstimatedBackend
 from energyprune.backends.nvml import NvmlBackend
 from energyprune.backends.rapl import RaplBackend
 from energyprune.backends.replay import ReplayBackend
+from energyprune.clock import SimulatedClock
 from energyprune.measurement import DomainInfo, Provenance
 from tests.fakes.fake_pynvml import FakeGpu, make_fake_pynvml
 from tests.fakes.powercap import add_energy, two_sockets_with_dram
@@ -30,9 +30,10 @@ def _rapl(tmp_path) -> tuple[Backend, Callable[[], None]]:
 
 
 def _nvml(tmp_path) -> tuple[Backend, Callable[[], None]]:
+    clock = SimulatedClock()
     gpus = [FakeGpu(load_w=300.0), FakeGpu(load_w=120.0)]
-    fake = make_fake_pynvml(gpus, tick_s=0.01)
-    return NvmlBackend(nvml=fake, environ={}), lambda: time.sleep(0.03)
+    fake = make_fake_pynvml(gpus, tick_s=0.01, clock=clock)
+    return NvmlBackend(nvml=fake, environ={}, clock=clock), lambda: clock.sleep(0.03)
 
 
 def _estimated(tmp_path) -> tuple[Backend, Callable[[], None]]:
@@ -53,7 +54,8 @@ def _replay(tmp_path) -> tuple[Backend, Callable[[], None]]:
     path = tmp_path / "trace.csv"
     rows = ["t_s,gpu_energy_j,gpu_power_w"] + [f"{i / 100:.2f},{i * 2.0:.1f},200" for i in range(0, 1001)]
     path.write_text("\n".join(rows) + "\n")
-    return ReplayBackend(path), lambda: time.sleep(0.03)
+    clock = SimulatedClock()
+    return ReplayBackend(path, clock=clock), lambda: clock.sleep(0.03)
 
 
 FACTORIES = {"rapl": _rapl, "nvml": _nvml, "estimated": _estimated, "replay": _replay}

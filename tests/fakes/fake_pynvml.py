@@ -34,26 +34,14 @@ from typing import Any
 
 import pynvml as _real
 
+from energyprune.clock import SimulatedClock
+
 _IDLE_W = 80.0
 
 
-class FakeClock:
-    """A clock that moves only when told to: `clock()` reads it, `advance`/`sleep` move it."""
-
-    def __init__(self, start: float = 0.0) -> None:
-        self.t = float(start)
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> None:
-        if dt < 0:
-            raise ValueError("a clock does not go backwards")
-        with self._lock:
-            self.t += dt
-
-    sleep = advance
+#: The simulated clock of the library: `clock()` reads it, `advance`/`sleep` move it and run
+#: the power sampler at its instants.
+FakeClock = SimulatedClock
 
 
 class FakeHandle:

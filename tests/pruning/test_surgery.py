@@ -273,6 +273,7 @@ def test_bert_attention_removal_skips_the_whole_sublayer() -> None:
     hidden = torch.randn(2, 5, 32)
     with torch.no_grad():
         got = layer(hidden)
+        got = got[0] if isinstance(got, tuple) else got  # transformers 4 returns a tuple
         expected = layer.output(layer.intermediate(hidden), hidden)  # the feed-forward alone
     torch.testing.assert_close(got, expected)
     ids, mask = tokens()
@@ -567,3 +568,37 @@ def test_apply_record_refuses_a_model_that_does_not_match() -> None:
     prune_mlp_neurons(narrower, {"model.layers.0.mlp": [5]}, inplace=True)
     with pytest.raises(UsageError, match="does not match this model"):
         apply_record(narrower, neurons)
+
+
+# ------------------------------------------------------------- attention removal and the KV cache
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_attention_removed_in_two_steps_keeps_cache_slots_consecutive(family: str) -> None:
+    model = tiny(family)
+    pruned, _ = remove_attention(model, [0])
+    pruned, _ = remove_attention(pruned, [2], inplace=True)
+    removed = [m for m in pruned.modules() if isinstance(m, RemovedAttention)]
+    assert [m.layer_idx for m in removed] == [0, 2]  # the blocks they stand in
+    assert_cache_decoding_matches_full_forward(pruned)
+    assert_generates(pruned)
+    pruned, _ = remove_blocks(pruned, [1], inplace=True)  # slots move with the blocks
+    assert_cache_decoding_matches_full_forward(pruned)
+
+
+def test_beam_search_runs_with_removed_attention() -> None:
+    model = tiny("llama")
+    pruned, _ = remove_attention(model, [0, 1])
+    ids, mask = tokens(2, 6)
+    with torch.no_grad():
+        out = pruned.generate(ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4, num_beams=3,
+                              do_sample=False, pad_token_id=0)
+    assert out.shape == (2, 10)
+
+
+def test_attention_removal_refused_where_cache_slot_types_would_mix() -> None:
+    model = tiny("qwen2")
+    model.config.layer_types = ["full_attention", "sliding_attention", "full_attention", "sliding_attention"]
+    with pytest.raises(UsageError, match="mixes attention types"):
+        remove_attention(model, [0])
+    # Removing the last block's attention moves no slot: allowed.
+    pruned, _ = remove_attention(model, [3])
+    assert sum(isinstance(m, RemovedAttention) for m in pruned.modules()) == 1
