@@ -68,6 +68,9 @@ def _add_measure_options(parser: argparse.ArgumentParser) -> None:
     shape.add_argument("--input-shape", type=_shape, help="shape of one sample, without the batch, e.g. 3,224,224")
     inputs.add_argument("--device", help="cpu, cuda or cuda:N (default: where the model is, cpu for the demo)")
     inputs.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="cast the model first")
+    inputs.add_argument("--trust-code", action="store_true",
+                        help="allow a pruned DIR whose original was built by a module:factory to run that factory "
+                             "(a folder never runs code otherwise)")
     meter = parser.add_argument_group("meter")
     meter.add_argument("--backend", default="auto",
                        help="auto (default), nvml, rapl, estimated, replay:PATH, or a comma list (nvml,rapl)")
@@ -129,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--batch-size", type=_positive_int, default=4)
     score.add_argument("--seq-len", type=_positive_int)
     score.add_argument("--device")
+    score.add_argument("--trust-code", action="store_true",
+                       help="allow a pruned DIR built by a module:factory to run that factory")
     score.add_argument("--json", action="store_true")
 
     from energyprune.bench_cli import add_bench_parser
@@ -239,7 +244,7 @@ def _meter_config(args: argparse.Namespace):
 def _prepared(spec: str | None, args: argparse.Namespace):
     from energyprune.models import build_inputs, load_model, prepare
 
-    loaded = load_model(spec)
+    loaded = load_model(spec, trust_code=args.trust_code)
     model, device = prepare(loaded.module, args.device, args.dtype)
     inputs = build_inputs(loaded, model, args.batch_size, args.seq_len, args.input_shape, device)
     return loaded, model, inputs, device
@@ -296,7 +301,7 @@ def _cmd_measure_distributed(args: argparse.Namespace, info: Any) -> int:
 
     # No --device, or plain "cuda", means this rank's own GPU (cuda:LOCAL_RANK), else the CPU.
     device_spec = str(local_device(info)) if args.device in (None, "cuda") else args.device
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, trust_code=args.trust_code)
     model, device = prepare(loaded.module, device_spec, args.dtype)
     inputs = build_inputs(loaded, model, args.batch_size, args.seq_len, args.input_shape, device,
                           seed=info.rank)
@@ -346,7 +351,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from energyprune.report import to_json
     from energyprune.scoring import calibration_for, render_scores, score_model
 
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, trust_code=args.trust_code)
     model, device = prepare(loaded.module, args.device, None)
     calibration, source = calibration_for(loaded, model, args.batch_size, args.seq_len,
                                           args.calibration_batches, args.calibration, device)

@@ -35,23 +35,34 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
 class LoadedModel:
     module: nn.Module
     spec: str  # what the user gave ("demo" for none)
-    kind: str  # "demo", "factory" or "huggingface"
+    kind: str  # "demo", "factory", "huggingface" or "pruned"
     description: str
     factory_inputs: Inputs | None = None  # inputs a factory returned with its model
+    #: How to rebuild the unpruned architecture without running code from a file we load (see
+    #: `budget.saved`): {"kind": "huggingface", "model_class", "config"}, {"kind": "demo"} or
+    #: {"kind": "factory", "spec"}.
+    base: Mapping[str, Any] | None = None
+    #: For a pruned folder: the pruning applied to `base` to get `module`.
+    record: Any = None
 
 
-def load_model(spec: str | None) -> LoadedModel:
+def load_model(spec: str | None, *, trust_code: bool = False) -> LoadedModel:
+    """The model a spec names. A `module:factory` spec runs that factory (the user asked for it by
+    name); a pruned folder whose base is a factory runs it only with `trust_code` (`--trust-code`),
+    since opening a folder must never run code. Hugging Face folders load with
+    `trust_remote_code=False` and never download."""
     if spec is None or spec in ("", "demo"):
         from energyprune.demo import build_demo_model
 
         model = build_demo_model()
         n_params = sum(p.numel() for p in model.parameters())
-        return LoadedModel(model, "demo", "demo", f"built-in demo transformer (4 blocks, d=256, {n_params / 1e6:.1f} M params)")
+        return LoadedModel(model, "demo", "demo", f"built-in demo transformer (4 blocks, d=256, {n_params / 1e6:.1f} M params)",
+                           base={"kind": "demo"})
     path = Path(spec)
     if path.is_dir() and (path / "pruned.json").is_file():  # written by `energyprune prune --out DIR`
         from energyprune.budget.saved import load_pruned
 
-        return load_pruned(path)
+        return load_pruned(path, trust_code=trust_code)
     if path.is_dir():
         return _load_huggingface(path)
     if ":" in spec and not path.exists():
@@ -76,23 +87,29 @@ def _load_huggingface(path: Path) -> LoadedModel:
         raise ModelLoadError(
             "loading a Hugging Face model needs transformers: pip install 'energyprune[hf]'"
         ) from error
+    from energyprune.compat import check_transformers
+
+    check_transformers()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder must never trigger a download
     try:
-        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+        # trust_remote_code=False: a folder's `auto_map` must never run code shipped with it.
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
         architectures = getattr(config, "architectures", None) or []
         model = None
         for name in architectures:
             cls = getattr(transformers, name, None)
-            if cls is not None:
-                model = cls.from_pretrained(path, local_files_only=True)
+            if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
+                model = cls.from_pretrained(path, local_files_only=True, trust_remote_code=False)
                 break
         if model is None:
-            model = transformers.AutoModel.from_pretrained(path, local_files_only=True)
+            model = transformers.AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except Exception as error:  # transformers raises many types; all mean "could not load"
         raise ModelLoadError(f"could not load the Hugging Face model in {path}: {_first_line(error)}") from error
     model.eval()
     n_params = sum(p.numel() for p in model.parameters())
-    return LoadedModel(model, str(path), "huggingface", f"{type(model).__name__} from {path} ({n_params / 1e6:.1f} M params)")
+    base = {"kind": "huggingface", "model_class": type(model).__name__, "config": model.config.to_dict()}
+    return LoadedModel(model, str(path), "huggingface", f"{type(model).__name__} from {path} ({n_params / 1e6:.1f} M params)",
+                       base=base)
 
 
 def _load_factory(spec: str) -> LoadedModel:
@@ -130,7 +147,10 @@ def _load_factory(spec: str) -> LoadedModel:
         raise ModelLoadError(f"{spec} returned {type(built).__name__}, not a torch.nn.Module")
     built.eval()
     n_params = sum(p.numel() for p in built.parameters())
-    return LoadedModel(built, spec, "factory", f"{type(built).__name__} from {spec} ({n_params / 1e6:.2f} M params)", inputs)
+    module_name, _, attr = spec.rpartition(":")
+    stored = f"{Path(module_name).resolve()}:{attr}" if module_name.endswith(".py") else spec
+    return LoadedModel(built, spec, "factory", f"{type(built).__name__} from {spec} ({n_params / 1e6:.2f} M params)", inputs,
+                       base={"kind": "factory", "spec": stored})
 
 
 @contextlib.contextmanager

@@ -36,8 +36,9 @@ RECORD_FILE = "record.json"
 REPORT_FILE = "report.md"
 HTML_REPORT_FILE = "report.html"
 #: Files this command writes into DIR; with --force exactly these are replaced.
-OWN_FILES = (RESULT_FILE, RECORD_FILE, REPORT_FILE, HTML_REPORT_FILE, "pruned.json", "pruned.safetensors", "state_dict.pt",
-             "checkpoint.json", "checkpoint-weights.pt")
+OWN_FILES = (RESULT_FILE, RECORD_FILE, REPORT_FILE, HTML_REPORT_FILE, "pruned.json", "pruned.safetensors",
+             "checkpoint.json", "checkpoint-weights.safetensors",
+             "state_dict.pt", "checkpoint-weights.pt")  # the last two: written by versions before 0.2
 #: What save_pretrained writes, removed with --force only where an earlier pruned.json says it wrote them.
 HF_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
 
@@ -250,10 +251,10 @@ def run_prune(args: argparse.Namespace) -> int:
     data["device"] = str(device)
     data["calibration"] = source
     if directory is not None:
-        from energyprune.budget.saved import save_pruned, source_of
+        from energyprune.budget.saved import save_pruned
 
         assert result.model is not None
-        save_pruned(directory, result.model, result.record, source_of(loaded))
+        save_pruned(directory, result.model, result.record, loaded)
         _write_results(directory, result, args, data)
     if args.json:
         from energyprune.report import to_json

@@ -4,8 +4,9 @@ A checkpoint is one JSON file, `checkpoint.json`, written atomically after the o
 measured and after every step. It holds the trajectory (the steps, the PruneRecord, the running
 ratios) but no model: the current model is rebuilt on resume as `apply_record(original, record)`,
 so a checkpoint of a 7 B-parameter run is a few kilobytes. Only when a `recovery` hook changed
-weights (fine-tuning) are the current weights saved beside it (`checkpoint-weights.pt`), since the
-record alone cannot reproduce them.
+weights (fine-tuning) are the current weights saved beside it (`checkpoint-weights.safetensors`), since the
+record alone cannot reproduce them. It is a safetensors file, like every weight file energyprune
+writes: loading a checkpoint never unpickles anything.
 
 The original model is identified by a fingerprint (class, parameter names and shapes, and a hash
 of the first values of every tensor) so that resuming with another model - another checkpoint,
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "energyprune.prune-checkpoint/1"
 CHECKPOINT_FILE = "checkpoint.json"
-WEIGHTS_FILE = "checkpoint-weights.pt"
+WEIGHTS_FILE = "checkpoint-weights.safetensors"
 #: Values hashed per tensor for the fingerprint: enough to tell two checkpoints of one
 #: architecture apart, cheap enough for a model of billions of parameters.
 _HASHED_VALUES = 4096
@@ -141,8 +142,11 @@ class Checkpointer:
         self.directory.mkdir(parents=True, exist_ok=True)
         if weights is not None:
             # Weights first: a checkpoint that says has_weights never points at a missing file.
-            tmp = self.weights_path.with_suffix(".pt.tmp")
-            torch.save({k: v.detach().cpu() for k, v in weights.items()}, tmp)
+            from safetensors.torch import save_file
+
+            tmp = self.weights_path.with_suffix(".safetensors.tmp")
+            # Cloned: tied weights share memory, which save_file refuses; each is stored on its own.
+            save_file({k: v.detach().cpu().clone().contiguous() for k, v in weights.items()}, str(tmp))
             tmp.replace(self.weights_path)
         write_atomic(self.path, to_json(checkpoint.to_dict()))
 
@@ -162,8 +166,10 @@ class Checkpointer:
         return checkpoint
 
     def load_weights(self) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
         try:
-            return torch.load(self.weights_path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises several types for a damaged file
+            return load_file(str(self.weights_path), device="cpu")
+        except Exception as error:  # safetensors raises several types for a damaged file
             raise UsageError(f"the checkpoint weights {self.weights_path} cannot be read ({error}): start afresh "
                              "in another directory (nothing was deleted)") from None

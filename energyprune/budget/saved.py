@@ -1,29 +1,36 @@
 """A pruned model on disk, as `energyprune prune --out DIR` writes it, and loading it back.
 
-DIR holds `pruned.json` (the original model's spec, the PruneRecord, the dtype and the name of
-the weights file) and the pruned weights (`pruned.safetensors`, or `state_dict.pt` where
-safetensors is not installed). `energyprune.models.load_model(DIR)` rebuilds the model as
+DIR holds `pruned.json` and the pruned weights, `pruned.safetensors` (never a pickle). `pruned.json`
+says how to rebuild the architecture **without running any code from DIR or from a path it
+names**: its `base` is either
 
-    original = load_model(spec); model = apply_record(original, record); model.load_state_dict(weights)
+* `{"kind": "huggingface", "model_class": ..., "config": {...}}`: the original Hugging Face config,
+  stored in the file; the model class must be one transformers itself defines (no remote code);
+* `{"kind": "demo"}`: the built-in demo, which this package builds;
+* `{"kind": "factory", "spec": "pkg.module:build"}`: a model built by user code. Loading it runs
+  that code, so it is refused unless the caller passes `trust_code=True` (`--trust-code`): a
+  folder someone shared must not run code just by being opened. The factory is imported the way a
+  spec typed by the user would be; neither DIR nor any directory named in it is put on sys.path.
 
-which works for every architecture the surgery handles, including those a Hugging Face config
-cannot describe (attention removed from some blocks, MLPs of different widths). For a Hugging Face
-model whose config does describe the pruned shapes, DIR is also a plain Hugging Face folder
-(`save_pretrained`, plus the original's tokenizer files), so `from_pretrained(DIR)` works without
-energyprune - at the price of the weights stored twice. When the original has moved away, such a
-DIR still loads from its own Hugging Face copy.
+and `record` is every pruning operation from that base to these weights (pruning a pruned model
+extends the record). `load_pruned(DIR)` builds the base, replays the record (`apply_record`) and
+loads the weights, strictly. For a Hugging Face model whose config describes the pruned shapes,
+DIR is also a plain Hugging Face folder (`save_pretrained`, plus the original's tokenizer files), so
+`from_pretrained(DIR)` works without energyprune.
+
+Folders written before the base was stored (format 1) name the original by path; they still
+load where the original is a Hugging Face folder or the demo (data, read with
+`trust_remote_code=False`), and a factory only with `trust_code=True`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
 import os
 import shutil
-import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +44,10 @@ from energyprune.report import to_json, write_atomic
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "energyprune.pruned-model/1"
+FORMAT = "energyprune.pruned-model/2"
+FORMAT_1 = "energyprune.pruned-model/1"
 PRUNED_FILE = "pruned.json"
 SAFETENSORS_FILE = "pruned.safetensors"
-TORCH_FILE = "state_dict.pt"
 #: Files of a Hugging Face tokenizer, copied beside a save_pretrained copy.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model",
@@ -52,15 +59,8 @@ def is_pruned_dir(path: str | os.PathLike[str]) -> bool:
 
 
 def source_of(loaded: LoadedModel) -> dict[str, Any]:
-    """How to load the original again from another working directory."""
-    spec = loaded.spec
-    if loaded.kind == "huggingface" or is_pruned_dir(spec):
-        spec = str(Path(spec).resolve())
-    elif loaded.kind == "factory":
-        module, _, attr = spec.rpartition(":")
-        if module.endswith(".py"):
-            spec = f"{Path(module).resolve()}:{attr}"
-    return {"spec": spec, "kind": loaded.kind, "description": loaded.description, "cwd": os.getcwd()}
+    """What a report says about the original (informational: loading never uses it)."""
+    return {"spec": loaded.spec, "kind": loaded.kind, "description": loaded.description}
 
 
 def _dtype_of(model: nn.Module) -> str | None:
@@ -89,24 +89,22 @@ def _config_describes(model: nn.Module) -> bool:
 
 
 def save_pruned(directory: str | os.PathLike[str], model: nn.Module, record: PruneRecord,
-                source: Mapping[str, Any], *, huggingface: bool = True) -> list[Path]:
+                loaded: LoadedModel, *, huggingface: bool = True) -> list[Path]:
     """Write the pruned model into `directory` (created when missing); returns the files written.
+    `loaded` is the model the run started from (its base and any earlier record are kept).
     Files are replaced one by one atomically; the caller decides whether replacing is allowed."""
+    from safetensors.torch import save_model
+
+    if loaded.base is None:
+        raise ModelLoadError(f"{loaded.spec} has no description from which it can be rebuilt: it cannot be saved "
+                             "as a pruned folder")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    weights_name = SAFETENSORS_FILE
+    target = directory / SAFETENSORS_FILE
+    tmp = directory / f".{SAFETENSORS_FILE}.tmp"
     try:
-        from safetensors.torch import save_model
-    except ImportError:
-        weights_name = TORCH_FILE
-    target = directory / weights_name
-    tmp = directory / f".{weights_name}.tmp"
-    try:
-        if weights_name == SAFETENSORS_FILE:
-            save_model(model, str(tmp))  # de-duplicates tied weights, which save_file refuses
-        else:
-            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+        save_model(model, str(tmp))  # de-duplicates tied weights, which save_file refuses
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # the mode an ordinary write gives, not the writer's private 0600
@@ -117,42 +115,30 @@ def save_pruned(directory: str | os.PathLike[str], model: nn.Module, record: Pru
     written.append(target)
     hf_copy = huggingface and _config_describes(model)
     if hf_copy:
-        model.save_pretrained(directory)  # type: ignore[operator]
+        model.save_pretrained(directory, safe_serialization=True)  # type: ignore[operator]
         written.append(directory / "config.json")
-    original = Path(str(source.get("spec", "")))
-    if source.get("kind") == "huggingface" and original.is_dir():
+    original = Path(loaded.spec)
+    if loaded.kind == "huggingface" and original.is_dir():
         # The tokenizer travels with the model: calibration text and users need it beside the weights.
         for name in TOKENIZER_FILES:
             if (original / name).is_file() and original.resolve() != directory.resolve():
                 shutil.copy2(original / name, directory / name)
                 written.append(directory / name)
+    full_record = (loaded.record + record) if loaded.record is not None else record
     meta = {
         "format": FORMAT,
-        "original": dict(source),
+        "base": dict(loaded.base),
+        "original": source_of(loaded),
         "model_class": type(model).__name__,
         "n_params": sum(p.numel() for p in model.parameters()),
         "dtype": _dtype_of(model),
-        "weights": weights_name,
+        "weights": SAFETENSORS_FILE,
         "huggingface_copy": hf_copy,
-        "record": record.to_dict(),
+        "record": full_record.to_dict(),
     }
     write_atomic(directory / PRUNED_FILE, to_json(meta))
     written.append(directory / PRUNED_FILE)
     return written
-
-
-@contextlib.contextmanager
-def _on_path(directory: str | None) -> Iterator[None]:
-    """A `module:factory` spec was importable from the directory `prune` ran in."""
-    added = bool(directory) and directory not in sys.path
-    if added:
-        sys.path.insert(0, str(directory))
-    try:
-        yield
-    finally:
-        if added:
-            with contextlib.suppress(ValueError):
-                sys.path.remove(str(directory))
 
 
 def read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -161,64 +147,124 @@ def read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ModelLoadError(f"{path} cannot be read ({type(error).__name__}: {error})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, FORMAT_1):
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ModelLoadError(f"{path} is not a pruned-model description (format {found!r}, expected {FORMAT!r})")
-    for key in ("original", "record", "weights"):
+    for key in ("base" if meta["format"] == FORMAT else "original", "record", "weights"):
         if key not in meta:
             raise ModelLoadError(f"{path} lacks {key!r}: it is damaged")
     return meta
 
 
-def load_pruned(directory: str | os.PathLike[str]) -> LoadedModel:
-    """The pruned model in `directory`: original + record + the pruned weights."""
-    from energyprune.models import _load_huggingface, load_model
+def _build_huggingface(base: Mapping[str, Any], where: Path) -> nn.Module:
+    """The original architecture from a stored config, with transformers' own classes only."""
+    try:
+        import transformers
+    except ImportError as error:
+        raise ModelLoadError(f"{where} holds a Hugging Face model: pip install 'energyprune[hf]'") from error
+    config_dict = dict(base.get("config") or {})
+    model_type = config_dict.get("model_type")
+    class_name = str(base.get("model_class", ""))
+    model_class = getattr(transformers, class_name, None)
+    if not (isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)):
+        raise ModelLoadError(f"{where}: {class_name!r} is not a model class of transformers "
+                             f"{transformers.__version__}; energyprune never runs remote code")
+    try:
+        config_class = transformers.CONFIG_MAPPING[model_type]
+    except KeyError:
+        raise ModelLoadError(f"{where}: model type {model_type!r} is unknown to transformers "
+                             f"{transformers.__version__}; energyprune never runs remote code") from None
+    config_dict.pop("auto_map", None)  # remote code: never used
+    try:
+        config = config_class.from_dict(config_dict)
+        with torch.no_grad():
+            return model_class(config).eval()
+    except Exception as error:  # transformers raises many types; all mean "cannot rebuild"
+        raise ModelLoadError(f"{where}: the stored {class_name} config does not build with transformers "
+                             f"{transformers.__version__}: {_first_line(error)}") from None
 
+
+def _build_base(meta: Mapping[str, Any], directory: Path, trust_code: bool) -> tuple[nn.Module, LoadedModel | None]:
+    """(the unpruned architecture, the LoadedModel it came from where it was loaded by spec)."""
+    from energyprune.models import load_model
+
+    if meta["format"] == FORMAT_1:  # the original named by path (see the module docstring)
+        source = meta["original"]
+        kind = str(source.get("kind"))
+        if kind == "factory" and not trust_code:
+            raise ModelLoadError(_refuse_factory(directory, source.get("spec")))
+        if is_pruned_dir(str(source.get("spec"))):
+            raise ModelLoadError(f"{directory} (an older format) names another pruned folder; prune again from "
+                                 "the original to get a self-contained folder")
+        try:
+            original = load_model(str(source["spec"]), trust_code=trust_code)
+        except ModelLoadError as error:
+            raise ModelLoadError(f"{directory} was pruned from {source.get('spec')!r}, which cannot be loaded "
+                                 f"any more ({error}): put the original back where it was") from None
+        return original.module, original
+    base = meta["base"]
+    kind = base.get("kind") if isinstance(base, Mapping) else None
+    if kind == "huggingface":
+        return _build_huggingface(base, directory), None
+    if kind == "demo":
+        from energyprune.demo import build_demo_model
+
+        return build_demo_model(), None
+    if kind == "factory":
+        if not trust_code:
+            raise ModelLoadError(_refuse_factory(directory, base.get("spec")))
+        original = load_model(str(base.get("spec")), trust_code=True)
+        return original.module, original
+    raise ModelLoadError(f"{directory / PRUNED_FILE}: unknown base {kind!r}; it is damaged")
+
+
+def _refuse_factory(directory: Path, spec: Any) -> str:
+    return (f"{directory} was pruned from a model built by code ({spec}): loading it runs that code, so it is "
+            "refused unless you trust it: pass --trust-code (trust_code=True in Python)")
+
+
+def load_pruned(directory: str | os.PathLike[str], *, trust_code: bool = False) -> LoadedModel:
+    """The pruned model in `directory`: its base architecture + the record + the pruned weights.
+    Nothing from `directory` is imported or executed; a factory base runs only with `trust_code`."""
     directory = Path(directory)
     meta = read_meta(directory)
-    source = meta["original"]
     weights = directory / str(meta["weights"])
+    if Path(str(meta["weights"])).name != str(meta["weights"]) or weights.suffix != ".safetensors":
+        raise ModelLoadError(f"{directory / PRUNED_FILE} names weights {meta['weights']!r}: only a .safetensors "
+                             "file inside the folder is loaded (a pickle could run code)")
     if not weights.is_file():
         raise ModelLoadError(f"{directory} lacks its weights file {meta['weights']}: it is incomplete")
     try:
         record = PruneRecord.from_dict(meta["record"])
     except EnergyPruneError as error:
         raise ModelLoadError(f"{directory / PRUNED_FILE}: {error}") from None
+    model, original = _build_base(meta, directory, trust_code)
     try:
-        with _on_path(source.get("cwd")):
-            original = load_model(str(source["spec"]))
-    except ModelLoadError as error:
-        if meta.get("huggingface_copy") and (directory / "config.json").is_file():
-            logger.warning("the original %s cannot be loaded (%s): loading the Hugging Face copy in %s",
-                           source.get("spec"), error, directory)
-            loaded = _load_huggingface(directory)
-            return LoadedModel(loaded.module, str(directory), "huggingface",
-                               f"pruned {loaded.description}")
-        raise ModelLoadError(f"{directory} was pruned from {source.get('spec')!r}, which cannot be loaded any more "
-                             f"({error}): put the original back where it was") from None
-    try:
-        model = apply_record(original.module, record, inplace=True)
+        model = apply_record(model, record, inplace=True)
     except EnergyPruneError as error:
-        raise ModelLoadError(f"the record in {directory / PRUNED_FILE} does not fit {source.get('spec')}: "
-                             f"{error}") from None
+        raise ModelLoadError(f"the record in {directory / PRUNED_FILE} does not fit its base model: {error}") from None
     dtype = meta.get("dtype")
-    if dtype and hasattr(torch, dtype):
-        model = model.to(getattr(torch, dtype))
+    if dtype and isinstance(getattr(torch, str(dtype), None), torch.dtype):
+        model = model.to(getattr(torch, str(dtype)))
     try:
-        if weights.suffix == ".safetensors":
-            from safetensors.torch import load_model as load_safetensors
+        from safetensors.torch import load_model as load_safetensors
 
-            load_safetensors(model, str(weights), strict=True)
-        else:
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
-    except ImportError as error:
-        raise ModelLoadError(f"{weights.name} needs safetensors: pip install safetensors") from error
+        load_safetensors(model, str(weights), strict=True)
     except Exception as error:  # shape or key mismatch, damaged file: all mean "cannot load"
-        raise ModelLoadError(f"the weights in {weights} do not fit the rebuilt model: "
-                             f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
-                             ) from None
+        raise ModelLoadError(f"the weights in {weights} do not fit the rebuilt model: {_first_line(error)}") from None
     model.eval()
     n_params = sum(p.numel() for p in model.parameters())
+    source = meta.get("original") or {}
     description = (f"{type(model).__name__} pruned from {source.get('spec')} ({len(record)} operation(s), "
                    f"{n_params / 1e6:.2f} M params)")
-    return LoadedModel(model, str(directory), str(original.kind), description, original.factory_inputs)
+    if meta["format"] == FORMAT:
+        base = meta["base"]
+    else:
+        base = original.base if original is not None else None
+    return LoadedModel(model, str(directory), "pruned", description,
+                       original.factory_inputs if original is not None else None, base=base, record=record)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

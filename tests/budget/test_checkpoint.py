@@ -38,7 +38,7 @@ def test_interrupt_saves_the_trajectory_and_resume_gives_the_same_model(tmp_path
     saved = json.loads((tmp_path / "checkpoint.json").read_text())
     assert saved["status"] == "interrupted" and len(saved["state"]["steps"]) == 2
     assert saved["result"]["stop_reason"] == "interrupted"
-    assert not (tmp_path / "checkpoint-weights.pt").exists()  # no recovery hook: the record suffices
+    assert not (tmp_path / "checkpoint-weights.safetensors").exists()  # no recovery hook: the record suffices
 
     judge = FlopsJudge()
     resumed = run(tiny(), judge, checkpoint_dir=tmp_path, resume=True)
@@ -109,7 +109,7 @@ def test_a_recovery_hook_runs_on_each_candidate_and_its_weights_are_checkpointed
 
     with pytest.raises(PruneInterrupted):
         run(tiny(), FlopsJudge(interrupt_at=3), checkpoint_dir=tmp_path, recovery=recovery)
-    assert len(calls) == 3 and (tmp_path / "checkpoint-weights.pt").exists()
+    assert len(calls) == 3 and (tmp_path / "checkpoint-weights.safetensors").exists()
     resumed = run(tiny(), FlopsJudge(), checkpoint_dir=tmp_path, resume=True, recovery=recovery)
     # Two recovered steps before the interrupt and every one after: the bias moved by 0.01 per step.
     original_bias = tiny().head.bias

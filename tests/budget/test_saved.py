@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from energyprune.budget import load_pruned, save_pruned
-from energyprune.budget.saved import source_of
 from energyprune.errors import ModelLoadError
 from energyprune.models import load_model
 from energyprune.pruning import prune
@@ -36,10 +35,11 @@ def test_a_config_that_describes_the_pruned_model_gives_a_hugging_face_copy(llam
     loaded = load_model(str(llama_dir))
     pruned, record = prune(loaded.module, "magnitude", 0.25, unit_kind="neuron")
     out = tmp_path / "out"
-    save_pruned(out, pruned, record, source_of(loaded))
+    save_pruned(out, pruned, record, loaded)
     meta = json.loads((out / "pruned.json").read_text())
     assert meta["huggingface_copy"] and (out / "config.json").is_file()
-    assert meta["original"]["spec"] == str(llama_dir.resolve())
+    assert meta["original"]["spec"] == str(llama_dir)
+    assert meta["base"]["kind"] == "huggingface" and meta["base"]["model_class"] == "LlamaForCausalLM"
     ids = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(0))
     again = load_model(str(out))
     assert torch.allclose(logits(again.module, ids), logits(pruned, ids), atol=1e-6)
@@ -51,22 +51,36 @@ def test_removed_attention_has_no_hugging_face_copy_but_reloads(llama_dir, tmp_p
     loaded = load_model(str(llama_dir))
     pruned, record = prune(loaded.module, "magnitude", 1, unit_kind="attention")
     out = tmp_path / "out"
-    save_pruned(out, pruned, record, source_of(loaded))
+    save_pruned(out, pruned, record, loaded)
     assert not (out / "config.json").exists()  # the config cannot say "no attention in block i"
     ids = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(0))
     assert torch.allclose(logits(load_pruned(out).module, ids), logits(pruned, ids), atol=1e-6)
 
 
-def test_a_missing_original_or_damaged_description_is_a_load_error(llama_dir, tmp_path):
+def test_the_folder_is_self_contained_and_a_damaged_description_is_a_load_error(llama_dir, tmp_path):
     loaded = load_model(str(llama_dir))
     pruned, record = prune(loaded.module, "magnitude", 1, unit_kind="attention")
     out = tmp_path / "out"
-    save_pruned(out, pruned, record, source_of(loaded))
+    save_pruned(out, pruned, record, loaded)
     for name in list(llama_dir.iterdir()):
         name.unlink()
     llama_dir.rmdir()
-    with pytest.raises(ModelLoadError, match="cannot be loaded any more"):
-        load_model(str(out))
+    ids = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(0))
+    # The original is gone: the stored config rebuilds it.
+    assert torch.allclose(logits(load_model(str(out)).module, ids), logits(pruned, ids), atol=1e-6)
     (out / "pruned.json").write_text("{")
     with pytest.raises(ModelLoadError, match="cannot be read"):
         load_model(str(out))
+
+
+def test_pruning_a_pruned_folder_keeps_the_whole_record(llama_dir, tmp_path):
+    loaded = load_model(str(llama_dir))
+    first, record = prune(loaded.module, "magnitude", 1, unit_kind="block")
+    save_pruned(tmp_path / "one", first, record, loaded)
+    again = load_model(str(tmp_path / "one"))
+    second, record2 = prune(again.module, "magnitude", 1, unit_kind="block")
+    save_pruned(tmp_path / "two", second, record2, again)
+    meta = json.loads((tmp_path / "two" / "pruned.json").read_text())
+    assert len(meta["record"]["ops"]) == 2 and meta["base"]["kind"] == "huggingface"
+    ids = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(logits(load_model(str(tmp_path / "two")).module, ids), logits(second, ids), atol=1e-6)
