@@ -131,7 +131,7 @@ def test_prune_with_recovery_steps_distils_each_candidate(tmp_path, judges, caps
     captured = capsys.readouterr()
     assert code == 0, captured.err
     # Recovered weights differ from a plain slice of the original: the checkpoint keeps them.
-    assert (out / "checkpoint-weights.pt").is_file()
+    assert (out / "checkpoint-weights.safetensors").is_file()
     loaded = load_model(str(out))
     assert sum(p.numel() for p in loaded.module.parameters()) == json.loads((out / "result.json").read_text())["final"]["n_params"]
     with pytest.raises(SystemExit):
