@@ -160,7 +160,7 @@ class EnergyMeter:
                 energy_j=energy.energy_j,
                 uncertainty_j=energy.uncertainty_j,
                 idle_power_w=dict(self._idle_w),
-                warnings=tuple(self._notes),
+                warnings=tuple(self._notes) + session.notes(),
                 power_trace=trace,
             )
         finally:

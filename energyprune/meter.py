@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from energyprune import stats
-from energyprune.backends.base import Backend, DeviceFactsReporter, DeviceStateReporter, PowerSensor
+from energyprune.backends.base import (
+    Backend,
+    DeviceFactsReporter,
+    DeviceStateReporter,
+    PowerSensor,
+    RunNotesReporter,
+)
 # The names of throttle reasons that change what a joule buys belong to the backend reporting them.
 from energyprune.backends.nvml import LIMITING_THROTTLE_REASONS
 from energyprune.clock import sleep_on
@@ -210,6 +216,15 @@ class MeterSession:
                 with contextlib.suppress(Exception):
                     states.extend(backend.device_states())
         return tuple(states)
+
+    def notes(self) -> tuple[str, ...]:
+        """What the backends say about the run so far (other processes on the CPUs...)."""
+        out: list[str] = []
+        for backend in self.backends:
+            if isinstance(backend, RunNotesReporter):
+                with contextlib.suppress(Exception):
+                    out.extend(backend.run_notes())
+        return tuple(out)
 
     def facts(self) -> dict[str, Any]:
         facts: dict[str, Any] = {
@@ -419,7 +434,7 @@ class Meter:
     ) -> Measurement:
         if not run.windows:
             raise MeasurementError("no window was measured")
-        warnings = list(_throttle_warnings(run.windows))
+        warnings = list(_throttle_warnings(run.windows)) + list(session.notes())
         total_j = sum(w.total_energy_j for w in run.windows)
         if total_j <= 0:
             raise MeasurementError(

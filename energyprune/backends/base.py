@@ -73,6 +73,15 @@ class DeviceFactsReporter(Protocol):
         ...
 
 
+@runtime_checkable
+class RunNotesReporter(Protocol):
+    """A backend with something to say about the run just measured (a shared machine...), one
+    line each; asked once, when a result is made."""
+
+    def run_notes(self) -> Sequence[str]:
+        ...
+
+
 class WrappingCounter:
     """Turns a raw counter that wraps at `max_range` into a monotonic one.
 

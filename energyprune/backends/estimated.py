@@ -4,10 +4,19 @@ Used where no counter is readable (RAPL is root-only on most distributions and a
 VMs). Every domain it reports is ``Provenance.ESTIMATED`` and carries its relative model
 uncertainty and the assumptions behind it, so a report can print how the figure was obtained.
 
-CPU model (domain ``estimated:cpu``): P = P_idle + (P_max - P_idle) * u, where u is the system-wide
-utilisation between two reads, Δbusy / (Δwall * logical CPUs), and P_max is the power share of the
-CPUs this machine sees: package TDP * visible logical CPUs / logical CPUs per package. On a VM with
-2 vCPUs of a 128-thread EPYC that is 2/128 of the TDP, not all of it. P_idle = 0.3 * P_max.
+CPU model (domain ``estimated:cpu``): P = P_idle + (P_max - P_idle) * u, where u is the utilisation
+between two reads, Δbusy / (Δwall * logical CPUs), and P_max is the power share of the CPUs this
+machine sees: package TDP * visible logical CPUs / logical CPUs per package. On a VM with 2 vCPUs
+of a 128-thread EPYC that is 2/128 of the TDP, not all of it. P_idle = 0.3 * P_max.
+
+Whose busy time: by default (`charge="process"`) only this process's own CPU time (psutil's
+per-process user + system time, its threads and waited-for children included), so the work of
+other processes is not charged to the model, and two runs side by side do not each claim the whole
+machine; the idle power, what the visible CPUs draw anyway, is in every run's total as it would be
+on a hardware counter. The machine's busy time is still read, and when other processes kept more
+than `OTHER_LOAD_WARNING` of the CPUs busy during the run, the result says so: they slow the model
+down and change what its joules mean. `charge="system"` charges all processes (the behaviour
+before 0.2).
 
 Memory model (domain ``estimated:ram``): 0.375 W per GiB installed, constant.
 """
@@ -45,6 +54,12 @@ UNCERTAINTY_TABLE_TDP = 0.35
 UNCERTAINTY_GENERIC_TDP = 0.6
 #: Relative model uncertainty of the memory estimate.
 UNCERTAINTY_RAM = 0.5
+#: Share of the visible CPUs' capacity that other processes may use during a run before the
+#: result warns that the machine was shared.
+OTHER_LOAD_WARNING = 0.10
+#: The largest --cpu-tdp-w taken seriously: a few kilowatts is a large multi-socket server already.
+MAX_CPU_TDP_W = 100_000.0
+CHARGES = ("process", "system")
 
 _GIB = 1024**3
 _TABLE_SOURCE = "vendor specification sheet"
@@ -136,6 +151,14 @@ def _psutil_cpu_times() -> tuple[float, float]:
     return busy, total
 
 
+def _psutil_process_cpu_s() -> float:
+    """This process's CPU time (user + system, children waited for included), in seconds."""
+    import psutil
+
+    t = psutil.Process().cpu_times()
+    return float(t.user + t.system + getattr(t, "children_user", 0.0) + getattr(t, "children_system", 0.0))
+
+
 def _psutil_logical_cpus() -> int:
     import psutil
 
@@ -176,7 +199,8 @@ def _w(value: float) -> str:
 
 
 def build_power_model(
-    cpu_model: str, logical_cpus: int, memory_total_bytes: int, cpu_tdp_w: float | None
+    cpu_model: str, logical_cpus: int, memory_total_bytes: int, cpu_tdp_w: float | None,
+    charge: str = "process",
 ) -> PowerModel:
     """The power model for a machine; `cpu_tdp_w` is the power of the CPUs this process sees."""
     n = logical_cpus
@@ -214,9 +238,13 @@ def build_power_model(
         *tdp_sentences,
         f"Idle power was taken as {IDLE_FRACTION:g} of the full-load power ({_w(idle_w)} W); "
         f"servers measured in the literature idle at roughly 0.2 to 0.5 of their maximum.",
-        "Power was taken to rise linearly from idle to full load with the system-wide CPU "
-        "utilisation (busy time from psutil over wall time times logical CPUs), so the work of "
-        "other processes is charged too, and clock boost and memory stalls are not modelled.",
+        ("Power was taken to rise linearly from idle to full load with the CPU utilisation of "
+         "this process alone (its own busy time from psutil over wall time times logical CPUs): "
+         "other processes' work is not charged to it. Clock boost and memory stalls are not "
+         "modelled." if charge == "process" else
+         "Power was taken to rise linearly from idle to full load with the system-wide CPU "
+         "utilisation (busy time from psutil over wall time times logical CPUs), so the work of "
+         "other processes is charged too, and clock boost and memory stalls are not modelled."),
         f"The CPU estimate is taken to be uncertain by ±{uncertainty:.0%} (relative, "
         f"systematic); it is a model, not a measurement.",
     )
@@ -264,14 +292,18 @@ class EstimatedBackend:
         logical_cpus: int | None = None,
         memory_total_bytes: int | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        charge: str = "process",
+        process_cpu_s: Callable[[], float] | None = None,
     ) -> None:
+        if charge not in CHARGES:
+            raise UsageError(f"charge must be one of {', '.join(CHARGES)}, not {charge!r}")
         if cpu_tdp_w is not None:
             if isinstance(cpu_tdp_w, bool) or not isinstance(cpu_tdp_w, (int, float)) or not (
-                math.isfinite(cpu_tdp_w) and cpu_tdp_w > 0
+                math.isfinite(cpu_tdp_w) and 0 < cpu_tdp_w <= MAX_CPU_TDP_W
             ):
                 raise UsageError(
-                    f"--cpu-tdp-w must be a positive, finite number of watts (the full-load power "
-                    f"of the CPUs this process sees), not {cpu_tdp_w!r}"
+                    f"--cpu-tdp-w must be a number of watts above 0 and at most {MAX_CPU_TDP_W:g} (the "
+                    f"full-load power of the CPUs this process sees), not {cpu_tdp_w!r}"
                 )
         if logical_cpus is not None and logical_cpus < 1:
             raise UsageError(f"logical_cpus must be at least 1, not {logical_cpus!r}")
@@ -279,6 +311,8 @@ class EstimatedBackend:
             raise UsageError(f"memory_total_bytes cannot be negative ({memory_total_bytes!r})")
         self._cpu_tdp_w = cpu_tdp_w
         self._cpu_times = cpu_times if cpu_times is not None else _psutil_cpu_times
+        self._charge = charge
+        self._process_cpu_s = process_cpu_s if process_cpu_s is not None else _psutil_process_cpu_s
         self._cpuinfo_path = cpuinfo_path
         self._logical_cpus = logical_cpus
         self._memory_total_bytes = memory_total_bytes
@@ -295,6 +329,13 @@ class EstimatedBackend:
         self._power_t = 0.0
         self._power_busy = 0.0
         self._last_cpu_w = 0.0
+        # Since open: this process's and the machine's busy seconds, and the wall time.
+        self._open_t = 0.0
+        self._open_own = 0.0
+        self._open_system = 0.0
+        self._last_t = 0.0
+        self._last_own = 0.0
+        self._last_system = 0.0
 
     # ---- probing ----------------------------------------------------------------------------
     def probe(self) -> Availability:
@@ -306,6 +347,8 @@ class EstimatedBackend:
     def _probe(self) -> Availability:
         try:
             self._cpu_times()
+            if self._charge == "process":
+                self._process_cpu_s()
             self.power_model()
         except ImportError:
             return Availability(
@@ -328,7 +371,7 @@ class EstimatedBackend:
             mem = (self._memory_total_bytes if self._memory_total_bytes is not None
                    else _psutil_memory_total_bytes())
             self._model = build_power_model(
-                read_cpu_model(self._cpuinfo_path), n, mem, self._cpu_tdp_w
+                read_cpu_model(self._cpuinfo_path), n, mem, self._cpu_tdp_w, self._charge
             )
         return self._model
 
@@ -338,10 +381,13 @@ class EstimatedBackend:
         if not availability.ok:
             fix = f": {availability.fix}" if availability.fix else ""
             raise BackendUnavailable(f"estimated backend: {availability.reason}{fix}")
-        busy, _ = self._cpu_times()
+        busy = self._own_busy_s()
         now = self._clock()
         self._read_t = self._power_t = now
         self._read_busy = self._power_busy = busy
+        self._open_t = self._last_t = now
+        self._open_system = self._last_system = self._cpu_times()[0]
+        self._open_own = self._last_own = self._own_busy_s()
         self._cpu_j = self._ram_j = 0.0
         self._last_cpu_w = self.power_model().idle_w
         self._open = True
@@ -378,8 +424,9 @@ class EstimatedBackend:
         """Joules since open: the power model integrated over the intervals between reads."""
         self._require_open()
         m = self.power_model()
-        busy, _ = self._cpu_times()
+        busy = self._own_busy_s()
         now = self._clock()
+        self._last_t, self._last_system, self._last_own = now, self._cpu_times()[0], self._own_busy_s()
         dt = now - self._read_t
         if dt > 0:
             u = self._utilisation(busy - self._read_busy, dt)
@@ -392,7 +439,7 @@ class EstimatedBackend:
         """Model power for the utilisation since the previous power_w() call (or open)."""
         self._require_open()
         m = self.power_model()
-        busy, _ = self._cpu_times()
+        busy = self._own_busy_s()
         now = self._clock()
         dt = now - self._power_t
         if dt > 0:
@@ -415,9 +462,30 @@ class EstimatedBackend:
             "cpu_max_power_w": m.max_w,
             "cpu_idle_power_w": m.idle_w,
             "ram_power_w": m.ram_w,
+            "cpu_charged": ("this process's own CPU time" if self._charge == "process"
+                            else "every process's CPU time (system-wide)"),
         }
 
+    def run_notes(self) -> Sequence[str]:
+        """What a result should say about the run so far: whether other processes shared the CPUs."""
+        if not self._open or self._last_t <= self._open_t:
+            return ()
+        wall_s = self._last_t - self._open_t
+        capacity_s = wall_s * self.power_model().logical_cpus
+        others_s = (self._last_system - self._open_system) - (self._last_own - self._open_own)
+        share = max(0.0, others_s) / capacity_s if capacity_s > 0 else 0.0
+        if share <= OTHER_LOAD_WARNING:
+            return ()
+        charged = ("the estimate charges this process's CPU time only" if self._charge == "process"
+                   else "the estimate charged their work to this run too (charge='system')")
+        return (f"other processes kept {share * 100:.0f}% of the CPUs busy during the measurement (more than "
+                f"{OTHER_LOAD_WARNING * 100:.0f}%): they slow the model down and its figures vary; {charged}",)
+
     # ---- helpers ----------------------------------------------------------------------------
+    def _own_busy_s(self) -> float:
+        """Busy seconds of what is charged: this process, or every process."""
+        return self._process_cpu_s() if self._charge == "process" else self._cpu_times()[0]
+
     def _utilisation(self, d_busy_s: float, d_wall_s: float) -> float:
         # Busy time is counted in scheduler ticks (10 ms), so a short interval can come out a
         # little above 1 or below 0: clamp.

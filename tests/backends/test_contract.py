@@ -44,7 +44,7 @@ def _estimated(tmp_path) -> tuple[Backend, Callable[[], None]]:
         clock["t"] += 1.0
         busy["s"] += 1.0  # one of two CPUs busy for a second
 
-    backend = EstimatedBackend(cpu_times=lambda: (busy["s"], 2 * clock["t"]), logical_cpus=2,
+    backend = EstimatedBackend(cpu_times=lambda: (busy["s"], 2 * clock["t"]), process_cpu_s=lambda: busy["s"], logical_cpus=2,
                                memory_total_bytes=8 * 2**30, clock=lambda: clock["t"],
                                cpuinfo_path=tmp_path / "missing")
     return backend, advance

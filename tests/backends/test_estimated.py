@@ -53,7 +53,8 @@ def cpuinfo(tmp_path, model: str | None, n: int = 2):
 def make(tmp_path, model="AMD EPYC 7763 64-Core Processor", logical_cpus=2,
          memory_total_bytes=8 * GIB, cpu_tdp_w=None):
     clock, times = FakeClock(), FakeCpuTimes()
-    backend = EstimatedBackend(cpu_tdp_w=cpu_tdp_w, cpu_times=times,
+    # No other process runs on this fake machine: this process's busy time is the machine's.
+    backend = EstimatedBackend(cpu_tdp_w=cpu_tdp_w, cpu_times=times, process_cpu_s=lambda: times.busy,
                                cpuinfo_path=cpuinfo(tmp_path, model, logical_cpus),
                                logical_cpus=logical_cpus, memory_total_bytes=memory_total_bytes,
                                clock=clock)
@@ -263,3 +264,51 @@ def test_satisfies_the_protocols(tmp_path):
     assert isinstance(backend, Backend)
     assert isinstance(backend, PowerSensor)
     assert isinstance(backend, DeviceFactsReporter)
+
+
+# ---- whose CPU time is charged ---------------------------------------------------------------
+def shared_machine(tmp_path, charge="process"):
+    """Two logical CPUs; this process keeps half of one busy while another process keeps one busy."""
+    clock, times = FakeClock(), FakeCpuTimes()
+    own = {"s": 0.0}
+    backend = EstimatedBackend(cpu_times=times, process_cpu_s=lambda: own["s"], charge=charge,
+                               cpuinfo_path=cpuinfo(tmp_path, "AMD EPYC 7763 64-Core Processor", 2),
+                               logical_cpus=2, memory_total_bytes=8 * GIB, clock=clock)
+    backend.open()
+    clock.now += 10.0
+    own["s"] += 5.0
+    times.busy += 15.0  # ours (5 s) and the other process's (10 s)
+    return backend
+
+
+def test_only_this_process_is_charged_and_a_shared_machine_is_said(tmp_path):
+    backend = shared_machine(tmp_path)
+    m = backend.power_model()
+    reading = backend.read()
+    # utilisation of this process: 5 s / (10 s x 2 CPUs) = 0.25
+    assert reading.energy_j[CPU_DOMAIN] == pytest.approx(m.cpu_power_w(0.25) * 10.0)
+    (note,) = backend.run_notes()
+    assert "other processes kept 50% of the CPUs busy" in note and "this process's CPU time only" in note
+    assert "alone" in " ".join(domain(backend, CPU_DOMAIN).assumptions)
+    assert backend.device_facts()["cpu_charged"] == "this process's own CPU time"
+
+
+def test_system_charge_counts_every_process(tmp_path):
+    backend = shared_machine(tmp_path, charge="system")
+    m = backend.power_model()
+    assert backend.read().energy_j[CPU_DOMAIN] == pytest.approx(m.cpu_power_w(0.75) * 10.0)
+    assert "system-wide" in backend.device_facts()["cpu_charged"]
+
+
+def test_a_quiet_machine_has_nothing_to_say(tmp_path):
+    backend, clock, times = make(tmp_path)
+    backend.open()
+    clock.now += 10.0
+    times.busy += 4.0
+    backend.read()
+    assert backend.run_notes() == ()
+
+
+def test_unknown_charge_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="charge"):
+        EstimatedBackend(charge="everyone")
