@@ -250,11 +250,12 @@ def _prepared(spec: str | None, args: argparse.Namespace):
     return loaded, model, inputs, device
 
 
-def _emit(args: argparse.Namespace, result: dict[str, Any], text: str, markdown: str) -> None:
+def _emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
     from energyprune.report import to_json, write_atomic
+    from energyprune.reporting import render
 
     if args.out:
-        write_atomic(args.out, to_json(result) if args.out.lower().endswith(".json") else markdown)
+        write_atomic(args.out, to_json(result) if args.out.lower().endswith(".json") else render(result, "md"))
     if args.json:
         sys.stdout.write(to_json(result))
     else:
@@ -267,7 +268,7 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     from energyprune.api import measure
     from energyprune.progress import ProgressBar
     from energyprune.distributed import distributed_context
-    from energyprune.report import check_output_path, render_markdown, render_text
+    from energyprune.report import check_output_path, render_text
 
     info = distributed_context()
     if info is not None and info.world_size > 1:
@@ -287,7 +288,7 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     data["device"]["torch_device"] = str(device)
     data["inputs"] = _inputs_text(inputs)
     title = f"energyprune measure: {loaded.description} on {device}, batch {args.batch_size}, inputs {data['inputs']}"
-    _emit(args, data, render_text(data, title), render_markdown(data, f"energyprune measurement: {loaded.spec}"))
+    _emit(args, data, render_text(data, title))
     return 0
 
 
@@ -327,7 +328,7 @@ def _cmd_measure_distributed(args: argparse.Namespace, info: Any) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from energyprune.api import compare
     from energyprune.progress import ProgressBar
-    from energyprune.report import check_output_path, render_comparison_markdown, render_comparison_text
+    from energyprune.report import check_output_path, render_comparison_text
 
     config = _meter_config(args)
     if args.out:
@@ -342,7 +343,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         progress.close()
     data = result.to_dict()
     data["a"]["model"], data["b"]["model"] = loaded_a.description, loaded_b.description
-    _emit(args, data, render_comparison_text(data), render_comparison_markdown(data))
+    _emit(args, data, render_comparison_text(data))
     return 0
 
 

@@ -157,34 +157,6 @@ def render_text(result: Mapping[str, Any], title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_markdown(result: Mapping[str, Any], title: str = "energyprune measurement") -> str:
-    lines = [f"# {title}", ""]
-    if result.get("model"):
-        lines += [f"Model: {result['model']}", ""]
-    lines += ["| figure | value |", "| --- | --- |"]
-    lines += [f"| {k} | {v} |" for k, v in summary_rows(result)]
-    lines += ["", "## Domains", ""]
-    rows = domain_rows(result)
-    lines += ["| " + " | ".join(rows[0]) + " |", "|" + " --- |" * len(rows[0])]
-    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-    lines += ["", "## Windows", "", "| # | inferences | duration s | J/inference | device state |",
-              "| --- | --- | --- | --- | --- |"]
-    for w in result["windows"]:
-        state = "; ".join(
-            f"{s['domain']}: {s['sm_clock_mhz']} MHz, {s['temperature_c']} C"
-            + (f", {'/'.join(s['throttle_reasons'])}" if s["throttle_reasons"] else "")
-            for s in w["states"]) or "-"
-        lines.append(f"| {w['index']} | {w['n_inferences']} | {w['duration_s']:.3f} | "
-                     f"{format_energy(w['per_inference_j'])} | {state} |")
-    assumptions = [(d["name"], a) for d in result["domains"] for a in d["assumptions"]]
-    if assumptions:
-        lines += ["", "## Assumptions", ""] + [f"- `{name}`: {text}" for name, text in assumptions]
-    if result["warnings"]:
-        lines += ["", "## Warnings", ""] + [f"- {w}" for w in result["warnings"]]
-    lines += ["", "## Device", "", "```json", json.dumps(result["device"], indent=2, default=str), "```", ""]
-    return "\n".join(lines)
-
-
 def render_comparison_text(result: Mapping[str, Any]) -> str:
     low, high = result["ratio_ci95"]
     a, b = result["a"], result["b"]
@@ -200,19 +172,3 @@ def render_comparison_text(result: Mapping[str, Any]) -> str:
     if warnings:
         lines += ["", "  warnings:"] + [f"    ! {w}" for w in warnings]
     return "\n".join(lines) + "\n"
-
-
-def render_comparison_markdown(result: Mapping[str, Any]) -> str:
-    low, high = result["ratio_ci95"]
-    text = ["# energyprune comparison", "",
-            f"B / A energy per inference: **{result['ratio_b_over_a']:.4f}** "
-            f"(95% interval {low:.4f} .. {high:.4f}, {len(result['ratios'])} interleaved pairs, "
-            f"{result['provenance']})", ""]
-    text.append(_demoted(render_markdown(result["a"], title=f"A: {result['a']['label']}")))
-    text.append(_demoted(render_markdown(result["b"], title=f"B: {result['b']['label']}")))
-    return "\n".join(text)
-
-
-def _demoted(markdown: str) -> str:
-    """Every heading one level down (# -> ##, ## -> ###), the first line's too."""
-    return ("\n" + markdown).replace("\n#", "\n##")[1:]

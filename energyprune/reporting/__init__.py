@@ -63,9 +63,20 @@ def check_schema(result: Any, source: str = "the result") -> str:
     return str(schema)
 
 
+#: Fields without which a result of a schema cannot be rendered honestly (a truncated file).
+REQUIRED = {
+    "energyprune.measurement/1": ("provenance", "per_inference_j", "ci95_j", "domains", "windows"),
+    "energyprune.comparison/1": ("provenance", "ratio_b_over_a", "ratio_ci95", "ratios", "a", "b"),
+    "energyprune.prune_result/1": ("provenance", "original", "final", "steps", "target"),
+}
+
+
 def document(result: Mapping[str, Any], source: str = "the result") -> Document:
     """The result as a `Document` (title, provenance banner, sections with tables and figures)."""
     schema = check_schema(result, source)
+    missing = [key for key in REQUIRED.get(schema, ()) if key not in result]
+    if missing:
+        raise ResultFileError(f"{source} is not a complete {schema} result (it lacks {', '.join(missing)})")
     try:
         return _builders()[schema](result)
     except (KeyError, TypeError, AttributeError, IndexError) as error:
@@ -98,19 +109,8 @@ def render(result: Mapping[str, Any], fmt: str, source: str = "the result") -> s
 
 
 def _markdown(result: Mapping[str, Any], schema: str, doc: Document) -> str:
-    from energyprune.reporting.to_markdown import figures_section, render_markdown
+    from energyprune.reporting.to_markdown import render_markdown
 
-    # measure and compare already have a Markdown form (energyprune.report): keep it, so a
-    # re-rendered report reads like the one `measure --out x.md` wrote, and add the figure list.
-    if schema == "energyprune.measurement/1":
-        from energyprune.report import render_markdown as measurement_markdown
-
-        text = measurement_markdown(result, f"energyprune measurement: {result.get('model') or result.get('label')}")
-        return text.rstrip("\n") + "\n\n" + figures_section(doc)
-    if schema == "energyprune.comparison/1":
-        from energyprune.report import render_comparison_markdown
-
-        return render_comparison_markdown(result).rstrip("\n") + "\n\n" + figures_section(doc)
     return render_markdown(doc)
 
 
