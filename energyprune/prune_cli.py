@@ -6,9 +6,11 @@ with its interval, joules per inference, quality); standard output the summary, 
 result alone with `--json`. DIR receives the pruned model (loadable by `load_model(DIR)`),
 `result.json` (the source of truth), `record.json`, `report.md`, `report.html` and the checkpoint.
 
-Exit codes: 0 target reached; 3 target not reached (the best model that met the quality floor is
-still saved, and the last line says how close it got and why); 2 a usage error; 130 interrupted
-(the checkpoint is saved and the message says how to resume).
+Exit codes: 0 target reached (the whole 95% interval of the final energy ratio is at or below the
+goal); 4 UNCONFIRMED: the median ratio meets the target but its interval reaches above it (the
+model is saved; `--accept-median` makes this exit 0); 3 target not reached (the best model that
+met the quality floor is still saved, and the last line says how close it got and why); 2 a usage
+error; 130 interrupted (the checkpoint is saved and the message says how to resume).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 #: The target was not reached (the model closest to it is still written to DIR).
 EXIT_UNREACHED = 3
+#: The median met the target, its 95% interval did not (the model is still written to DIR).
+EXIT_UNCONFIRMED = 4
 EXIT_INTERRUPTED = 130
 
 RESULT_FILE = "result.json"
@@ -63,7 +67,8 @@ def add_prune_parser(subparsers: Any) -> argparse.ArgumentParser:
         "prune", conflict_handler="resolve",
         help="prune a model until it meets an energy target, measuring every step",
         description="Prune a copy of MODEL, step by measured step, until one inference meets --target. "
-                    "Exit codes: 0 reached, 3 not reached (best model still saved), 2 usage error, 130 "
+                    "Exit codes: 0 reached (the 95%% interval at or below the goal), 4 unconfirmed (only the "
+                    "median meets it; model saved), 3 not reached (best model still saved), 2 usage error, 130 "
                     "interrupted (resume with --resume).")
     # "--target -30%" works because cli.main joins it into "--target=-30%" before parsing.
     parser.add_argument("model", nargs="?", help="a local Hugging Face folder, module:factory, file.py:factory, "
@@ -81,6 +86,9 @@ def add_prune_parser(subparsers: Any) -> argparse.ArgumentParser:
     loop.add_argument("--quality-floor", type=float, metavar="Q",
                       help="never accept a step whose quality (fidelity to the original, 0..1) falls below Q")
     loop.add_argument("--max-steps", type=_positive_int, default=50, help="at most this many steps (default 50)")
+    loop.add_argument("--accept-median", action="store_true",
+                      help="count the target as reached when the median ratio meets it even if its 95%% interval "
+                           "reaches above (exit 0 instead of 4)")
     loop.add_argument("--calibration", default="auto", choices=["auto", "text", "random"],
                       help="calibration data for the criterion: real text for a Hugging Face LM with a "
                            "tokenizer, else random inputs (default auto)")
@@ -229,7 +237,8 @@ def run_prune(args: argparse.Namespace) -> int:
             model, target, args.criterion, inputs=inputs, calibration=calibration, unit_kind=args.unit_kind,
             quality_floor=args.quality_floor, recovery=recovery, judge=judge, checkpoint_dir=directory,
             resume=args.resume,
-            max_steps=args.max_steps, progress=live, **dict(args.criterion_option))
+            max_steps=args.max_steps, progress=live, accept_median=args.accept_median,
+            **dict(args.criterion_option))
     except PruneInterrupted as interrupt:
         live.close()
         partial = interrupt.result
@@ -266,7 +275,9 @@ def run_prune(args: argparse.Namespace) -> int:
         print(f"energyprune: wrote {directory} (pruned model, {RESULT_FILE}, {RECORD_FILE}, {REPORT_FILE}, {HTML_REPORT_FILE}); "
               f"load it with energyprune.models.load_model({str(directory)!r})", file=sys.stderr)
     print(f"energyprune: {result.message}", file=sys.stderr)
-    return 0 if result.reached else EXIT_UNREACHED
+    if result.reached:
+        return 0
+    return EXIT_UNCONFIRMED if result.outcome == "median-only" else EXIT_UNREACHED
 
 
 def _write_results(directory: Path, result: Any, args: argparse.Namespace, data: dict[str, Any] | None = None) -> None:
@@ -306,10 +317,12 @@ def _interval(pair: Any) -> str:
 def _steps_rows(data: dict[str, Any]) -> list[list[str]]:
     from energyprune.report import format_energy
 
+    est = " ESTIMATED" if data.get("provenance") == "estimated" else ""
     rows = [["step", "removed", "params", "energy ratio", "95% interval", "J/inference", "quality", "accepted"]]
     for s in data["steps"]:
         rows.append([str(s["index"]), str(len(s["removed"])), str(s["n_params"]), _ratio(s["energy_ratio"]),
-                     _interval(s["energy_ratio_ci95"]), format_energy(s["per_inference_j"]),
+                     _interval(s["energy_ratio_ci95"]),
+                     format_energy(s["per_inference_j"]) + (est if s["per_inference_j"] is not None else ""),
                      "n/a" if s["quality"] is None else f"{s['quality']:.4g}", "yes" if s["accepted"] else "no"])
     return rows
 
@@ -324,13 +337,19 @@ def render_text(data: dict[str, Any]) -> str:
              f"target {data['target']['text']}",
              f"  original  {format_energy(o['per_inference_j'])} per inference{tag}, {o['n_params']} params",
              f"  final     energy ratio {_ratio(f['energy_ratio'])} [95% {_interval(f['energy_ratio_ci95'])}], "
-             f"{format_energy(f['per_inference_j'])} per inference, {f['n_params']} params"
+             f"{format_energy(f['per_inference_j'])} per inference{' ESTIMATED' if estimated else ''}, "
+             f"{f['n_params']} params"
              + ("" if f.get("comparison") else " (no direct comparison with the original)"), ""]
     rows = _steps_rows(data)
     if len(rows) > 1:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows] + [""]
-    lines.append(f"  {'REACHED' if data['reached'] else 'NOT REACHED'} ({data['stop_reason']}): {data['message']}")
+    outcome = data.get("outcome") or ("reached" if data["reached"] else "not-reached")
+    word = {"reached": "REACHED", "median-only": "UNCONFIRMED (met by the median only)",
+            "not-reached": "NOT REACHED"}[outcome]
+    if outcome == "median-only" and data["reached"]:
+        word += ", accepted with --accept-median"
+    lines.append(f"  {word} ({data['stop_reason']}): {data['message']}")
     if data["warnings"]:
         lines += ["", "  warnings:"] + [f"    ! {w}" for w in data["warnings"]]
     return "\n".join(lines) + "\n"

@@ -120,8 +120,8 @@ def summary_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows += [
         ("latency", f"{format_time(latency['median'])} per inference (median of windows, "
                     f"{format_time(latency['min'])} .. {format_time(latency['max'])})"),
-        ("power", f"{format_power(result['mean_power_w'])} mean, "
-                  f"{format_power(result['idle_power_w'])} idle"),
+        ("power" + tag, f"{format_power(result['mean_power_w'])} mean, "
+                        f"{format_power(result['idle_power_w'])} idle"),
         ("windows", f"{result['n_windows']} windows, {result['n_inferences']} inferences, "
                     f"{result['duration_s']:.2f} s measured"),
         ("stopped because", STOP_REASONS.get(result["stop_reason"], result["stop_reason"])),
@@ -132,7 +132,7 @@ def summary_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
 def domain_rows(result: Mapping[str, Any]) -> list[list[str]]:
     rows = [["domain", "provenance", "method", "J/inference", "above idle", "idle W", "mean W"]]
     for d in result["domains"]:
-        rows.append([d["name"], d["provenance"], d["method"], format_energy(d["per_inference_j"]),
+        rows.append([d["name"], d["provenance"].upper(), d["method"], format_energy(d["per_inference_j"]),
                      format_energy(d["per_inference_dynamic_j"]), f"{d['idle_power_w']:.2f}",
                      f"{d['mean_power_w']:.2f}"])
     return rows
@@ -164,8 +164,10 @@ def render_comparison_text(result: Mapping[str, Any]) -> str:
     lines = [
         f"  energy per inference, B / A{tag}: {result['ratio_b_over_a']:.4f}   "
         f"95% interval {low:.4f} .. {high:.4f}   ({len(result['ratios'])} interleaved pairs)",
-        f"  A {a['label']}: {format_energy(a['per_inference_j'])}   latency {format_time(a['latency_s']['median'])}",
-        f"  B {b['label']}: {format_energy(b['per_inference_j'])}   latency {format_time(b['latency_s']['median'])}",
+        f"  A {a['label']}: {format_energy(a['per_inference_j'])} per inference{tag}   95% interval "
+        f"{_interval(a['ci95_j'])}   latency {format_time(a['latency_s']['median'])}",
+        f"  B {b['label']}: {format_energy(b['per_inference_j'])} per inference{tag}   95% interval "
+        f"{_interval(b['ci95_j'])}   latency {format_time(b['latency_s']['median'])}",
         f"  stopped because: {STOP_REASONS.get(result['stop_reason'], result['stop_reason'])}",
     ]
     warnings = list(dict.fromkeys(a["warnings"] + b["warnings"]))

@@ -14,7 +14,11 @@ report renders; `PruneResult.from_dict()` reads it back (without the model). Con
   quality floor): its energy fields (`step_ratio`, `step_ratio_ci95`, `energy_ratio`,
   `energy_ratio_ci95`, `per_inference_j`, `latency_s`) are null - nothing was measured, so no
   number is given;
-- `provenance` is "estimated" as soon as one figure behind the result came from a power model.
+- `provenance` is "estimated" as soon as one figure behind the result came from a power model;
+- `outcome` is "reached" only when the whole 95% interval of the final ratio is at or below the
+  goal, "median-only" when the median meets it but the interval reaches above (the model is still
+  the best found, and saved), "not-reached" otherwise; `reached` is true for "reached" (and for
+  "median-only" where the caller passed `accept_median=True`).
 """
 
 from __future__ import annotations
@@ -32,9 +36,12 @@ from energyprune.pruning.base import Unit
 from energyprune.pruning.record import PruneRecord
 
 SCHEMA = "energyprune.prune_result/1"
+OUTCOMES = ("reached", "median-only", "not-reached")
 
 STOP_REASONS = {
     "target-reached": "the target was reached (confirmed by a direct comparison with the original)",
+    "median-reached": ("the median of the direct comparison with the original met the target, but its 95% "
+                       "interval reaches above it"),
     "quality-floor": "the next step would have broken the quality floor",
     "nothing-left": "no unit of this kind is left to remove",
     "too-coarse": "the meter could not resolve the steps' savings (ratio intervals contained 1)",
@@ -242,10 +249,15 @@ class PruneResult:
     duration_s: float
     warnings: tuple[str, ...] = ()
     model: nn.Module | None = field(default=None, compare=False, repr=False)
+    outcome: str = ""  # see the module docstring; derived from `reached` when left empty
 
     def __post_init__(self) -> None:
         if self.stop_reason not in STOP_REASONS:
             raise UsageError(f"unknown stop reason {self.stop_reason!r}; known: {', '.join(STOP_REASONS)}")
+        if not self.outcome:
+            object.__setattr__(self, "outcome", "reached" if self.reached else "not-reached")
+        if self.outcome not in OUTCOMES:
+            raise UsageError(f"unknown outcome {self.outcome!r}; known: {', '.join(OUTCOMES)}")
 
     @property
     def accepted_steps(self) -> tuple[PruneStep, ...]:
@@ -261,6 +273,7 @@ class PruneResult:
             "unit_kind": self.unit_kind,
             "target": target,
             "reached": self.reached,
+            "outcome": self.outcome,
             "stop_reason": self.stop_reason,
             "message": self.message,
             "provenance": self.provenance,
@@ -295,6 +308,7 @@ class PruneResult:
                 record=PruneRecord.from_dict(d["record"]),
                 duration_s=float(d["duration_s"]),
                 warnings=tuple(str(w) for w in d.get("warnings", ())),
+                outcome=str(d.get("outcome") or ""),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise UsageError(f"not a prune result: {type(error).__name__}: {error}") from None

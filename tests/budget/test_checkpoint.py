@@ -12,7 +12,9 @@ from energyprune.errors import UsageError
 from tests.budget.models import tiny, tiny_inputs
 from tests.budget.scripted import FlopsJudge
 
-ARGS = dict(target="-45%", criterion="magnitude", unit_kind="neuron")
+# The scripted judge lands exactly on the goal, with a +-1% interval: met by the median, not
+# confirmed at 95%. These tests are about checkpoints, so they accept the median (--accept-median).
+ARGS = dict(target="-45%", criterion="magnitude", unit_kind="neuron", accept_median=True)
 
 
 def run(model, judge, **kwargs):

@@ -4,6 +4,7 @@ the test is fast and its outcome certain; the real meter is exercised in test_me
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import pytest
@@ -43,11 +44,12 @@ def judges(monkeypatch):
     made = []
 
     def factory(*args, **kwargs):
-        judge = FlopsJudge(by="params", interrupt_at=factory.interrupt_at)
+        judge = FlopsJudge(by="params", interrupt_at=factory.interrupt_at, half_width=factory.half_width)
         made.append(judge)
         return judge
 
     factory.interrupt_at = None
+    factory.half_width = 0.01
     monkeypatch.setattr(energyprune.budget, "MeterJudge", factory)
     return factory
 
@@ -136,3 +138,30 @@ def test_prune_with_recovery_steps_distils_each_candidate(tmp_path, judges, caps
     assert sum(p.numel() for p in loaded.module.parameters()) == json.loads((out / "result.json").read_text())["final"]["n_params"]
     with pytest.raises(SystemExit):
         cli(["prune", "--target", "-30%", "--criterion", "magnitude", "--recovery-steps", "x", *DEMO])
+
+
+class WideFinalJudge(FlopsJudge):
+    """Exact steps, but the direct comparison with the original has a +-25% interval."""
+
+    def measure(self, model, inputs):
+        self.original = model
+        return super().measure(model, inputs)
+
+    def compare(self, a, b, inputs):
+        comparison = super().compare(a, b, inputs)
+        if a is self.original:
+            comparison = dataclasses.replace(comparison, ratio_ci95=(comparison.ratio * 0.75, comparison.ratio * 1.25))
+        return comparison
+
+
+def test_a_target_met_by_the_median_only_exits_4_unless_accepted(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(energyprune.budget, "MeterJudge", lambda *args, **kwargs: WideFinalJudge(by="params"))
+    args = ["prune", "--target", "-30%", "--criterion", "magnitude", *DEMO]
+    code = cli([*args, "--out", str(tmp_path / "a")])
+    captured = capsys.readouterr()
+    result = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert result["final"]["energy_ratio"] <= 0.7 < result["final"]["energy_ratio_ci95"][1]
+    assert code == 4 and result["outcome"] == "median-only" and not result["reached"]
+    assert "UNCONFIRMED" in captured.out and (tmp_path / "a" / "pruned.safetensors").is_file()
+    assert cli([*args, "--out", str(tmp_path / "b"), "--accept-median"]) == 0
+    assert "accepted with --accept-median" in capsys.readouterr().out

@@ -53,7 +53,7 @@ def test_the_loop_runs_recovery_after_each_removal():
 
     recovery = Counting(teacher=model, batches=[tiny_inputs(16, seed=3)], steps=2)
     result = prune_to_energy(model, "-30%", "magnitude", unit_kind="neuron", inputs=inputs, judge=FlopsJudge(),
-                             recovery=recovery)
+                             recovery=recovery, accept_median=True)  # the judge lands exactly on the goal
     assert result.reached and len(calls) == len(result.steps) >= 2
     assert calls == sorted(calls, reverse=True)  # each candidate smaller than the last
 
