@@ -26,14 +26,16 @@ from energyprune.models import Inputs, batch_size_of, call_model, check_inputs, 
 logger = logging.getLogger(__name__)
 
 
-def _backends_for(backend: str | Sequence[Backend], cuda_devices: Sequence[int],
-                  cpu_tdp_w: float | None) -> tuple[list[Backend], tuple[str, ...]]:
+def resolve_backends(backend: str | Sequence[Backend], cuda_devices: Sequence[int],
+                     cpu_tdp_w: float | None) -> tuple[list[Backend], tuple[str, ...]]:
+    """Backends for a spec (probed; each note logged once, here) or the given backend objects."""
     if isinstance(backend, str):
         selection = select_backends(backend, cuda_devices=cuda_devices, cpu_tdp_w=cpu_tdp_w)
         for note in selection.notes:
             logger.warning("%s", note)
         return list(selection.backends), selection.notes
     return list(backend), ()
+
 
 
 def measure(
@@ -55,7 +57,7 @@ def measure(
     backend objects. The model runs under `torch.inference_mode()`. `agree` (see `meter.Agree`)
     makes several processes call the model equally often: `measure_distributed(lockstep=True)`."""
     check_inputs(model, inputs)
-    backends, notes = _backends_for(backend, cuda_devices_of(model), cpu_tdp_w)
+    backends, notes = resolve_backends(backend, cuda_devices_of(model), cpu_tdp_w)
     meter = Meter(backends, config, sync=make_sync(model), progress=progress, agree=agree or no_agreement)
     with torch.inference_mode():
         result = meter.measure(lambda: call_model(model, inputs),
@@ -80,7 +82,7 @@ def compare(
     check_inputs(model_a, inputs)
     check_inputs(model_b, inputs_b)
     devices = sorted(set(cuda_devices_of(model_a)) | set(cuda_devices_of(model_b)))
-    backends, notes = _backends_for(backend, devices, cpu_tdp_w)
+    backends, notes = resolve_backends(backend, devices, cpu_tdp_w)
     sync_a, sync_b = make_sync(model_a), make_sync(model_b)
 
     def sync() -> None:
@@ -120,7 +122,7 @@ class EnergyMeter:
     ) -> None:
         if cuda_devices is None:
             cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        self._backends, self._notes = _backends_for(backend, cuda_devices, cpu_tdp_w)
+        self._backends, self._notes = resolve_backends(backend, cuda_devices, cpu_tdp_w)
         self._sync = sync
         self._idle_s = idle_s
         self._sample_interval_s = sample_interval_s

@@ -78,7 +78,11 @@ class EnergyJudge(Protocol):
 
 class MeterJudge:
     """The real meter: `energyprune.api.measure` and `energyprune.api.compare` with one backend
-    spec and one `MeterConfig` for every figure of a run, so all of them are taken the same way."""
+    spec and one `MeterConfig` for every figure of a run, so all of them are taken the same way.
+
+    The spec is resolved into backends once per run (per set of GPUs the models use), not at every
+    step: the probes run once, and a note such as the fallback to the estimate is said once, with
+    the original's measurement, instead of at every step."""
 
     def __init__(
         self,
@@ -91,22 +95,48 @@ class MeterJudge:
         self.config = config
         self.cpu_tdp_w = cpu_tdp_w
         self.progress = progress
+        self._resolved: dict[tuple[int, ...], list[Backend]] = {}
+        self.notes: tuple[str, ...] = ()  # what resolving the spec had to say (said once)
 
     def __repr__(self) -> str:
         backend = self.backend if isinstance(self.backend, str) else [b.name for b in self.backend]
         return f"MeterJudge(backend={backend!r}, config={self.config!r})"
 
+    def backends_for(self, *models: nn.Module) -> tuple[list[Backend], tuple[str, ...]]:
+        """The backends for these models' devices, and the notes that are new (empty after the
+        first call for the same devices)."""
+        from energyprune.api import resolve_backends
+        from energyprune.models import cuda_devices_of
+
+        devices = tuple(sorted({d for m in models for d in cuda_devices_of(m)}))
+        if devices in self._resolved:
+            return self._resolved[devices], ()
+        backends, notes = resolve_backends(self.backend, devices, self.cpu_tdp_w)
+        self._resolved[devices] = backends
+        self.notes = tuple(dict.fromkeys(self.notes + tuple(notes)))
+        return backends, tuple(notes)
+
     def measure(self, model: nn.Module, inputs: Inputs) -> MeasurementLike:
+        import dataclasses
+
         from energyprune.api import measure
 
-        return measure(model, inputs, backend=self.backend, config=self.config, cpu_tdp_w=self.cpu_tdp_w,
-                       progress=self.progress, label="original")
+        backends, notes = self.backends_for(model)
+        result = measure(model, inputs, backend=backends, config=self.config, progress=self.progress,
+                         label="original")
+        return dataclasses.replace(result, warnings=notes + result.warnings)
 
     def compare(self, a: nn.Module, b: nn.Module, inputs: Inputs) -> ComparisonLike:
+        import dataclasses
+
         from energyprune.api import compare
 
-        return compare(a, b, inputs, backend=self.backend, config=self.config, cpu_tdp_w=self.cpu_tdp_w,
-                       progress=self.progress, labels=("current", "candidate"))
+        backends, notes = self.backends_for(a, b)
+        result = compare(a, b, inputs, backend=backends, config=self.config, progress=self.progress,
+                         labels=("current", "candidate"))
+        if notes:
+            result = dataclasses.replace(result, a=dataclasses.replace(result.a, warnings=notes + result.a.warnings))
+        return result
 
 
 def provenance_of(*items: MeasurementLike | ComparisonLike | None) -> Provenance:
