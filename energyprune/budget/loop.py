@@ -593,14 +593,15 @@ class _Loop:
         if self.floor is not None and quality is not None and quality < self.floor:
             note = (f"quality {quality:.4g} is below the floor {self.floor:.4g}: refused, not measured")
             refused = PruneStep(index, tuple(chosen), state.n_removed, n_params, flops, None, None, None, None,
-                                None, None, quality, fidelity, False, note, time.perf_counter() - t0)
+                                None, None, quality, fidelity, False, note, time.perf_counter() - t0,
+                                removed_original=tuple(state.record.original_unit(u) for u in chosen))
             state.steps.append(refused)
             self.emit(refused)
             if len(chosen) > 1:
                 self.step_cap = len(chosen) // 2
                 self.save("running")
                 return None
-            paths = ", ".join(u.path + (f"[{u.index}]" if u.kind == "neuron" else "") for u in chosen)
+            paths = ", ".join(u.path + (f"[{u.index}]" if u.kind == "neuron" else "") for u in refused.removed_original)
             return self.finish("quality-floor",
                                f"removing even one more {self.kind} ({paths}) brings the quality to {quality:.4g}, "
                                f"below the floor {self.floor:.4g}")
@@ -634,6 +635,7 @@ class _Loop:
                          "reaches 1")
         for text in tuple(comparison.a.warnings) + tuple(comparison.b.warnings):
             state.warn(f"step {index}: {text}")
+        removed_original = tuple(state.record.original_unit(u) for u in chosen)
         self.current = candidate
         self._scores = None
         self.step_cap = None
@@ -646,7 +648,7 @@ class _Loop:
             energy_ratio_ci95=state.energy_ratio_ci95, per_inference_j=state.original.per_inference_j * e_ratio,
             latency_s=b_latency, quality=quality, fidelity=fidelity, accepted=True, note="; ".join(notes),
             duration_s=time.perf_counter() - t0, latency_ratio=state.tracked_ratio("latency"),
-            mean_power_w=b_power, comparison=_strip_traces(comparison.to_dict()))
+            mean_power_w=b_power, comparison=_strip_traces(comparison.to_dict()), removed_original=removed_original)
         state.steps.append(accepted)
         self.save("running")
         self.emit(accepted)

@@ -113,11 +113,14 @@ class PruneStep:
     latency_ratio: float | None = None  # cumulative, over the original
     mean_power_w: float | None = None  # the candidate's mean power in its comparison
     comparison: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    #: `removed` as the original model numbers them (`removed` is in the model the step pruned).
+    removed_original: tuple[Unit, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "index": self.index,
             "removed": [{"kind": u.kind, "path": u.path, "index": u.index} for u in self.removed],
+            "removed_original": [{"kind": u.kind, "path": u.path, "index": u.index} for u in self.removed_original],
             "n_removed_total": self.n_removed_total,
             "n_params": self.n_params,
             "flops": self.flops,
@@ -160,6 +163,8 @@ class PruneStep:
                 latency_ratio=_opt_float(d.get("latency_ratio")),
                 mean_power_w=_opt_float(d.get("mean_power_w")),
                 comparison=d.get("comparison"),
+                removed_original=tuple(Unit(str(u["kind"]), str(u["path"]), int(u["index"]))
+                                       for u in d.get("removed_original") or ()),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise UsageError(f"not a prune step: {type(error).__name__}: {error}") from None
@@ -321,6 +326,9 @@ def format_step(step: PruneStep, estimated: bool = False) -> str:
 
     kinds = sorted({u.kind for u in step.removed})
     what = f"-{len(step.removed)} {'/'.join(kinds) or 'unit'}"
+    named = step.removed_original or step.removed
+    if named and len(named) <= 4 and kinds and set(kinds) <= {"block", "attention"}:
+        what += " " + ", ".join(u.path for u in named)  # as the original model numbers them
     parts = [f"step {step.index}: {what} ({step.n_removed_total} total)", f"{step.n_params / 1e6:.3g} M params"]
     if step.energy_ratio is not None:
         low, high = step.energy_ratio_ci95 or (math.nan, math.nan)

@@ -147,6 +147,36 @@ class PruneRecord:
                 current = prefix + str(new) + ("." + tail if tail else "")
         return current
 
+    def original_unit(self, unit: Any) -> Any:
+        """The unit of the model *before* this record that `unit` (of the model after it) is: a
+        block, attention module, neuron or channel, with its original index and path. Reports use
+        it, so that step 2 of a run names the block it removed as the original model numbered it,
+        not as the model renumbered after step 1."""
+        from energyprune.pruning.base import Unit
+
+        kind, path, index = unit.kind, unit.path, unit.index
+        for op in reversed(self.ops):
+            if op.kind == "remove_blocks":
+                stack = op.paths[0]
+                survivors = [i for i in range(op.sizes_before[0]) if i not in set(op.indices[0])]
+                prefix = stack + "." if stack else ""
+                if path.startswith(prefix):
+                    head, _, tail = path[len(prefix):].partition(".")
+                    if head.isdigit() and int(head) < len(survivors):
+                        path = prefix + str(survivors[int(head)]) + ("." + tail if tail else "")
+                if kind in ("block", "attention") and path.startswith(prefix) and 0 <= index < len(survivors):
+                    index = survivors[index]
+            elif op.kind in ("prune_mlp_neurons", "prune_channels"):
+                wanted = "neuron" if op.kind == "prune_mlp_neurons" else "channel"
+                if kind != wanted or path not in op.paths:
+                    continue
+                k = op.paths.index(path)
+                gone = set(op.indices[k])
+                kept = [i for i in range(op.sizes_before[k]) if i not in gone]
+                if 0 <= index < len(kept):
+                    index = kept[index]
+        return Unit(kind, path, index)
+
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "model_class": self.model_class, "ops": [op.to_dict() for op in self.ops]}
 

@@ -65,7 +65,10 @@ def _extra_panel(result: Mapping[str, Any], steps: Sequence[Mapping[str, Any]]) 
 
 
 def _removed(step: Mapping[str, Any], limit: int = 6) -> str:
-    names = [unit_name(u) for u in step.get("removed") or [] if isinstance(u, Mapping)]
+    """What the step removed, named as in the original model (older results: as in the model the
+    step pruned)."""
+    units = step.get("removed_original") or step.get("removed") or []
+    names = [unit_name(u) for u in units if isinstance(u, Mapping)]
     if len(names) > limit:
         return ", ".join(names[:limit]) + f" and {len(names) - limit} more"
     return ", ".join(names) or "-"

@@ -218,3 +218,23 @@ def test_argument_mistakes_are_one_line_errors():
     with pytest.raises(UsageError, match="already below the quality floor"):
         prune_to_energy(model, "-30%", "magnitude", inputs=inputs, judge=FlopsJudge(), evaluate=lambda m: 0.5,
                         quality_floor=0.9)
+
+
+def test_steps_name_removed_blocks_as_the_original_numbers_them():
+    model = tiny(n=8)
+    result = prune_to_energy(model, "-60%", "random", unit_kind="block", inputs=tiny_inputs(), judge=FlopsJudge(),
+                             seed=3)
+    accepted = result.accepted_steps
+    assert len(accepted) >= 2
+    originals = [u.index for s in accepted for u in s.removed_original]
+    assert len(set(originals)) == len(originals)  # never the same block twice
+    # Removing those original blocks in one go gives the same model as the run.
+    from energyprune.pruning.surgery import remove_blocks
+
+    again, _ = remove_blocks(model, originals)
+    x = tiny_inputs()
+    with torch.inference_mode():
+        assert torch.allclose(again(x), result.model(x))
+    later = accepted[1]
+    assert [u.path for u in later.removed_original] == [f"layers.{u.index}" for u in later.removed_original]
+    assert later.to_dict()["removed_original"][0]["index"] == later.removed_original[0].index

@@ -83,3 +83,22 @@ def test_select_removes_minus_inf_first_and_never_plus_inf_or_nan():
     assert sorted(select(scores, 0.5, "neuron")) == sorted([units[0], units[2], units[1]])
     with pytest.raises(UsageError, match="candidates"):
         select(scores, 5, "neuron")
+
+
+def test_original_unit_undoes_the_renumbering_of_earlier_removals():
+    from energyprune.pruning.base import Unit
+    from energyprune.pruning.record import PruneRecord
+    from energyprune.pruning.surgery import prune_mlp_neurons, remove_blocks
+    from energyprune.demo import build_demo_model
+
+    model = build_demo_model()
+    first, r1 = remove_blocks(model, [1])
+    second, r2 = remove_blocks(first, [1], inplace=True)  # the original block 2
+    record = r1 + r2
+    assert PruneRecord(r1.ops, r1.model_class).original_unit(Unit("block", "layers.1", 1)) == Unit("block", "layers.2", 2)
+    assert record.original_unit(Unit("block", "layers.1", 1)) == Unit("block", "layers.3", 3)
+    # Neurons: the MLP of the block now at 0 is the original's 0; remove neurons 0..9, then neuron 0 is the old 10.
+    mlp = "layers.1"
+    pruned, r3 = prune_mlp_neurons(second, {mlp: list(range(10))})
+    unit = (record + r3).original_unit(Unit("neuron", mlp, 0))
+    assert unit == Unit("neuron", "layers.3", 10)
