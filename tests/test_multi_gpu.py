@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from energyprune import api
-from energyprune.api import _backends_for, measure
+from energyprune.api import resolve_backends, measure
 from energyprune.meter import MeterConfig
 from energyprune.models import cuda_devices_of
 from tests.fakes.fake_pynvml import FakeGpu, make_fake_pynvml
@@ -74,7 +74,7 @@ def test_cuda_devices_of_lists_every_gpu_the_parameters_span():
 
 
 def test_backend_selection_meters_both_gpus(two_gpus):
-    backends, notes = _backends_for("nvml", [0, 1], None)
+    backends, notes = resolve_backends("nvml", [0, 1], None)
     assert notes == ()
     (nvml,) = backends
     nvml.open()
@@ -86,7 +86,7 @@ def test_backend_selection_meters_both_gpus(two_gpus):
 
 
 def test_auto_backend_includes_nvml_for_both_gpus(two_gpus):
-    backends, _ = _backends_for("auto", [0, 1], None)
+    backends, _ = resolve_backends("auto", [0, 1], None)
     nvml = [b for b in backends if b.name == "nvml"]
     assert len(nvml) == 1  # one backend, two domains: each GPU once
     nvml[0].open()
