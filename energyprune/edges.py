@@ -41,6 +41,7 @@ class CounterEdge:
 class EdgeEnergy:
     energy_j: dict[str, float]
     uncertainty_j: dict[str, float]
+    raw_j: dict[str, float]  # the counters' own difference, before edge corrections
 
 
 class EdgeReader:
@@ -161,6 +162,7 @@ class EdgeReader:
         (normally the idle power: the device is idle and synchronised at both corrections)."""
         energy: dict[str, float] = {}
         uncertainty: dict[str, float] = {}
+        raw_j: dict[str, float] = {}
         for name, domain in self._domains.items():
             if not domain.has_counter:
                 power_t = self._sampler.integrate_j(name, start.t_s, end.t_s)
@@ -170,13 +172,14 @@ class EdgeReader:
                 uncertainty[name] = math.sqrt(2) * self._sampler.interval_s * p_mean_w
                 continue
             raw = end.counters_j[name] - start.counters_j[name]
+            raw_j[name] = raw
             head_j, head_u = self._correction(name, start.tick_t_s[name], start.t_s,
                                               start.tick_uncertainty_s[name], fallback_power_w)
             tail_j, tail_u = self._correction(name, end.t_s, end.tick_t_s[name],
                                               end.tick_uncertainty_s[name], fallback_power_w)
             energy[name] = raw - head_j - tail_j
             uncertainty[name] = math.hypot(head_u, tail_u)
-        return EdgeEnergy(energy, uncertainty)
+        return EdgeEnergy(energy, uncertainty, raw_j)
 
     def _correction(
         self, name: str, t0: float, t1: float, tick_u_s: float, fallback_power_w: Mapping[str, float]

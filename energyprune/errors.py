@@ -27,7 +27,16 @@ class BackendError(EnergyPruneError):
 
 
 class MeasurementError(EnergyPruneError):
-    """The meter could not produce an honest figure (the workload failed, no energy was seen...)."""
+    """The meter could not produce an honest figure (the workload failed, no energy was seen, a
+    counter gave an impossible reading...). `partial`, when set, holds what was measured before
+    the fault (JSON-able: the windows so far), so that nothing measured is lost."""
+
+    partial: dict | None = None
+
+
+class ImpossibleReading(MeasurementError):
+    """A counter said something no hardware does: negative energy, a power above what the device
+    can draw, or no change at all while the device worked (frozen, reset, or not this device's)."""
 
 
 class ModelLoadError(EnergyPruneError):

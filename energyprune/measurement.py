@@ -38,6 +38,11 @@ class DomainInfo:
     # Systematic relative uncertainty of a model-based figure (estimated backend); 0 when measured.
     model_relative_uncertainty: float = 0.0
     assumptions: tuple[str, ...] = ()
+    #: A power this domain cannot physically draw, averaged over a window (a generous bound: twice
+    #: a GPU's top power limit, 1 kW for a CPU package). A window above it means the counter
+    #: jumped (a reset taken for a wrap...), and the meter fails the run instead of reporting it.
+    #: None: no bound known.
+    max_power_w: float | None = None
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from energyprune.backends.base import (
 from energyprune.backends.nvml import LIMITING_THROTTLE_REASONS
 from energyprune.clock import sleep_on
 from energyprune.edges import COARSE_RESOLUTION_S, EdgeReader
-from energyprune.errors import BackendError, EnergyPruneError, MeasurementError, UsageError
+from energyprune.errors import BackendError, EnergyPruneError, ImpossibleReading, MeasurementError, UsageError
 from energyprune.measurement import DeviceState, DomainInfo, Measurement, PowerTrace, Provenance, Window
 from energyprune.sampler import PowerSampler
 
@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 Workload = Callable[[], Any]
 #: Sampling interval when samples only draw the power trace (no energy figure depends on them).
 TRACE_INTERVAL_S = 0.1
+#: A counter that has not changed for this many of its tick periods (and at least MIN_FROZEN_S)
+#: while the device works is frozen: every device draws some power, so its counter moves.
+FROZEN_TICKS = 10
+MIN_FROZEN_S = 0.05
 #: progress(phase, fraction_done, message): phase is "idle", "warmup" or "measure".
 Progress = Callable[[str, float, str], None]
 
@@ -130,6 +134,15 @@ Agree = Callable[[float, str], float]
 def no_agreement(value: float, op: str) -> float:
     """One process agrees with itself."""
     return value
+
+
+@dataclass(frozen=True)
+class _Readings:
+    """Energy per domain over a span, as `MeterSession.check_readings` reads it."""
+
+    energy_j: Mapping[str, float]
+    uncertainty_j: Mapping[str, float]
+    raw_j: Mapping[str, float]
 
 
 @dataclass
@@ -256,9 +269,47 @@ class MeterSession:
         self.check_sampler()
         energy = self.edges.window_energy(start, end, fallback_power_w)
         missed = set(start.missed_ticks) | set(end.missed_ticks)
+        stuck = sorted(name for name in missed if fallback_power_w.get(name, 0.0) > 0)
+        if stuck:  # it moved before (idle power > 0): waiting three tick periods saw no tick
+            domain = next(d for d in self.domains if d.name == stuck[0])
+            raise ImpossibleReading(
+                f"{stuck[0]}'s counter did not change for {3 * domain.resolution_s:.3g} s (3 tick periods) at a "
+                "window edge while the device worked: it is frozen; the run is stopped rather than reported")
         if missed:
             logger.warning("counter(s) %s did not tick at a window edge", ", ".join(sorted(missed)))
+        self.check_readings(end.t_s - start.t_s, energy, moved_before=fallback_power_w)
         return end.t_s - start.t_s, energy.energy_j, energy.uncertainty_j, result
+
+    def check_readings(self, duration_s: float | Mapping[str, float], energy: Any, what: str = "a window",
+                       moved_before: Mapping[str, float] | None = None) -> None:
+        """Fail on a reading no hardware gives (see `ImpossibleReading`), instead of reporting it.
+        `duration_s` is the span the energy covers (per domain where the spans differ).
+        `moved_before` (the idle power) names the counters that were seen moving: one of them that
+        then stands still for many tick periods while the workload runs has frozen."""
+        for domain in self.domains:
+            name = domain.name
+            if name not in energy.energy_j:
+                continue
+            energy_j = energy.energy_j[name]
+            span_s = duration_s.get(name, 0.0) if isinstance(duration_s, Mapping) else duration_s
+            slack_j = 3.0 * energy.uncertainty_j.get(name, 0.0) + 1e-9
+            if energy_j < -slack_j:
+                raise ImpossibleReading(
+                    f"{name} gave {energy_j:.4g} J over {what} of {span_s:.3g} s: energy cannot be negative "
+                    "(the counter went backwards or was reset); the run is stopped rather than reported")
+            if domain.max_power_w is not None and span_s > 0 and (energy_j - slack_j) / span_s > domain.max_power_w:
+                raise ImpossibleReading(
+                    f"{name} gave {energy_j:.4g} J over {what} of {span_s:.3g} s, {energy_j / span_s:.4g} W: more "
+                    f"than the {domain.max_power_w:.4g} W this device can draw (a counter reset taken for a wrap, or a "
+                    "jump); the run is stopped rather than reported")
+            frozen_after_s = max(FROZEN_TICKS * domain.resolution_s, MIN_FROZEN_S)
+            raw = getattr(energy, "raw_j", {}).get(name)
+            was_moving = bool(moved_before) and moved_before.get(name, 0.0) > 0  # type: ignore[union-attr]
+            if was_moving and domain.has_counter and raw == 0.0 and span_s >= frozen_after_s:
+                raise ImpossibleReading(
+                    f"{name}'s counter did not change for {span_s:.3g} s while the device worked "
+                    f"({span_s / max(domain.resolution_s, 1e-9):.0f} tick periods): it is frozen, or it is "
+                    "not this device's counter (check --device and --backend)")
 
     def idle_power_w(self, idle_s: float) -> dict[str, float]:
         """Power of each domain while nothing runs: counter difference over the time between the
@@ -272,6 +323,9 @@ class MeterSession:
         end = self.edges.end_edge()
         self.check_sampler()
         idle_w: dict[str, float] = {}
+        raw = {d.name: end.counters_j[d.name] - start.counters_j[d.name] for d in self.domains if d.has_counter}
+        spans = {name: end.tick_t_s[name] - start.tick_t_s[name] for name in raw}
+        self.check_readings(spans, _Readings(raw, {}, raw), "the idle window")
         for domain in self.domains:
             name = domain.name
             if domain.has_counter:
@@ -386,7 +440,11 @@ class Meter:
         index = 0
         while True:
             for run in runs:
-                self._window(session, run, index, idle_w)
+                try:
+                    self._window(session, run, index, idle_w)
+                except MeasurementError as error:
+                    error.partial = _partial(runs, idle_w, str(error))
+                    raise
                 measured_s += run.windows[-1].duration_s
                 index += 1
             done = len(runs[-1].windows) >= config.repeats
@@ -479,6 +537,21 @@ class Meter:
 
 
 # ---- helpers ---------------------------------------------------------------------------------
+def _partial(runs: Sequence[_Run], idle_w: Mapping[str, float], error: str) -> dict[str, Any]:
+    """What was measured before a fault, as JSON (schema energyprune.partial/1): nothing is lost."""
+    return {
+        "schema": "energyprune.partial/1",
+        "error": error,
+        "idle_power_w": dict(idle_w),
+        "windows": [
+            {"run": run.label, "index": w.index, "n_inferences": w.n_inferences, "duration_s": w.duration_s,
+             "per_inference_j": w.per_inference_j, "energy_j": dict(w.energy_j),
+             "edge_uncertainty_j": dict(w.edge_uncertainty_j)}
+            for run in runs for w in run.windows
+        ],
+    }
+
+
 def _check_batch_size(batch_size: int) -> None:
     if batch_size < 1:
         raise UsageError(f"the batch size must be at least 1 (got {batch_size})")

@@ -406,6 +406,7 @@ class EstimatedBackend:
                 resolution_s=0.0,
                 model_relative_uncertainty=m.cpu_uncertainty,
                 assumptions=m.cpu_assumptions,
+                max_power_w=2.0 * m.max_w,  # the model never exceeds max_w: twice it is a fault
             ),
             DomainInfo(
                 name=RAM_DOMAIN,
@@ -417,6 +418,7 @@ class EstimatedBackend:
                 resolution_s=0.0,
                 model_relative_uncertainty=UNCERTAINTY_RAM,
                 assumptions=m.ram_assumptions,
+                max_power_w=2.0 * m.ram_w,
             ),
         )
 

@@ -46,6 +46,9 @@ MIG_REASON = (
 )
 MIG_FIX = "meter the whole GPU with MIG disabled, or use the estimated backend"
 
+#: Where the board reports no power limit: no single GPU draws this much (an H200 is capped at 700 W).
+MAX_GPU_POWER_W = 3000.0
+
 #: Throttle (clock event) reasons that mean the workload ran slower than it asked to, because of a
 #: power cap, heat or a hardware slowdown: energy per inference measured under them depends on the
 #: card's state, so the meter warns. "gpu-idle" and the clock-setting reasons are not among them.
@@ -454,6 +457,13 @@ class NvmlBackend:
                 "be this GPU; set CUDA_DEVICE_ORDER=PCI_BUS_ID to be sure"
             )
 
+        # The highest limit the board can be set to; twice it is a power no window can average.
+        limits = _optional(nvml, lambda h=handle: nvml.nvmlDeviceGetPowerManagementLimitConstraints(h))
+        top_mw = limits[1] if isinstance(limits, (tuple, list)) and len(limits) == 2 else None
+        if top_mw is None:
+            top_mw = _optional(nvml, lambda h=handle: nvml.nvmlDeviceGetEnforcedPowerLimit(h))
+        max_power_w = 2.0 * units.milliwatts_to_watts(top_mw) if top_mw else MAX_GPU_POWER_W
+
         gpu = _Gpu(selected=sel, handle=handle, domain=domain, name=name,
                    counter_base_mj=counter_base, last_raw_mj=counter_base,
                    power_source=power_source)
@@ -466,6 +476,7 @@ class NvmlBackend:
             has_counter=counter_base is not None,
             resolution_s=resolution_s,
             assumptions=tuple(assumptions),
+            max_power_w=max_power_w,
         )
         return gpu
 

@@ -46,6 +46,10 @@ DEFAULT_CPUINFO = "/proc/cpuinfo"
 FALLBACK_MAX_RANGE_UJ = 2**32
 #: RAPL counters are refreshed by the hardware about once a millisecond.
 RESOLUTION_S = 0.001
+#: Powers no CPU package or DRAM domain draws, averaged over a window (the largest server CPUs are
+#: rated ~500 W); a window above means the counter jumped (a reset taken for a wrap).
+MAX_PACKAGE_POWER_W = 1000.0
+MAX_DRAM_POWER_W = 500.0
 
 # Any "<vendor>-rapl:N" prefix: intel-rapl on Intel and on AMD Zen with recent kernels, amd-rapl on
 # some others. "intel-rapl-mmio" does not end in "-rapl", and is excluded by name as well below.
@@ -249,6 +253,7 @@ class RaplBackend:
             has_counter=True,
             resolution_s=RESOLUTION_S,
             assumptions=assumptions,
+            max_power_w=MAX_PACKAGE_POWER_W if zone.kind == "package" else MAX_DRAM_POWER_W,
         )
 
     def _cpu_model(self) -> str | None:

@@ -396,6 +396,10 @@ class FakePynvml(types.ModuleType):
         gpu = self._gpu("nvmlDeviceGetEnforcedPowerLimit", handle)
         return round(gpu.power_limit_w * 1000.0)
 
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, handle: FakeHandle) -> list[int]:
+        gpu = self._gpu("nvmlDeviceGetPowerManagementLimitConstraints", handle)
+        return [round(gpu.power_limit_w * 1000.0 * 0.3), round(gpu.power_limit_w * 1000.0)]
+
     def nvmlDeviceGetCurrentClocksEventReasons(self, handle: FakeHandle) -> int:
         gpu = self._gpu("nvmlDeviceGetCurrentClocksEventReasons", handle)
         if not gpu.clocks_event_reasons_supported:
