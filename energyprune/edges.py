@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from energyprune.backends.base import Backend
 from energyprune.clock import sleep_on
+from energyprune.errors import BackendError, EnergyPruneError
 from energyprune.measurement import DomainInfo
 from energyprune.sampler import PowerSampler
 
@@ -73,7 +74,13 @@ class EdgeReader:
 
     def _read(self, backend: Backend) -> tuple[float, float, Mapping[str, float]]:
         t_before = self._clock()
-        reading = backend.read()
+        try:
+            reading = backend.read()
+        except EnergyPruneError:
+            raise
+        except Exception as error:  # a vendor library's own exception type: one line, not a traceback
+            raise BackendError(f"the {backend.name} backend failed to read its counters: "
+                               f"{type(error).__name__}: {error}") from error
         return t_before, self._clock(), reading.energy_j
 
     def _settle(self, wanted: set[str]) -> tuple[dict[str, float], dict[str, float], dict[str, float], list[str]]:

@@ -74,6 +74,15 @@ class MeterConfig:
             raise UsageError(f"--precision must be >= 0 (got {self.precision}); 0.02 asks for +-2%")
         if not self.max_duration_s > 0:
             raise UsageError(f"--max-duration must be positive (got {self.max_duration_s} s)")
+        for name, value in (("--duration", self.window_s), ("--max-duration", self.max_duration_s),
+                            ("--precision", self.precision), ("--idle", self.idle_s),
+                            ("the warm-up", self.min_warmup_s), ("the warm-up", self.max_warmup_s)):
+            if not math.isfinite(value):
+                raise UsageError(f"{name} must be a finite number, got {value}")
+        if self.window_s > self.max_duration_s:
+            raise UsageError(f"--duration {self.window_s:g} s is longer than --max-duration {self.max_duration_s:g} s: "
+                             "one window cannot last longer than the whole measurement; lower --duration or raise "
+                             "--max-duration")
         if self.idle_s < 0 or self.min_warmup_s < 0 or self.max_warmup_s < 0:
             raise UsageError("idle and warm-up durations cannot be negative")
         if not self.sample_interval_s > 0:
@@ -183,7 +192,13 @@ class MeterSession:
     def __enter__(self) -> MeterSession:
         try:
             for backend in self.backends:
-                backend.open()
+                try:
+                    backend.open()
+                except EnergyPruneError:
+                    raise
+                except Exception as error:  # a vendor library's own exception type
+                    raise BackendError(f"the {backend.name} backend failed to open: "
+                                       f"{type(error).__name__}: {error}") from error
                 self._opened.append(backend)
                 self.domains.extend(backend.domains())
             names = [d.name for d in self.domains]

@@ -169,7 +169,10 @@ def _cwd_on_path():
 
 def prepare(model: nn.Module, device: str | None, dtype: str | None) -> tuple[nn.Module, torch.device]:
     """Move the model to the device and dtype asked for; clear errors for impossible asks."""
-    target = torch.device(device) if device else _model_device(model)
+    try:
+        target = torch.device(device) if device else _model_device(model)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(f"unknown --device {device!r}: use cpu, cuda or cuda:N") from None
     if target.type == "cuda":
         if not torch.cuda.is_available():
             raise UsageError(f"--device {device} asked for a GPU but torch sees none "
@@ -178,11 +181,14 @@ def prepare(model: nn.Module, device: str | None, dtype: str | None) -> tuple[nn
             raise UsageError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) are visible")
     elif target.type not in ("cpu", "mps", "xpu"):
         raise UsageError(f"unsupported --device {device!r}: use cpu, cuda or cuda:N")
-    model = model.to(target)
-    if dtype:
-        if dtype not in DTYPES:
-            raise UsageError(f"unknown --dtype {dtype!r}: choose float32, float16 or bfloat16")
-        model = model.to(DTYPES[dtype])
+    if dtype and dtype not in DTYPES:
+        raise UsageError(f"unknown --dtype {dtype!r}: choose float32, float16 or bfloat16")
+    try:
+        model = model.to(target)
+        if dtype:
+            model = model.to(DTYPES[dtype])
+    except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
+        raise UsageError(f"the model does not fit on {target}: {_first_line(error)}") from None
     return model, target
 
 
@@ -217,6 +223,17 @@ def build_inputs(loaded: LoadedModel, model: nn.Module, batch_size: int, seq_len
                  input_shape: Sequence[int] | None, device: torch.device, seed: int = 0) -> Inputs:
     """Inputs for one call: from --input-shape (per sample, batch prepended), else what the model
     says it takes (`example_inputs`, a Hugging Face config, a first Embedding/Linear layer)."""
+    try:
+        return _build_inputs(loaded, model, batch_size, seq_len, input_shape, device, seed)
+    except (RuntimeError, MemoryError) as error:  # a batch too large to allocate
+        if isinstance(error, MemoryError) or "memory" in str(error).lower() or "alloc" in str(error).lower():
+            raise UsageError(f"inputs of batch {batch_size} cannot be allocated on {device}: {_first_line(error)} "
+                             "(lower --batch-size or --seq-len)") from None
+        raise
+
+
+def _build_inputs(loaded: LoadedModel, model: nn.Module, batch_size: int, seq_len: int | None,
+                  input_shape: Sequence[int] | None, device: torch.device, seed: int) -> Inputs:
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
     if seq_len is not None and seq_len < 1:
@@ -274,7 +291,13 @@ def check_inputs(model: nn.Module, inputs: Inputs) -> None:
     try:
         with torch.inference_mode():
             call_model(model, inputs)
+    except MemoryError:
+        raise InputShapeError(f"the model ran out of memory on inputs of shape {describe_inputs(inputs)}: "
+                              "lower --batch-size or --seq-len") from None
     except Exception as error:
+        if type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower():
+            raise InputShapeError(f"the model ran out of memory on inputs of shape {describe_inputs(inputs)} "
+                                  f"({_first_line(error)}): lower --batch-size or --seq-len") from None
         raise InputShapeError(
             f"the model rejected inputs of shape {describe_inputs(inputs)}: {_first_line(error)} "
             "(fix --input-shape / --seq-len to what the model takes)"

@@ -72,7 +72,12 @@ def select_backends(
     if not spec:
         raise UsageError("--backend is empty: use auto, nvml, rapl, estimated or replay:PATH")
     if spec != "auto":
-        names = [spec] if spec.startswith("replay:") else [n.strip() for n in spec.split(",")]
+        # A comma list; "replay:PATH" is one item of it (a replay path cannot hold a comma).
+        names = [n.strip() for n in spec.split(",")]
+        if any(not n for n in names):
+            raise UsageError(f"--backend {spec!r} has an empty item: give names separated by single commas")
+        if "auto" in names:
+            raise UsageError("--backend auto chooses the backends itself: give it alone, not in a list")
         chosen = []
         for name in names:
             backend = make_backend(name, cuda_devices=cuda_devices or None, cpu_tdp_w=cpu_tdp_w)

@@ -263,6 +263,13 @@ class ReplayBackend:
             except TraceFormatError as e:
                 self._availability = Availability(False, str(e), fix=_FIX)
             else:
+                frozen = [d for d, values in self._trace.energy_j.items() if len(set(values)) == 1]
+                if frozen:
+                    self._availability = Availability(
+                        False, f"the replay trace {self.path}: the counter {frozen[0]}{ENERGY_SUFFIX} never changes "
+                               f"in {self._trace.t_s[-1]:g} s, so no window could measure anything", fix=_FIX)
+                    logger.debug("replay backend: %s", self._availability.reason)
+                    return self._availability
                 n = len(self._trace.t_s)
                 self._availability = Availability(
                     True, f"replays {self.path} ({n} rows, {self._trace.t_s[-1]:g} s, "

@@ -102,10 +102,14 @@ def test_domains(tmp_path):
 
 
 def test_counter_that_ticks_once_or_never(tmp_path):
-    backend, _ = opened(tmp_path, "t_s,a_energy_j,b_energy_j\n0,5,5\n1,5,6\n2,5,6\n4,5,6\n")
-    a, b = backend.domains()
-    assert a.resolution_s == 4.0  # never changed during the 4 s trace
+    backend, _ = opened(tmp_path, "t_s,b_energy_j\n0,5\n1,6\n2,6\n4,6\n")
+    (b,) = backend.domains()
     assert b.resolution_s == 1.0  # one change, 1 s after the first row
+    # A counter that never changes could only ever measure 0 J: the trace is refused at once.
+    path = tmp_path / "frozen.csv"
+    path.write_text("t_s,a_energy_j,b_energy_j\n0,5,5\n1,5,6\n2,5,6\n4,5,6\n")
+    availability = ReplayBackend(path).probe()
+    assert not availability.ok and "a_energy_j never changes" in availability.reason
 
 
 def test_past_the_end_is_an_error_with_the_fix(tmp_path):
