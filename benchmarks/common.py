@@ -11,17 +11,17 @@ from typing import Any
 
 import torch
 
-from energyprune.meter import MeterConfig
-from energyprune.metrics.floor import device_name as _library_device_name
-from energyprune.metrics.floor import device_slug as _library_device_slug
-from energyprune.report import to_json, write_atomic
+from energyprune.measure.meter import MeterConfig
+from energyprune.metrics.hardware_floor import device_name as _library_device_name
+from energyprune.metrics.hardware_floor import device_slug as _library_device_slug
+from energyprune.files import to_json, write_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def device_slug(device: str | torch.device) -> str:
     """A folder name for the hardware: the GPU's name for ``cuda[:N]``, else the CPU model and the
-    visible CPU count (``cpu-amd-epyc-2cpu``). The library's `energyprune.metrics.floor.device_slug`
+    visible CPU count (``cpu-amd-epyc-2cpu``). The library's `energyprune.metrics.hardware_floor.device_slug`
     (ported from here) is the one definition: the floor cache and the results folders agree."""
     return _library_device_slug(device)
 
@@ -80,7 +80,7 @@ def gpu_workloads(device: str) -> dict[str, tuple[Callable[[], Any], str]]:
 
 
 def cpu_workloads() -> dict[str, tuple[Callable[[], Any], str]]:
-    from energyprune.demo import build_demo_model
+    from energyprune.models.demo import build_demo_model
 
     torch.manual_seed(0)
     demo = build_demo_model()
@@ -149,7 +149,7 @@ def prepare_run(args: Any, device: torch.device) -> MeterConfig:
     each of ~100 comparisons helps nobody), a fixed seed, `--threads` on the CPU, and the meter
     config of the command line (no precision target: the repeats are the plan)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("energyprune.api").setLevel(logging.ERROR)
+    logging.getLogger("energyprune.measure.api").setLevel(logging.ERROR)
     torch.manual_seed(0)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)

@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cpu_workloads, device_slug, gpu_workloads, results_dir, save, timed_loop  # noqa: E402
 
 from energyprune import stats  # noqa: E402
-from energyprune.api import EnergyMeter  # noqa: E402
+from energyprune.measure.api import EnergyMeter  # noqa: E402
 from energyprune.backends import select_backends  # noqa: E402
-from energyprune.meter import Meter, MeterConfig  # noqa: E402
+from energyprune.measure.meter import Meter, MeterConfig  # noqa: E402
 
 WINDOW_LADDER_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 

@@ -16,7 +16,7 @@ cosine-block; magnitude; random with three seeds; any criterion registered since
   keeps fidelity highest on the calibration data (greedy; the search skips blocks in place, checked
   once against the real surgery). It is scored on the same held-out data as every criterion.
 * every pruned model: parameters, FLOPs of one inference (FlopCounterMode), held-out fidelity,
-  latency, and energy per inference against the original by `energyprune.api.compare`
+  latency, and energy per inference against the original by `energyprune.measure.api.compare`
   (interleaved windows, backend "auto": where no counter is readable that is the ESTIMATED
   backend, and every row says so).
 
@@ -81,15 +81,15 @@ from common import (  # noqa: E402
 )
 from prune_report import render  # noqa: E402
 
-from energyprune import zoo  # noqa: E402
-from energyprune.api import compare, measure  # noqa: E402
+from energyprune.models import zoo  # noqa: E402
+from energyprune.measure.api import compare, measure  # noqa: E402
 from energyprune.errors import EnergyPruneError  # noqa: E402
-from energyprune.meter import MeterConfig  # noqa: E402
+from energyprune.measure.meter import MeterConfig  # noqa: E402
 from energyprune.metrics import fidelity  # noqa: E402
 from energyprune.metrics.flops import count_flops  # noqa: E402
 from energyprune.pruning import CRITERIA, Unit, get_criterion, remove_units, select, units_for  # noqa: E402
-from energyprune.pruning.discovery import find_block_stack  # noqa: E402
-from energyprune.pruning.slicing import count_parameters  # noqa: E402
+from energyprune.pruning.surgery.discovery import find_block_stack  # noqa: E402
+from energyprune.pruning.surgery.slicing import count_parameters  # noqa: E402
 
 logger = logging.getLogger("prune_benchmark")
 
@@ -868,7 +868,7 @@ def main() -> int:
                        "+inf scores are never removed",
             "oracle": "greedy: step by step, the block whose removal keeps the calibration objective highest; "
                       "scored on held-out data like every criterion",
-            "energy": "energyprune.api.compare(original, pruned): interleaved windows A B A B ... A; ratio = "
+            "energy": "energyprune.measure.api.compare(original, pruned): interleaved windows A B A B ... A; ratio = "
                       "median over B windows of B / mean of the A windows around it; interval: 95% Student t "
                       "of those ratios",
             "flops": "torch.utils.flop_counter.FlopCounterMode on the measurement inputs (2 per MAC)",

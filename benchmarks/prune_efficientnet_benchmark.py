@@ -16,7 +16,7 @@ Writes benchmarks/results/<device>/prune_efficientnet.json (the source of truth)
   and random (3 seeds).
 * Every pruned model: parameters, FLOPs of one inference, held-out fidelity (exp(−KL) of the class
   distributions against the original's, top-1 and top-5 agreement), and energy per inference
-  against the original by `energyprune.api.compare` (interleaved windows; backend "auto", which is
+  against the original by `energyprune.measure.api.compare` (interleaved windows; backend "auto", which is
   the ESTIMATED CPU model where no counter is readable, and every row says so).
 
 Data: no ImageNet offline. Random resized crops of the photographs in scikit-image's wheel
@@ -72,12 +72,12 @@ from common import (  # noqa: E402
 )
 from prune_benchmark import energy_record  # noqa: E402
 
-from energyprune import zoo  # noqa: E402
-from energyprune.api import compare  # noqa: E402
-from energyprune.meter import MeterConfig  # noqa: E402
+from energyprune.models import zoo  # noqa: E402
+from energyprune.measure.api import compare  # noqa: E402
+from energyprune.measure.meter import MeterConfig  # noqa: E402
 from energyprune.metrics.flops import count_flops  # noqa: E402
 from energyprune.pruning import Unit, get_criterion, remove_units, select, units_for  # noqa: E402
-from energyprune.pruning.slicing import count_parameters  # noqa: E402
+from energyprune.pruning.surgery.slicing import count_parameters  # noqa: E402
 
 logger = logging.getLogger("prune_efficientnet_benchmark")
 
@@ -589,7 +589,7 @@ def main() -> int:
         "data": setup.data,
         "original": {"params": count_parameters(setup.model), "flops": count_flops(setup.model, setup.measure_inputs)},
         "method": "one-shot: each criterion scores the ORIGINAL model once; rows remove its lowest finite scores; "
-                  "energy by energyprune.api.compare (interleaved windows, ratio = median of B over bracketing A's)",
+                  "energy by energyprune.measure.api.compare (interleaved windows, ratio = median of B over bracketing A's)",
     }
     if "blocks" in args.parts:
         data["blocks"] = run_blocks(setup, evaluator, args, config)

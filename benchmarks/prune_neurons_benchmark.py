@@ -15,7 +15,7 @@ unit_kind "neuron"; any criterion registered since that takes `unit_kind="neuron
   f = 10%, 20%, 30%, 40%, 50%, all from the original model's scores (never re-scored);
 * every pruned model: parameters, FLOPs of one inference (FlopCounterMode), held-out fidelity
   (the block benchmark's measures on its held-out data), latency, and energy per inference against
-  the original by `energyprune.api.compare` (interleaved windows, backend "auto": where no counter
+  the original by `energyprune.measure.api.compare` (interleaved windows, backend "auto": where no counter
   is readable that is the ESTIMATED backend, and every row says so).
 
 NEPENTHE's own unit kind, "activation" (fold a layer's MLP into one linear map: activation
@@ -85,14 +85,14 @@ from common import (  # noqa: E402
 from prune_benchmark import BENCHES, Bench, compare_seconds, energy_record  # noqa: E402
 from prune_neurons_report import render  # noqa: E402
 
-from energyprune.api import compare, measure  # noqa: E402
+from energyprune.measure.api import compare, measure  # noqa: E402
 from energyprune.errors import EnergyPruneError  # noqa: E402
-from energyprune.meter import MeterConfig  # noqa: E402
+from energyprune.measure.meter import MeterConfig  # noqa: E402
 from energyprune.metrics import fidelity  # noqa: E402
 from energyprune.metrics.flops import count_flops  # noqa: E402
 from energyprune.pruning import CRITERIA, Unit, get_criterion, remove_units, select, units_for  # noqa: E402
-from energyprune.pruning.neurons import find_mlps  # noqa: E402
-from energyprune.pruning.slicing import count_parameters  # noqa: E402
+from energyprune.pruning.surgery.neurons import find_mlps  # noqa: E402
+from energyprune.pruning.surgery.slicing import count_parameters  # noqa: E402
 
 logger = logging.getLogger("prune_neurons_benchmark")
 
@@ -838,7 +838,7 @@ def main() -> int:
                        "ON/OFF entropy are folded (activation -> identity, the two linear maps -> one); "
                        "control: random folding orders",
             "oracle": ORACLE_NOTE,
-            "energy": "energyprune.api.compare(original, pruned): interleaved windows A B A B ... A; ratio = "
+            "energy": "energyprune.measure.api.compare(original, pruned): interleaved windows A B A B ... A; ratio = "
                       "median over B windows of B / mean of the A windows around it; interval: 95% Student t "
                       "of those ratios",
             "flops": "torch.utils.flop_counter.FlopCounterMode on the measurement inputs (2 per MAC)",

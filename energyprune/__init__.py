@@ -19,16 +19,16 @@ from energyprune.errors import (
     TargetUnreachable,
     UsageError,
 )
-from energyprune.measurement import DomainInfo, EnergyReading, Measurement, Provenance
+from energyprune.measure.results import DomainInfo, EnergyReading, Measurement, Provenance
 
 __version__ = "0.1.0"
 
 # The public API that imports torch, loaded on first access (PEP 562).
 _LAZY = {
-    "measure": "energyprune.api",
-    "compare": "energyprune.api",
-    "EnergyMeter": "energyprune.api",
-    "MeterConfig": "energyprune.meter",
+    "measure": "energyprune.measure.api",
+    "compare": "energyprune.measure.api",
+    "EnergyMeter": "energyprune.measure.api",
+    "MeterConfig": "energyprune.measure.meter",
     "prune": "energyprune.pruning",
     "prune_to_energy": "energyprune.budget",
     "parse_target": "energyprune.budget",
@@ -36,7 +36,7 @@ _LAZY = {
     "PruneResult": "energyprune.budget",
     "PruneStep": "energyprune.budget",
     "PruneInterrupted": "energyprune.budget",
-    "measure_distributed": "energyprune.distributed",
+    "measure_distributed": "energyprune.measure.distributed",
 }
 
 

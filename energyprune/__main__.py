@@ -1,5 +1,5 @@
 import sys
 
-from energyprune.cli import main
+from energyprune.cli.main import main
 
 sys.exit(main())

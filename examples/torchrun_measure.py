@@ -17,9 +17,9 @@ import sys
 import torch
 from torch import nn
 
-from energyprune.distributed import distributed_context, local_device, measure_distributed, render_text
+from energyprune.measure.distributed import distributed_context, local_device, measure_distributed, render_text
 from energyprune.errors import EnergyPruneError
-from energyprune.meter import MeterConfig
+from energyprune.measure.meter import MeterConfig
 
 
 def build_model(width: int = 1024, depth: int = 4) -> nn.Module:

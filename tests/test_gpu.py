@@ -38,7 +38,7 @@ def test_nvml_probes_and_reads_a_rising_counter():
 def test_measure_matmul_on_the_gpu_is_measured_and_tight():
     import torch
 
-    from energyprune.meter import Meter, MeterConfig
+    from energyprune.measure.meter import Meter, MeterConfig
 
     from energyprune.backends.nvml import NvmlBackend
 
@@ -54,7 +54,7 @@ def test_measure_matmul_on_the_gpu_is_measured_and_tight():
 def test_counter_agrees_with_integrated_instant_power():
     import torch
 
-    from energyprune.api import EnergyMeter
+    from energyprune.measure.api import EnergyMeter
 
     work = _matmul_workload()
     with EnergyMeter("nvml", sync=torch.cuda.synchronize, cuda_devices=[0]) as meter:

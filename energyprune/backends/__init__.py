@@ -9,12 +9,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from energyprune.backends import registry
 from energyprune.backends.base import Availability, Backend, WrappingCounter
 from energyprune.errors import BackendUnavailable, UsageError
 
-KNOWN_BACKENDS = ("auto", "nvml", "rapl", "estimated", "replay:PATH")
+KNOWN_BACKENDS = registry.spec_names()
+#: The --backend help of every command, from the registry.
+BACKEND_HELP = (f"{', '.join(KNOWN_BACKENDS[:-1])} or {KNOWN_BACKENDS[-1]}, or a comma list of measured ones "
+                "(nvml,rapl); default auto: every measured backend that works for the model's hardware, else the "
+                "labelled estimate")
 
 __all__ = [
+    "BACKEND_HELP",
     "KNOWN_BACKENDS",
     "Availability",
     "Backend",
@@ -35,30 +41,18 @@ class BackendSelection:
 def make_backend(
     name: str, *, cuda_devices: Sequence[int] | None = None, cpu_tdp_w: float | None = None
 ) -> Backend:
-    """Build (never probe) one backend from its name; `replay:PATH` names a trace file."""
-    if name == "nvml":
-        from energyprune.backends.nvml import NvmlBackend
-
-        return NvmlBackend(cuda_devices=cuda_devices)
-    if name == "rapl":
-        from energyprune.backends.rapl import RaplBackend
-
-        return RaplBackend()
-    if name == "estimated":
-        from energyprune.backends.estimated import EstimatedBackend
-
-        return EstimatedBackend(cpu_tdp_w=cpu_tdp_w)
-    if name.startswith("replay:"):
-        path = name.split(":", 1)[1]
-        if not path:
-            raise UsageError("--backend replay needs a trace file: use --backend replay:PATH.csv")
-        from energyprune.backends.replay import ReplayBackend
-
-        return ReplayBackend(path)
-    raise UsageError(
-        f"unknown backend {name!r}: choose one of {', '.join(KNOWN_BACKENDS)} "
-        "(several measured ones may be joined with commas, e.g. nvml,rapl)"
-    )
+    """Build (never probe) one backend from its spec item; `replay:PATH` names a trace file."""
+    key, sep, argument = name.partition(":")
+    row = registry.BY_NAME.get(key)
+    if row is None or bool(sep) != bool(row.argument):
+        if row is not None and row.argument:
+            raise UsageError(f"--backend {key} needs its {row.argument}: use --backend {key}:{row.argument}")
+        raise UsageError(
+            f"unknown backend {name!r}: choose one of {', '.join(KNOWN_BACKENDS)} "
+            "(several measured ones may be joined with commas, e.g. nvml,rapl)")
+    if row.argument and not argument:
+        raise UsageError(f"--backend {key} needs its {row.argument}: use --backend {key}:{row.argument}")
+    return row.build(registry.BackendRequest(cuda_devices=cuda_devices, cpu_tdp_w=cpu_tdp_w, argument=argument))
 
 
 def select_backends(
@@ -92,8 +86,8 @@ def select_backends(
 
     chosen = []
     skipped = []
-    candidates = ["rapl"] + (["nvml"] if cuda_devices else [])
-    for name in candidates:
+    for row in registry.auto_rows(on_gpu=bool(cuda_devices)):
+        name = row.name
         backend = make_backend(name, cuda_devices=cuda_devices or None)
         availability = backend.probe()
         if availability.ok:
@@ -104,10 +98,10 @@ def select_backends(
     if not chosen:
         notes.append(
             "no hardware energy counter is readable here (" + "; ".join(skipped) + "): "
-            "falling back to the ESTIMATED backend (CPU utilisation x a power model); "
-            "run `energyprune backends` for the fixes"
+            f"falling back to the ESTIMATED {registry.fallback_row().name} backend (CPU utilisation x a power "
+            "model); run `energyprune backends` for the fixes"
         )
-        estimated = make_backend("estimated", cpu_tdp_w=cpu_tdp_w)
+        estimated = make_backend(registry.fallback_row().name, cpu_tdp_w=cpu_tdp_w)
         availability = estimated.probe()
         if not availability.ok:
             raise BackendUnavailable(f"no backend is usable here: {availability.reason}. {availability.fix}")
@@ -116,15 +110,13 @@ def select_backends(
             notes.append(
                 "the model runs on a GPU but no GPU backend is available: the figure covers the CPU only"
             )
-    elif cuda_devices and not any(b.name == "nvml" for b in chosen):
-        notes.append("the model runs on a GPU but NVML is unavailable: the GPU's energy is not counted")
+    elif cuda_devices and not any(registry.BY_NAME.get(b.name) and registry.BY_NAME[b.name].meters == "gpu"
+                                  for b in chosen):
+        notes.append("the model runs on a GPU but no GPU backend is available: the GPU's energy is not counted")
     return BackendSelection(tuple(chosen), tuple(notes))
 
 
 def probe_all(cpu_tdp_w: float | None = None) -> list[tuple[str, Availability]]:
-    """Every backend we know, probed, for `energyprune backends`."""
-    results = []
-    for name in ("nvml", "rapl", "estimated"):
-        backend = make_backend(name, cpu_tdp_w=cpu_tdp_w)
-        results.append((name, backend.probe()))
-    return results
+    """Every backend of the registry that needs no argument, probed, for `energyprune backends`."""
+    return [(row.name, make_backend(row.name, cpu_tdp_w=cpu_tdp_w).probe())
+            for row in registry.ROWS if not row.argument]

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from energyprune.measurement import DeviceState, DomainInfo, EnergyReading, Provenance
+from energyprune.measure.results import DeviceState, DomainInfo, EnergyReading, Provenance
 
 
 @dataclass(frozen=True)

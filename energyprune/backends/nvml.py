@@ -30,7 +30,7 @@ from typing import Any
 from energyprune import units
 from energyprune.backends.base import Availability
 from energyprune.errors import BackendError, BackendUnavailable
-from energyprune.measurement import DeviceState, DomainInfo, EnergyReading, Provenance
+from energyprune.measure.results import DeviceState, DomainInfo, EnergyReading, Provenance
 
 logger = logging.getLogger(__name__)
 
@@ -477,6 +477,7 @@ class NvmlBackend:
             resolution_s=resolution_s,
             assumptions=tuple(assumptions),
             max_power_w=max_power_w,
+            device_id=_optional(nvml, lambda h=handle: _text(nvml.nvmlDeviceGetUUID(h))),
         )
         return gpu
 
@@ -630,12 +631,14 @@ class NvmlBackend:
             )
             limit = _optional(nvml, lambda: nvml.nvmlDeviceGetEnforcedPowerLimit(h))
             mask = self._throttle_mask(h)
+            reasons = () if mask is None else decode_throttle_reasons(mask, nvml)
             states.append(DeviceState(
                 domain=gpu.domain,
                 sm_clock_mhz=None if clock is None else float(clock),
                 temperature_c=None if temp is None else float(temp),
                 power_limit_w=None if limit is None else units.milliwatts_to_watts(limit),
-                throttle_reasons=() if mask is None else decode_throttle_reasons(mask, nvml),
+                throttle_reasons=reasons,
+                limited_by=tuple(r for r in reasons if r in LIMITING_THROTTLE_REASONS),
             ))
         return states
 

@@ -18,7 +18,7 @@ from energyprune.budget.judge import ComparisonLike, EnergyJudge, MeasurementLik
 from energyprune.budget.loop import PruneInterrupted, next_step_size, prune_to_energy
 from energyprune.budget.recovery import Distillation
 from energyprune.budget.result import FinalFigures, OriginalFigures, PruneResult, PruneStep
-from energyprune.budget.saved import is_pruned_dir, load_pruned, save_pruned
+from energyprune.models.pruned import is_pruned_dir, load_pruned, save_pruned
 from energyprune.budget.target import EnergyTarget, parse_target
 
 __all__ = [

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from energyprune.errors import UsageError
-from energyprune.report import to_json, write_atomic
+from energyprune.files import to_json, write_atomic
 
 logger = logging.getLogger(__name__)
 

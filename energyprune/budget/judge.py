@@ -2,11 +2,11 @@
 
 `EnergyJudge` is the extension point (a Protocol): `measure(model, inputs)` for the original,
 `compare(a, b, inputs)` for every step (B against A by interleaved windows). The default,
-`MeterJudge`, is the real meter (`energyprune.api`). Tests inject a scripted judge; anything else
+`MeterJudge`, is the real meter (`energyprune.measure.api`). Tests inject a scripted judge; anything else
 that can defend its numbers (a remote meter, a replayed trace) plugs in the same way.
 
 What the loop reads from the objects a judge returns is written down in `MeasurementLike` and
-`ComparisonLike`; `energyprune.measurement.Measurement` and `energyprune.meter.Comparison` are
+`ComparisonLike`; `energyprune.measure.results.Measurement` and `energyprune.measure.meter.Comparison` are
 both, unchanged.
 """
 
@@ -18,9 +18,9 @@ from typing import Any, Protocol, runtime_checkable
 from torch import nn
 
 from energyprune.backends.base import Backend
-from energyprune.measurement import Provenance
-from energyprune.meter import MeterConfig, Progress
-from energyprune.models import Inputs
+from energyprune.measure.results import Provenance
+from energyprune.measure.meter import MeterConfig, Progress
+from energyprune.torch_io import Inputs
 
 
 @runtime_checkable
@@ -77,7 +77,7 @@ class EnergyJudge(Protocol):
 
 
 class MeterJudge:
-    """The real meter: `energyprune.api.measure` and `energyprune.api.compare` with one backend
+    """The real meter: `energyprune.measure.api.measure` and `energyprune.measure.api.compare` with one backend
     spec and one `MeterConfig` for every figure of a run, so all of them are taken the same way.
 
     The spec is resolved into backends once per run (per set of GPUs the models use), not at every
@@ -105,8 +105,8 @@ class MeterJudge:
     def backends_for(self, *models: nn.Module) -> tuple[list[Backend], tuple[str, ...]]:
         """The backends for these models' devices, and the notes that are new (empty after the
         first call for the same devices)."""
-        from energyprune.api import resolve_backends
-        from energyprune.models import cuda_devices_of
+        from energyprune.measure.api import resolve_backends
+        from energyprune.torch_io import cuda_devices_of
 
         devices = tuple(sorted({d for m in models for d in cuda_devices_of(m)}))
         if devices in self._resolved:
@@ -119,7 +119,7 @@ class MeterJudge:
     def measure(self, model: nn.Module, inputs: Inputs) -> MeasurementLike:
         import dataclasses
 
-        from energyprune.api import measure
+        from energyprune.measure.api import measure
 
         backends, notes = self.backends_for(model)
         result = measure(model, inputs, backend=backends, config=self.config, progress=self.progress,
@@ -129,7 +129,7 @@ class MeterJudge:
     def compare(self, a: nn.Module, b: nn.Module, inputs: Inputs) -> ComparisonLike:
         import dataclasses
 
-        from energyprune.api import compare
+        from energyprune.measure.api import compare
 
         backends, notes = self.backends_for(a, b)
         result = compare(a, b, inputs, backend=backends, config=self.config, progress=self.progress,

@@ -45,15 +45,15 @@ from energyprune.budget.result import (
 )
 from energyprune.budget.target import EnergyTarget, parse_target
 from energyprune.errors import EnergyPruneError, MeasurementError, UsageError
-from energyprune.measurement import Provenance
-from energyprune.meter import MeterConfig, Progress
-from energyprune.models import Inputs, check_inputs
+from energyprune.measure.results import Provenance
+from energyprune.measure.meter import MeterConfig, Progress
+from energyprune.torch_io import check_inputs
+from energyprune.torch_io import Inputs
 from energyprune.pruning.base import Batch, Calibration, Criterion, Unit
-from energyprune.pruning.blocks import RemovedAttention
 from energyprune.pruning.criteria import get_criterion
-from energyprune.pruning.prune import remove_units, units_for
-from energyprune.pruning.record import PruneRecord, apply_record
-from energyprune.pruning.slicing import get_module
+from energyprune.pruning.kinds import eligible, remove_units, units_for
+from energyprune.pruning.surgery.record import PruneRecord
+from energyprune.pruning.surgery.replay import apply_record
 
 logger = logging.getLogger(__name__)
 
@@ -253,34 +253,13 @@ def _resolve_criterion(criterion: str | Criterion, unit_kind: str | None, option
 
 
 def _scorable_units(model: nn.Module, kind: str, calibration: Calibration | None = None) -> list[Unit]:
-    """The units of `kind` that a criterion may score: attention already removed and blocks that
-    change the shape of the hidden state are left out."""
-    units = units_for(model, kind, calibration)
-    if kind == "attention":
-        units = [u for u in units if not isinstance(get_module(model, u.path), RemovedAttention)]
-    return units
+    """The units of `kind` that a criterion may score (the kind's own enumeration)."""
+    return units_for(model, kind, calibration)
 
 
 def _eligible(scores: Mapping[Unit, float], units: Sequence[Unit], kind: str) -> list[Unit]:
-    """The units the loop may remove, best candidate first, within what the surgery allows: one
-    block always stays, every MLP keeps a neuron, one attention module always stays."""
-    ranked = [u for s, u in sorted((s, u) for u, s in scores.items() if math.isfinite(s))]
-    if kind == "block":
-        return ranked[: max(0, len(units) - 1)]
-    if kind == "attention":
-        return ranked[: max(0, len(units) - 1)]
-    if kind == "neuron":
-        size: dict[str, int] = {}
-        for unit in units:
-            size[unit.path] = size.get(unit.path, 0) + 1
-        taken: dict[str, int] = {}
-        out = []
-        for unit in ranked:
-            if taken.get(unit.path, 0) < size.get(unit.path, 0) - 1:
-                taken[unit.path] = taken.get(unit.path, 0) + 1
-                out.append(unit)
-        return out
-    return ranked
+    """The units the loop may remove, best first, within what the surgery allows (`kinds`)."""
+    return eligible(scores, units, kind)
 
 
 class _Quality:
@@ -320,6 +299,34 @@ class _Quality:
         return _as_quality(self.evaluate(model), "evaluate")
 
 
+def check_arguments(model: nn.Module, target: str | float | EnergyTarget, criterion: str | Criterion,
+                    unit_kind: str | None = None, criterion_options: Mapping[str, Any] | None = None, *,
+                    backend: Any = "auto", config: MeterConfig | None = None
+                    ) -> tuple[EnergyTarget, Criterion, str, str]:
+    """Everything about a run's arguments that can be checked without data or measuring: the
+    target, the criterion and its options, and that the model has units of the kind. Returns
+    (goal, criterion, its name, the unit kind). The CLI calls it before it replaces an earlier
+    run's files, so that a typo never costs them."""
+    goal = parse_target(target)
+    crit, name = _resolve_criterion(criterion, unit_kind, dict(criterion_options or {}), backend, config)
+    kind = crit.unit_kind
+    if not units_for(model, kind):
+        raise UsageError(f"the model has no {kind} units for {name} to remove")
+    return goal, crit, name, kind
+
+
+def _check_same_run(saved: Mapping[str, Any], given: Mapping[str, Any], where: str) -> None:
+    """Refuse a resume whose run options (inputs, device, meter...) differ from the saved ones."""
+    if not saved:
+        return  # a checkpoint written before run options were kept
+    keys = sorted(set(saved) | set(given))
+    differ = [f"{k} {given.get(k)!r} (the run used {saved.get(k)!r})" for k in keys if saved.get(k) != given.get(k)]
+    if differ:
+        raise UsageError(f"{where} was made with other options: {'; '.join(differ)}: resume with the same "
+                         "options (the resume command printed at the interruption has them all), or start afresh "
+                         "in another directory")
+
+
 # ---- the public function ---------------------------------------------------------------------
 def prune_to_energy(
     model: nn.Module,
@@ -340,6 +347,7 @@ def prune_to_energy(
     max_steps: int = 50,
     progress: Progress | None = None,
     accept_median: bool = False,
+    run_options: Mapping[str, Any] | None = None,
     **criterion_options: Any,
 ) -> PruneResult:
     """Prune a copy of `model` until one inference on `inputs` meets `target`, measuring every step.
@@ -358,14 +366,15 @@ def prune_to_energy(
       meter's own phases ("idle", "warmup", "measure") come through the default judge.
     accept_median: count a target met by the median ratio as reached even where its 95% interval
       reaches above the goal (`result.outcome` is "median-only" either way).
+    run_options: what else defines the run (inputs, device, dtype, meter settings...), JSON-able;
+      kept in the checkpoint, and a resume with other values is refused, naming them.
 
     Returns a `PruneResult` whose `model` is the pruned copy; the caller's model is never changed.
     Ctrl-C raises `PruneInterrupted` (a KeyboardInterrupt) with the trajectory so far, checkpointed.
     """
     started = time.perf_counter()
-    goal = parse_target(target)
-    crit, crit_name = _resolve_criterion(criterion, unit_kind, criterion_options, backend, config)
-    kind = crit.unit_kind
+    goal, crit, crit_name, kind = check_arguments(model, target, criterion, unit_kind, criterion_options,
+                                                  backend=backend, config=config)
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise UsageError(f"max_steps must be a whole number of at least 1, got {max_steps!r}")
     if quality_floor is not None:
@@ -399,6 +408,7 @@ def prune_to_energy(
     loop = _Loop(model, goal, crit, crit_name, kind, inputs, calibration, quality, quality_floor, recovery,
                  judge, checkpointer, max_steps, report, started)
     loop.accept_median = bool(accept_median)
+    loop.run_options = dict(run_options or {})
     if resume:
         assert checkpointer is not None
         done = loop.restore(checkpointer.load())
@@ -448,6 +458,7 @@ class _Loop:
         self.step_cap: int | None = None  # after a refused step: at most half of it next
         self.direct: ComparisonLike | None = None  # the last direct comparison with the original
         self.accept_median = False
+        self.run_options: dict[str, Any] = {}
 
     # ---- figures ------------------------------------------------------------------------------
     def flops(self, model: nn.Module) -> int | None:
@@ -517,6 +528,7 @@ class _Loop:
     def restore(self, checkpoint: Checkpoint) -> PruneResult | None:
         where = str(self.checkpointer.path) if self.checkpointer else "the checkpoint"
         checkpoint.check_matches(self.fingerprint, self.goal.to_dict(), self.criterion_name, self.kind, where)
+        _check_same_run(dict(checkpoint.extra.get("run_options") or {}), self.run_options, where)
         try:
             state = _State.from_dict(checkpoint.state)
         except (KeyError, TypeError, ValueError, EnergyPruneError) as error:
@@ -802,7 +814,8 @@ class _Loop:
         data["elapsed_s"] = self.state.elapsed_s + (time.perf_counter() - self.started)
         weights = self.current.state_dict() if self.recovery is not None and self.state.n_removed else None
         checkpoint = Checkpoint(self.fingerprint, self.goal.to_dict(), self.criterion_name, self.kind, status, data,
-                                result.to_dict() if result is not None else None, weights is not None)
+                                result.to_dict() if result is not None else None, weights is not None,
+                                {"run_options": self.run_options})
         self.checkpointer.save(checkpoint, weights)
 
 
@@ -811,6 +824,6 @@ def quantity_is_energy(goal: EnergyTarget) -> bool:
 
 
 def _fmt_j(value: float) -> str:
-    from energyprune.report import format_energy
+    from energyprune.units import format_energy
 
     return format_energy(value)

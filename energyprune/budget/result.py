@@ -33,7 +33,7 @@ from torch import nn
 from energyprune.budget.target import EnergyTarget
 from energyprune.errors import UsageError
 from energyprune.pruning.base import Unit
-from energyprune.pruning.record import PruneRecord
+from energyprune.pruning.surgery.record import PruneRecord
 
 SCHEMA = "energyprune.prune_result/1"
 OUTCOMES = ("reached", "median-only", "not-reached")
@@ -322,7 +322,7 @@ class PruneResult:
 # ---- one line per step, for live views ---------------------------------------------------------
 def format_step(step: PruneStep, estimated: bool = False) -> str:
     """`step 3: -2 block (12 total), 1.23 M params, energy 0.712 [0.69, 0.73] x, 4.1 mJ/inf, quality 0.93`."""
-    from energyprune.report import format_energy
+    from energyprune.units import format_energy
 
     kinds = sorted({u.kind for u in step.removed})
     what = f"-{len(step.removed)} {'/'.join(kinds) or 'unit'}"

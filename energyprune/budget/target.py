@@ -164,6 +164,6 @@ def _scaled(value: float, exponent: int) -> float:
 
 
 def _fmt(value: float, unit: str) -> str:
-    from energyprune.report import format_energy, format_power, format_time
+    from energyprune.units import format_energy, format_power, format_time
 
     return {"J": format_energy, "s": format_time, "W": format_power}[unit](value)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from energyprune.errors import UsageError
-from energyprune.measurement import Measurement, Provenance
+from energyprune.measure.results import Measurement, Provenance
 
 __all__ = ["Efficiency", "efficiency", "efficiency_from_measurements", "relative_efficiency"]
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from energyprune.models import Inputs, call_model
+from energyprune.torch_io import call_model, Inputs
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ Per ``nn.Linear``, convolution (``nn.Conv1d/2d/3d``) and transformers ``Conv1D``
   noise. For bfloat16/float16 weights pass a larger ``rtol`` (eps is 7.8e-3 / 9.8e-4 there).
 - **‖W‖₀**: the number of non-zero weights (the bias is not counted).
 - **H(activations)**: the entropy, in **bits**, of the layer's output over the calibration data,
-  estimated by an estimator of :mod:`energyprune.pruning.estimators` on a sample of output rows
+  estimated by an estimator of :mod:`energyprune.metrics.entropy` on a sample of output rows
   (one row per token for a Linear, per spatial position for a convolution; padding positions,
   where a dict batch's ``attention_mask`` is 0, are left out for (batch, tokens, features)
   outputs). Default ``bucket``: the sum over output features of the Shannon entropy of a 20-bin
@@ -41,9 +41,9 @@ from torch import nn
 
 from energyprune.errors import MeasurementError, UsageError
 from energyprune.metrics.fidelity import evaluating
-from energyprune.models import call_model
-from energyprune.pruning.estimators import ESTIMATORS
-from energyprune.pruning.slicing import is_conv1d_hf
+from energyprune.torch_io import call_model
+from energyprune.metrics.entropy import ESTIMATORS
+from energyprune.pruning.surgery.slicing import is_conv1d_hf
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ def information_concentration(
         "kernels flattened), singular values below rtol · sigma_max ignored; rtol = "
         + (f"{rtol:g} (given)" if rtol is not None else "max(out, in) · eps(float32) (NumPy's convention for float32 data)"),
         "||W||_0: non-zero weights, bias excluded",
-        f"H(activations): energyprune.pruning.estimators.{entropy.__name__} ({option_text}) of the layer's "
+        f"H(activations): energyprune.metrics.entropy.{entropy.__name__} ({option_text}) of the layer's "
         "output rows (one per token / spatial position; padding excluded where an attention_mask is "
         "given), converted from nats to bits",
         f"at most {max_rows} rows per layer, a seeded (seed {seed}) uniform reservoir sample of every "

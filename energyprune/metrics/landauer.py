@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from energyprune.metrics.flops import count_macs
-from energyprune.models import Inputs, call_model
+from energyprune.torch_io import call_model, Inputs
 from energyprune.units import BOLTZMANN_J_PER_K, celsius_to_kelvin
 
 DEFAULT_TEMPERATURE_K = 300.0

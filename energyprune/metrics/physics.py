@@ -10,7 +10,7 @@ batch) and puts its joules next to
   device temperatures the meter recorded with its windows (a GPU's sensor), else 300 K; the source
   is always stated;
 - the **hardware floor** FLOPs × the device's best measured J/FLOP
-  (:mod:`energyprune.metrics.floor`), when a floor is given.
+  (:mod:`energyprune.metrics.hardware_floor`), when a floor is given.
 
 Everything is returned as a JSON-able dict in which every number carries its provenance and the
 assumptions behind it.
@@ -25,17 +25,17 @@ import torch
 from torch import nn
 
 from energyprune.errors import UsageError
-from energyprune.measurement import Measurement
+from energyprune.measure.results import Measurement
 from energyprune.metrics.fidelity import model_device
 from energyprune.metrics.flops import count_flops, fused_kernels_visible
-from energyprune.metrics.floor import FloorResult, hardware_floor_ratio
+from energyprune.metrics.hardware_floor import FloorResult, hardware_floor_ratio
 from energyprune.metrics.landauer import (
     informational_bound,
     landauer_j_per_bit,
     operational_bound,
     temperature_of,
 )
-from energyprune.models import Inputs
+from energyprune.torch_io import Inputs
 
 SCHEMA = "energyprune.physics/1"
 
@@ -143,5 +143,5 @@ def physics_summary(
                              f"model runs on {device}: measure the floor of {device.type}")
         summary["hardware_floor"] = hardware_floor_ratio(energy_j, flops, floor, energy_provenance=provenance)
     else:
-        summary["hardware_floor_note"] = "no hardware floor was given (measure one with energyprune.metrics.floor)"
+        summary["hardware_floor_note"] = "no hardware floor was given (measure one with energyprune.metrics.hardware_floor)"
     return finite_or_none(summary)

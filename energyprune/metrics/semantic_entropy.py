@@ -7,7 +7,7 @@ in bits, are taken over the empirical distribution of those N samples:
 - **H_s**, over meaning clusters C: p̂(C) = Σ_{s∈C} p̂(s), H_s = −Σ_C p̂(C) log₂ p̂(C).
 
 The clusters come from the sentence embeddings of the decoded texts (the all-MiniLM-L6-v2 encoder of
-:mod:`energyprune.zoo` by default; any callable texts → (n, d) embeddings can be injected), by
+:mod:`energyprune.models.zoo` by default; any callable texts → (n, d) embeddings can be injected), by
 greedy leader clustering at a stated cosine threshold: distinct sequences are visited by decreasing
 count (ties: first sampled first); each joins the existing cluster whose leader (first member) is
 the most similar to it if that cosine is ≥ ``threshold``, else it leads a new cluster. Farquhar et
@@ -234,14 +234,14 @@ def sample_generations(
 
 def minilm_encoder() -> Encoder:
     """The all-MiniLM-L6-v2 sentence encoder (mean pooling, L2-normalised), loaded once, offline."""
-    from energyprune import zoo
+    from energyprune.models import zoo
 
     model, tokenizer = zoo.load_minilm()
 
     def encode(texts: Sequence[str]) -> torch.Tensor:
         return zoo.encode(model, tokenizer, list(texts))
 
-    encode.description = "all-MiniLM-L6-v2 (energyprune.zoo.encode: mean pooling, L2-normalised)"  # type: ignore[attr-defined]
+    encode.description = "all-MiniLM-L6-v2 (energyprune.models.zoo.encode: mean pooling, L2-normalised)"  # type: ignore[attr-defined]
     return encode
 
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from energyprune.pruning.base import Unit
 from energyprune.pruning.criteria import CRITERIA, get_criterion
-from energyprune.pruning.prune import PruneOutcome, prune, remove_units, select, units_for
-from energyprune.pruning.record import PruneRecord, apply_record
+from energyprune.pruning.kinds import KIND_NAMES, remove_units, units_for
+from energyprune.pruning.prune import PruneOutcome, prune, select
+from energyprune.pruning.surgery.record import PruneRecord
+from energyprune.pruning.surgery.replay import apply_record
 
 __all__ = [
     "CRITERIA",
+    "KIND_NAMES",
     "PruneOutcome",
     "PruneRecord",
     "Unit",

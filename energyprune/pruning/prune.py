@@ -17,12 +17,9 @@ from torch import nn
 
 from energyprune.errors import UsageError
 from energyprune.pruning.base import Calibration, Criterion, Unit
-from energyprune.pruning.calibration import shape_changing_blocks
 from energyprune.pruning.criteria import get_criterion
-from energyprune.pruning.criteria.nepenthe import activation_units
-from energyprune.pruning.criteria.units import block_units, neuron_units
-from energyprune.pruning.record import PruneRecord
-from energyprune.pruning.surgery import fold_activation, prune_mlp_neurons, remove_attention, remove_blocks
+from energyprune.pruning.kinds import remove_units, units_for
+from energyprune.pruning.surgery.record import PruneRecord
 
 logger = logging.getLogger(__name__)
 
@@ -38,41 +35,6 @@ class PruneOutcome:
 
     def __iter__(self):  # `pruned, record = prune(...)`
         return iter((self.model, self.record))
-
-
-def units_for(model: nn.Module, kind: str, calibration: Calibration | None = None) -> list[Unit]:
-    """Every unit of `kind` the model offers.
-
-    Blocks: given calibration data (re-iterable: a list of batches, since the criterion reads it
-    again), the first batch is run once and the blocks that change the shape of the hidden state
-    (strided or widening CNN blocks, which no model survives losing) are left out; without data
-    every block of the stack is offered."""
-    if calibration is not None and iter(calibration) is calibration:
-        raise UsageError("calibration must be re-iterable (a list of batches), not a one-shot iterator: "
-                         "reading its first batch here would take it from the criterion")
-    if kind in ("block", "attention"):
-        units = block_units(model, kind)
-        first = next(iter(calibration), None) if calibration is not None else None
-        if kind == "block" and first is not None:
-            changing = set(shape_changing_blocks(model, first))
-            if changing:
-                logger.info("blocks %s change the shape of the hidden state: not offered for removal", sorted(changing))
-                units = [u for u in units if u.index not in changing]
-                if not units:
-                    raise UsageError("every block of the model changes the shape of its input: none can be removed; "
-                                     "prune neurons or channels instead")
-        return units
-    if kind == "neuron":
-        units = neuron_units(model)
-        if not units:
-            raise UsageError("no MLP of a known layout was found in the model: neurons cannot be pruned")
-        return units
-    if kind == "activation":
-        units = activation_units(model)
-        if not units:
-            raise UsageError("no foldable MLP (Linear-activation-Linear, not gated) was found in the model")
-        return units
-    raise UsageError(f"cannot enumerate units of kind {kind!r}: use block, attention, neuron or activation")
 
 
 def _removable(score: float) -> bool:
@@ -114,31 +76,6 @@ def select(scores: Mapping[Unit, float], amount: int | float, kind: str) -> list
             f"({protected} are protected or outside the criterion's rule): ask for at most {len(finite)}"
         )
     return [u for _, u in finite[:count]]
-
-
-def remove_units(model: nn.Module, units: Sequence[Unit], *, inplace: bool = False) -> tuple[nn.Module, PruneRecord]:
-    """Apply the surgery for `units` (all of one kind, paths and indices of `model`)."""
-    kinds = {u.kind for u in units}
-    if len(kinds) != 1:
-        raise UsageError(f"remove_units takes units of one kind, got {sorted(kinds)}")
-    (kind,) = kinds
-    if kind == "block":
-        return remove_blocks(model, sorted(u.index for u in units), inplace=inplace)
-    if kind == "attention":
-        return remove_attention(model, sorted(u.index for u in units), inplace=inplace)
-    if kind == "neuron":
-        by_path: dict[str, list[int]] = defaultdict(list)
-        for unit in units:
-            by_path[unit.path].append(unit.index)
-        return prune_mlp_neurons(model, {p: sorted(i) for p, i in by_path.items()}, inplace=inplace)
-    if kind == "activation":
-        record = PruneRecord()
-        current = model
-        for n, unit in enumerate(sorted(units)):
-            current, step = fold_activation(current, unit.path, inplace=inplace or n > 0)
-            record = record + step
-        return current, record
-    raise UsageError(f"no surgery for units of kind {kind!r}")
 
 
 def prune(

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from energyprune.report import format_energy, format_power, format_time
+from energyprune.units import format_energy, format_power, format_time
 
 ESTIMATED_TAG = " (ESTIMATED)"
 

@@ -1,6 +1,6 @@
-"""Documents for `energyprune.measurement/1` and `energyprune.comparison/1`.
+"""Documents for `energyprune.measure.results/1` and `energyprune.comparison/1`.
 
-The summary and domain tables are those of `energyprune.report` (the terminal and Markdown
+The summary and domain tables are those of `energyprune.reporting.text` (the terminal and Markdown
 renderers of `measure`), so the HTML says exactly what the terminal said.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from energyprune.report import STOP_REASONS, domain_rows, summary_rows
+from energyprune.reporting.text import domain_rows, STOP_REASONS, summary_rows
 from energyprune.reporting import plots
 from energyprune.reporting.doc import (
     Banner,

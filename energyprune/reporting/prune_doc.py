@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from energyprune.report import summary_rows
+from energyprune.reporting.text import summary_rows
 from energyprune.reporting import plots
 from energyprune.reporting.doc import (
     Banner,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from energyprune.budget import PruneResult, next_step_size, prune_to_energy
-from energyprune.demo import DemoTransformer
+from energyprune.models.demo import DemoTransformer
 from energyprune.errors import UsageError
 from tests.budget.models import tiny, tiny_inputs
 from tests.budget.scripted import FlopsJudge

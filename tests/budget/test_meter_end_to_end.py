@@ -6,7 +6,7 @@ import json
 import math
 
 from energyprune.budget import prune_to_energy
-from energyprune.meter import MeterConfig
+from energyprune.measure.meter import MeterConfig
 from tests.budget.models import tiny, tiny_inputs
 
 SHORT = MeterConfig(window_s=0.05, repeats=3, precision=0, idle_s=0.05, min_warmup_s=0, max_warmup_s=0.2)
@@ -21,7 +21,7 @@ def test_real_meter_end_to_end_on_the_estimated_backend():
     assert {"idle", "warmup", "measure", "step"} <= phases  # the meter itself ran
     assert result.provenance == "estimated" and "ESTIMATED" in result.message
     measurement = result.original.measurement
-    assert measurement["schema"] == "energyprune.measurement/1" and measurement["provenance"] == "estimated"
+    assert measurement["schema"] == "energyprune.measure.results/1" and measurement["provenance"] == "estimated"
     assert len(measurement["windows"]) >= 3 and result.original.per_inference_j > 0
     (step,) = result.steps
     assert step.accepted and math.isfinite(step.step_ratio) and step.step_ratio > 0
@@ -40,7 +40,7 @@ def test_real_meter_end_to_end_on_the_estimated_backend():
 def test_the_fallback_to_the_estimate_is_said_once_per_run(monkeypatch):
     """`auto` with no readable counter falls back to the estimate: one note, with the original's
     measurement, not one per step; the probes run once."""
-    import energyprune.api as api
+    import energyprune.measure.api as api
     from energyprune.backends import BackendSelection, make_backend
 
     calls = []

@@ -13,7 +13,7 @@ from energyprune.backends.nvml import NvmlBackend
 from energyprune.backends.rapl import RaplBackend
 from energyprune.clock import SimulatedClock
 from energyprune.errors import ImpossibleReading
-from energyprune.meter import Meter, MeterConfig
+from energyprune.measure.meter import Meter, MeterConfig
 from tests.fakes.fake_pynvml import FakeGpu, make_fake_pynvml
 from tests.fakes.powercap import add_energy, one_socket, set_energy
 from tests.fakes.scripted import ScriptedBackend

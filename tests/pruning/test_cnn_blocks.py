@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from energyprune.pruning import prune, units_for
-from energyprune.pruning.calibration import collect_block_states, shape_changing_blocks, token_rows
+from energyprune.pruning.observe.calibration import collect_block_states, shape_changing_blocks, token_rows
 from energyprune.pruning.criteria import get_criterion
 
 IDENTITY = 3

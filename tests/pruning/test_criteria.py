@@ -17,7 +17,7 @@ from torch import nn
 
 from energyprune.errors import UsageError
 from energyprune.pruning.base import Criterion, Unit
-from energyprune.pruning.calibration import BlockStates, collect_block_states
+from energyprune.pruning.observe.calibration import BlockStates, collect_block_states
 from energyprune.pruning.criteria import (
     CRITERIA,
     EntropyBlockCriterion,

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from energyprune.errors import UsageError
-from energyprune.measurement import Provenance
-from energyprune.meter import MeterConfig
+from energyprune.measure.results import Provenance
+from energyprune.measure.meter import MeterConfig
 from energyprune.pruning.base import Unit
 from energyprune.pruning.criteria import (
     CRITERIA,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from energyprune.errors import UsageError
-from energyprune.pruning.estimators import (
+from energyprune.metrics.entropy import (
     bucket_entropy,
     gaussian_entropy,
     get_estimator,

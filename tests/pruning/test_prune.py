@@ -87,9 +87,9 @@ def test_select_removes_minus_inf_first_and_never_plus_inf_or_nan():
 
 def test_original_unit_undoes_the_renumbering_of_earlier_removals():
     from energyprune.pruning.base import Unit
-    from energyprune.pruning.record import PruneRecord
+    from energyprune.pruning.surgery.record import PruneRecord
     from energyprune.pruning.surgery import prune_mlp_neurons, remove_blocks
-    from energyprune.demo import build_demo_model
+    from energyprune.models.demo import build_demo_model
 
     model = build_demo_model()
     first, r1 = remove_blocks(model, [1])

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from energyprune.errors import UsageError
-from energyprune.pruning.discovery import find_block_stack
+from energyprune.pruning.surgery.discovery import find_block_stack
 from energyprune.pruning.surgery import (
     PruneRecord,
     RemovedAttention,

@@ -14,10 +14,10 @@ import copy
 import pytest
 import torch
 
-from energyprune.demo import build_demo_model
+from energyprune.models.demo import build_demo_model
 from energyprune.metrics.flops import fused_kernels_visible
 from energyprune.pruning import prune, units_for
-from energyprune.pruning.neurons import find_mlps
+from energyprune.pruning.surgery.neurons import find_mlps
 from energyprune.pruning.surgery import fold_activation, prune_mlp_neurons
 
 

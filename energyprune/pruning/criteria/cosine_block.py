@@ -21,7 +21,7 @@ import torch
 
 from energyprune.errors import UsageError
 from energyprune.pruning.base import Calibration, Unit
-from energyprune.pruning.calibration import BlockStates, collect_block_states
+from energyprune.pruning.observe.calibration import BlockStates, collect_block_states
 from energyprune.pruning.criteria.units import (
     BLOCK_KINDS,
     check_block_indices,

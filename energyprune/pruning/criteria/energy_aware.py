@@ -6,11 +6,11 @@ For each candidate block (or attention sub-block) i of the current model:
     candidate_i  = the model with block i removed (`remove_blocks` / `remove_attention`, on a copy)
     damage_i     = evaluate(model) − evaluate(candidate_i)
     ratio_i      = energy per inference of candidate_i / of the model, from interleaved windows
-                   (`energyprune.api.compare`: A B A B ... A, each B over its bracketing A's)
+                   (`energyprune.measure.api.compare`: A B A B ... A, each B over its bracketing A's)
     saved_i      = (1 − ratio_i) · E_model            (joules per inference)
     score_i      = damage_i / saved_i                 (lowest removed first)
 
-E_model comes from one `energyprune.api.measure` of the model per `score` call. "Per inference"
+E_model comes from one `energyprune.measure.api.measure` of the model per `score` call. "Per inference"
 means one call of the model on the measurement batch: the first calibration batch (without a
 `labels` key, so a Hugging Face model does not compute a loss).
 
@@ -51,12 +51,12 @@ from torch import nn
 
 from energyprune.backends.base import Backend
 from energyprune.errors import UsageError
-from energyprune.measurement import Measurement, Provenance
-from energyprune.meter import MeterConfig
+from energyprune.measure.results import Measurement, Provenance
+from energyprune.measure.meter import MeterConfig
 from energyprune.pruning.base import Batch, Calibration, Unit
-from energyprune.pruning.blocks import remove_attention, remove_blocks
-from energyprune.pruning.calibration import model_device
-from energyprune.pruning.criteria.observe import batches_of, check_max_batches, to_device
+from energyprune.pruning.surgery.blocks import remove_attention, remove_blocks
+from energyprune.pruning.observe.calibration import model_device
+from energyprune.pruning.observe.hooks import batches_of, check_max_batches, to_device
 from energyprune.pruning.criteria.units import (
     BLOCK_KINDS,
     check_block_indices,
@@ -221,7 +221,7 @@ class EnergyAwareCriterion:
         return candidate.eval()
 
     def score(self, model: nn.Module, units: Sequence[Unit], calibration: Calibration) -> dict[Unit, float]:
-        from energyprune.api import compare, measure
+        from energyprune.measure.api import compare, measure
 
         units = check_units(units, self.unit_kind, self.name)
         if not units:

@@ -58,7 +58,7 @@ import torch
 
 from energyprune.errors import UsageError
 from energyprune.pruning.base import Calibration, Unit
-from energyprune.pruning.calibration import BlockStates, collect_block_states
+from energyprune.pruning.observe.calibration import BlockStates, collect_block_states
 from energyprune.pruning.criteria.units import (
     BLOCK_KINDS,
     check_block_indices,
@@ -67,7 +67,7 @@ from energyprune.pruning.criteria.units import (
     require_stack,
     resolve_protected,
 )
-from energyprune.pruning.estimators import ESTIMATORS, get_estimator
+from energyprune.metrics.entropy import ESTIMATORS, get_estimator
 
 logger = logging.getLogger(__name__)
 

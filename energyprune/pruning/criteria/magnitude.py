@@ -32,8 +32,8 @@ from energyprune.pruning.criteria.units import (
     require_stack,
     resolve_protected,
 )
-from energyprune.pruning.neurons import require_mlp
-from energyprune.pruning.slicing import (
+from energyprune.pruning.surgery.neurons import require_mlp
+from energyprune.pruning.surgery.slicing import (
     get_module,
     is_conv1d_hf,
     linear_weight_bias,

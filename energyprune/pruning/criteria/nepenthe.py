@@ -64,8 +64,8 @@ from torch import nn
 
 from energyprune.errors import UsageError
 from energyprune.pruning.base import Calibration, Unit
-from energyprune.pruning.calibration import model_device, run_batch
-from energyprune.pruning.criteria.observe import (
+from energyprune.pruning.observe.calibration import model_device, run_batch
+from energyprune.pruning.observe.hooks import (
     attention_mask_of,
     batches_of,
     check_max_batches,
@@ -76,8 +76,8 @@ from energyprune.pruning.criteria.observe import (
     valid_rows,
 )
 from energyprune.pruning.criteria.units import check_units
-from energyprune.pruning.neurons import MLPSpec, require_mlp
-from energyprune.pruning.slicing import get_module
+from energyprune.pruning.surgery.neurons import MLPSpec, require_mlp
+from energyprune.pruning.surgery.slicing import get_module
 
 logger = logging.getLogger(__name__)
 

@@ -67,10 +67,10 @@ from torch import nn
 
 from energyprune.errors import UsageError
 from energyprune.pruning.base import Batch, Calibration, Unit
-from energyprune.pruning.calibration import model_device, run_batch
-from energyprune.pruning.criteria.observe import batches_of, check_max_batches, specs_of_units, to_device
+from energyprune.pruning.observe.calibration import model_device, run_batch
+from energyprune.pruning.observe.hooks import batches_of, check_max_batches, specs_of_units, to_device
 from energyprune.pruning.criteria.units import check_units
-from energyprune.pruning.slicing import get_module, is_conv1d_hf
+from energyprune.pruning.surgery.slicing import get_module, is_conv1d_hf
 
 logger = logging.getLogger(__name__)
 

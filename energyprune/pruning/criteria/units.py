@@ -22,9 +22,9 @@ from torch import nn
 
 from energyprune.errors import UsageError
 from energyprune.pruning.base import Unit
-from energyprune.pruning.calibration import ATTENTION_NAMES
-from energyprune.pruning.discovery import BlockStack, find_block_stack
-from energyprune.pruning.neurons import find_mlp, find_mlps
+from energyprune.pruning.observe.calibration import ATTENTION_NAMES
+from energyprune.pruning.surgery.discovery import BlockStack, find_block_stack
+from energyprune.pruning.surgery.neurons import find_mlp, find_mlps
 
 BLOCK_KINDS = ("block", "attention")
 

@@ -1,0 +1,224 @@
+"""What the commands share: option parsers, the model / meter / output option groups, loading the
+model a command names, and writing a result so that nothing measured is lost.
+
+Defaults come from `MeterConfig` itself (one place for the meter's defaults), and nothing here
+imports torch, so `energyprune --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from energyprune.errors import EnergyPruneError, UsageError
+from energyprune.measure.meter import MeterConfig
+
+DEFAULTS = MeterConfig()
+
+
+class ResultNotWritten(EnergyPruneError):
+    """A finished result could not be written where asked; it was printed on standard output."""
+
+    exit_code = 5
+
+
+# ---- option values -------------------------------------------------------------------------------
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = finite_float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def shape(text: str) -> list[int]:
+    try:
+        dims = [int(part) for part in text.replace("x", ",").split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape like 3,224,224") from None
+    if not dims or any(n < 1 for n in dims):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape like 3,224,224")
+    return dims
+
+
+# ---- option groups -------------------------------------------------------------------------------
+def add_model_options(parser: argparse.ArgumentParser, *, dtype: bool = True) -> None:
+    inputs = parser.add_argument_group("model and inputs")
+    inputs.add_argument("--batch-size", type=positive_int,
+                        help="samples per inference (default 1, or the batch of the inputs a factory returns)")
+    dims = inputs.add_mutually_exclusive_group()
+    dims.add_argument("--seq-len", type=positive_int, help="tokens per sample for language models (default 128)")
+    dims.add_argument("--input-shape", type=shape, help="shape of one sample, without the batch, e.g. 3,224,224")
+    inputs.add_argument("--device", help="cpu, cuda or cuda:N (default: where the model is, cpu for the demo)")
+    if dtype:
+        inputs.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="cast the model first")
+    inputs.add_argument("--trust-code", action="store_true",
+                        help="allow a pruned DIR whose original was built by a module:factory to run that factory "
+                             "(a folder never runs code otherwise)")
+
+
+def add_meter_options(parser: argparse.ArgumentParser) -> None:
+    from energyprune.backends import BACKEND_HELP
+
+    meter = parser.add_argument_group("meter")
+    meter.add_argument("--backend", default="auto", help=BACKEND_HELP)
+    meter.add_argument("--duration", type=positive_float, default=DEFAULTS.window_s, metavar="S",
+                       help=f"minimum seconds per window (default {DEFAULTS.window_s:g}: >= 20 ticks of a 100 ms GPU "
+                            "counter)")
+    meter.add_argument("--repeats", type=positive_int, default=DEFAULTS.repeats,
+                       help=f"minimum number of windows (default {DEFAULTS.repeats}: the fewest for a 95%% interval "
+                            "of the median)")
+    meter.add_argument("--precision", type=non_negative_float, default=DEFAULTS.precision,
+                       help="add windows until the 95%% half-width is within this fraction "
+                            f"(default {DEFAULTS.precision:g}; 0: just --repeats)")
+    meter.add_argument("--max-duration", type=positive_float, default=DEFAULTS.max_duration_s, metavar="S",
+                       help=f"stop adding windows after this many measured seconds (default {DEFAULTS.max_duration_s:g})")
+    meter.add_argument("--idle", type=non_negative_float, default=DEFAULTS.idle_s, metavar="S",
+                       help=f"seconds of idle power measured before the run (default {DEFAULTS.idle_s:g})")
+    meter.add_argument("--cpu-tdp-w", type=positive_float, metavar="W",
+                       help="the power of the CPUs this process sees, for the estimated backend")
+
+
+def add_output_options(parser: argparse.ArgumentParser, *, out_help: str) -> argparse._ArgumentGroup:
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print the JSON result alone on standard output")
+    out.add_argument("--out", metavar="FILE", help=out_help)
+    out.add_argument("--force", action="store_true", help="replace --out if it exists")
+    out.add_argument("--no-trace", action="store_true", help="leave the power trace out of the JSON")
+    return out
+
+
+def meter_config(args: argparse.Namespace) -> MeterConfig:
+    return MeterConfig(window_s=args.duration, repeats=args.repeats, precision=args.precision,
+                       max_duration_s=args.max_duration, idle_s=args.idle,
+                       keep_trace=not getattr(args, "no_trace", False))
+
+
+#: Options whose value may start with a dash ("--target -30%"): argparse would read "-30%" as an
+#: option (its negative-number rule knows no "%"), so such a pair is joined into "--target=-30%"
+#: before parsing.
+_DASH_VALUE_OPTIONS = ("--target",)
+_DASH_VALUE = re.compile(r"^-(\d+(\.\d*)?|\.\d+)%?$")
+
+
+def join_dash_values(argv: Sequence[str]) -> list[str]:
+    """`argv` with "--target -30%" written as "--target=-30%" (anything else unchanged)."""
+    out: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        if args[i] in _DASH_VALUE_OPTIONS and i + 1 < len(args) and _DASH_VALUE.match(args[i + 1]):
+            out.append(f"{args[i]}={args[i + 1]}")
+            i += 2
+            continue
+        out.append(args[i])
+        i += 1
+    return out
+
+
+# ---- the model a command names -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Prepared:
+    loaded: Any  # models.LoadedModel
+    model: Any  # torch.nn.Module on its device and dtype
+    inputs: Any
+    device: Any
+    batch_size: int
+
+
+def prepared(spec: str | None, args: argparse.Namespace, *, seed: int = 0, device: str | None = None) -> Prepared:
+    """Load, move and feed the model `spec` names, as the command's options say. The batch is the
+    one of the inputs: a factory's own inputs set it, and a --batch-size that disagrees is refused."""
+    from energyprune.models import build_inputs, load_model, prepare
+    from energyprune.torch_io import batch_size_of
+
+    loaded = load_model(spec, trust_code=args.trust_code)
+    model, where = prepare(loaded.module, device or args.device, getattr(args, "dtype", None))
+    asked = args.batch_size
+    if loaded.factory_inputs is not None:
+        inputs = build_inputs(loaded, model, asked or 1, args.seq_len, args.input_shape, where, seed=seed)
+        batch = batch_size_of(inputs)
+        if asked is not None and asked != batch and args.input_shape is None:
+            raise UsageError(f"{loaded.spec} returns inputs with a batch of {batch}; --batch-size {asked} disagrees: "
+                             "drop --batch-size (or give --input-shape to build other inputs)")
+        if args.input_shape is not None:
+            batch = asked or 1
+    else:
+        batch = asked or 1
+        inputs = build_inputs(loaded, model, batch, args.seq_len, args.input_shape, where, seed=seed)
+    return Prepared(loaded, model, inputs, where, batch)
+
+
+# ---- results -------------------------------------------------------------------------------------
+def say(message: str) -> None:
+    print(f"energyprune: {message}", file=sys.stderr)
+
+
+def stdout_usable() -> bool:
+    """False where standard output was closed before we started (`energyprune measure >&-`)."""
+    stream = sys.stdout
+    return stream is not None and not getattr(stream, "closed", False)
+
+
+def print_out(text: str) -> None:
+    """Text for standard output; dropped when it is closed (the caller checked that --out keeps it)."""
+    if stdout_usable():
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+def emit(args: argparse.Namespace, result: Mapping[str, Any], text: str) -> None:
+    """Write `--out FILE` (JSON, or Markdown for .md) and print the text or the JSON. A file that
+    cannot be written (disk full, the mount gone read-only during the run) costs nothing measured:
+    the JSON is printed instead, and the command ends with `ResultNotWritten` (exit code 5)."""
+    from energyprune.files import to_json, write_atomic
+    from energyprune.reporting import render
+
+    if args.out:
+        try:
+            write_atomic(args.out, to_json(result) if args.out.lower().endswith(".json") else render(result, "md"))
+        except OSError as error:
+            print_out(to_json(result))
+            raise ResultNotWritten(f"--out {args.out} could not be written ({error.strerror or error}); the result "
+                                   "is on standard output above") from None
+    print_out(to_json(result) if args.json else text)
+    if args.out:
+        say(f"wrote {args.out}")
+
+
+def check_stdout(args: argparse.Namespace) -> None:
+    """Before any work: a result must have somewhere to go."""
+    if not stdout_usable() and not getattr(args, "out", None):
+        raise UsageError("standard output is closed and no --out was given: the result would be lost; "
+                         "pass --out FILE")

@@ -1,0 +1,379 @@
+"""The results of a measurement: frozen dataclasses whose derived figures are properties.
+
+A `Measurement` keeps the raw windows and the idle baseline; every figure a user sees (per
+inference, above idle, interval, CoV) is derived from them, so nothing is stored twice and nothing
+can disagree. `to_dict()` gives the JSON that is the source of truth for every report.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from energyprune import stats
+
+SCHEMA = "energyprune.measure.results/1"
+
+
+class Provenance(str, enum.Enum):
+    """Whether a figure came from a hardware counter or sensor, or from a model of the hardware."""
+
+    MEASURED = "measured"
+    ESTIMATED = "estimated"
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    """One thing a backend can meter: a GPU, a CPU package, a DRAM domain, an estimated CPU."""
+
+    name: str  # unique across backends, e.g. "gpu:0", "rapl:package-0", "estimated:cpu"
+    backend: str
+    provenance: Provenance
+    method: str  # how the energy is obtained, e.g. "energy-counter", "integrated-instant-power"
+    device: str  # human-readable description of the hardware behind it
+    has_counter: bool = True  # False: the meter integrates the backend's power samples
+    resolution_s: float = 0.0  # how often the counter's value changes; 0 when continuous
+    # Systematic relative uncertainty of a model-based figure (estimated backend); 0 when measured.
+    model_relative_uncertainty: float = 0.0
+    assumptions: tuple[str, ...] = ()
+    #: A power this domain cannot physically draw, averaged over a window (a generous bound: twice
+    #: a GPU's top power limit, 1 kW for a CPU package). A window above it means the counter
+    #: jumped (a reset taken for a wrap...), and the meter fails the run instead of reporting it.
+    #: None: no bound known.
+    max_power_w: float | None = None
+    #: What identifies the physical device everywhere (a GPU's UUID); None where the name on its
+    #: host does (a CPU package). Distributed runs count a device seen by two ranks once.
+    device_id: str | None = None
+
+
+@dataclass(frozen=True)
+class EnergyReading:
+    """Cumulative counters at one instant: joules since the backend was opened, wrap-corrected."""
+
+    t_s: float  # time.perf_counter() when the read completed
+    energy_j: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class PowerSample:
+    t_s: float
+    power_w: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    """A device's operating point, sampled at the end of each window (clocks drift under a cap)."""
+
+    domain: str
+    sm_clock_mhz: float | None = None
+    temperature_c: float | None = None
+    power_limit_w: float | None = None
+    throttle_reasons: tuple[str, ...] = ()
+    #: The reasons among them that mean the workload ran slower than it asked (a power cap, heat),
+    #: as the backend judges them: what the meter warns about, whatever the vendor.
+    limited_by: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Window:
+    """One timed window: `n_inferences` calls of the workload between synchronised edges."""
+
+    index: int
+    label: str
+    n_inferences: int
+    duration_s: float
+    energy_j: Mapping[str, float]  # per domain, edges corrected
+    edge_uncertainty_j: Mapping[str, float]  # per domain, half-width from edge quantisation
+    states: tuple[DeviceState, ...] = ()
+
+    @property
+    def total_energy_j(self) -> float:
+        return float(sum(self.energy_j.values()))
+
+    @property
+    def per_inference_j(self) -> float:
+        return self.total_energy_j / self.n_inferences
+
+    @property
+    def latency_s(self) -> float:
+        return self.duration_s / self.n_inferences
+
+
+@dataclass(frozen=True)
+class PowerTrace:
+    """Instantaneous power samples taken by the meter's background sampler (for plots)."""
+
+    t_s: tuple[float, ...]
+    power_w: Mapping[str, tuple[float, ...]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"t_s": list(self.t_s), "power_w": {k: list(v) for k, v in self.power_w.items()}}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Joules per inference of one workload, with everything needed to defend the number."""
+
+    label: str
+    batch_size: int
+    domains: tuple[DomainInfo, ...]
+    windows: tuple[Window, ...]
+    idle_power_w: Mapping[str, float]  # per domain, measured just before the run
+    stop_reason: str  # "precision-reached", "max-duration-reached", "repeats-done"
+    precision: float  # the relative 95% half-width that was asked for
+    warmup_inferences: int = 0
+    device: Mapping[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    power_trace: PowerTrace | None = None
+
+    # ---- provenance -------------------------------------------------------------------------
+    @property
+    def provenance(self) -> Provenance:
+        return combined_provenance(self.domains)
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(d.backend for d in self.domains))
+
+    # ---- totals -----------------------------------------------------------------------------
+    @property
+    def n_inferences(self) -> int:
+        return sum(w.n_inferences for w in self.windows)
+
+    @property
+    def duration_s(self) -> float:
+        """Total time of the measured windows (warm-up and idle excluded)."""
+        return sum(w.duration_s for w in self.windows)
+
+    @property
+    def total_idle_power_w(self) -> float:
+        return float(sum(self.idle_power_w.values()))
+
+    def _per_inference(self, domain: str | None = None, dynamic: bool = False) -> list[float]:
+        names = [d.name for d in self.domains] if domain is None else [domain]
+        values = []
+        for w in self.windows:
+            energy_j = sum(w.energy_j[n] for n in names)
+            if dynamic:
+                energy_j -= sum(self.idle_power_w.get(n, 0.0) for n in names) * w.duration_s
+            values.append(energy_j / w.n_inferences)
+        return values
+
+    def _quantisation_per_inference_j(self, domain: str | None = None) -> float:
+        """The largest edge-quantisation half-width per inference of any window, summed over the
+        chosen domains: a bound on how far each window's figure may be from its true value, so
+        the order statistics of the measured windows are within it of the true ones."""
+        names = [d.name for d in self.domains] if domain is None else [domain]
+        per_window = [sum(w.edge_uncertainty_j.get(n, 0.0) for n in names) / w.n_inferences
+                      for w in self.windows]
+        return max(per_window, default=0.0)
+
+    # ---- headline figures -------------------------------------------------------------------
+    @property
+    def per_inference_j(self) -> float:
+        """Median over windows of the energy of one call of the workload (one batch), all domains."""
+        return stats.median(self._per_inference())
+
+    @property
+    def per_inference_dynamic_j(self) -> float:
+        """The same above idle: what running the model added to what the hardware draws anyway."""
+        return stats.median(self._per_inference(dynamic=True))
+
+    @property
+    def per_sample_j(self) -> float:
+        return self.per_inference_j / self.batch_size
+
+    @property
+    def per_sample_dynamic_j(self) -> float:
+        return self.per_inference_dynamic_j / self.batch_size
+
+    @property
+    def ci95_j(self) -> stats.Interval:
+        """95% interval of the median per-inference energy (`per_inference_j`): the order-statistic
+        interval of the windows' median, widened by the edge quantisation, never below 0. It does
+        not include an estimate's model uncertainty (`estimate_band_j`). `ci95_j.level` is the
+        confidence it really has (below 0.95 with fewer than six windows)."""
+        return stats.median_interval(self._per_inference(), self._quantisation_per_inference_j(),
+                                     non_negative=True)
+
+    @property
+    def ci95_dynamic_j(self) -> stats.Interval:
+        """The same for the energy above idle (a difference: it may come out below 0)."""
+        return stats.median_interval(self._per_inference(dynamic=True), self._quantisation_per_inference_j())
+
+    @property
+    def cov(self) -> float:
+        return stats.cov(self._per_inference())
+
+    @property
+    def estimate_band_j(self) -> tuple[float, float] | None:
+        """For estimated domains, the range their power model allows (systematic, not reduced by
+        repeating windows); None when every domain is measured."""
+        if self.provenance is Provenance.MEASURED:
+            return None
+        spread = 0.0
+        for d in self.domains:
+            spread += stats.median(self._per_inference(d.name)) * d.model_relative_uncertainty
+        return (self.per_inference_j - spread, self.per_inference_j + spread)
+
+    @property
+    def mean_power_w(self) -> float:
+        return sum(w.total_energy_j for w in self.windows) / self.duration_s
+
+    @property
+    def latency_s(self) -> dict[str, float]:
+        """Latency of one call, per window (duration / calls): the loop itself is never timed
+        call by call, since synchronising every call would change what is measured."""
+        values = [w.latency_s for w in self.windows]
+        return {
+            "median": stats.median(values),
+            "mean": sum(values) / len(values),
+            "min": min(values),
+            "max": max(values),
+            "cov": stats.cov(values),
+        }
+
+    def domain_summary(self, domain: DomainInfo) -> dict[str, Any]:
+        per_inference = self._per_inference(domain.name)
+        dynamic = self._per_inference(domain.name, dynamic=True)
+        energy_j = sum(w.energy_j[domain.name] for w in self.windows)
+        return {
+            "name": domain.name,
+            "backend": domain.backend,
+            "provenance": domain.provenance.value,
+            "method": domain.method,
+            "device": domain.device,
+            "per_inference_j": stats.median(per_inference),
+            "per_inference_dynamic_j": stats.median(dynamic),
+            "ci95_j": list(stats.median_interval(per_inference, self._quantisation_per_inference_j(domain.name),
+                                                 non_negative=True)),
+            "energy_j": energy_j,
+            "mean_power_w": energy_j / self.duration_s,
+            "idle_power_w": self.idle_power_w.get(domain.name, 0.0),
+            "resolution_s": domain.resolution_s,
+            "device_id": domain.device_id,
+            "model_relative_uncertainty": domain.model_relative_uncertainty,
+            "assumptions": list(domain.assumptions),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        band = self.estimate_band_j
+        return {
+            "schema": SCHEMA,
+            "label": self.label,
+            "provenance": self.provenance.value,
+            "per_inference_j": self.per_inference_j,
+            "per_inference_dynamic_j": self.per_inference_dynamic_j,
+            "per_sample_j": self.per_sample_j,
+            "per_sample_dynamic_j": self.per_sample_dynamic_j,
+            "ci95_j": list(self.ci95_j),
+            "ci95_dynamic_j": list(self.ci95_dynamic_j),
+            "ci_level": self.ci95_j.level,
+            "estimator": "median of windows; order-statistic interval",
+            "cov": self.cov,
+            "estimate_band_j": list(band) if band is not None else None,
+            "n_inferences": self.n_inferences,
+            "n_windows": len(self.windows),
+            "duration_s": self.duration_s,
+            "batch_size": self.batch_size,
+            "idle_power_w": self.total_idle_power_w,
+            "mean_power_w": self.mean_power_w,
+            "latency_s": self.latency_s,
+            "backends": list(self.backends),
+            "domains": [self.domain_summary(d) for d in self.domains],
+            "stop_reason": self.stop_reason,
+            "precision": self.precision,
+            "warmup_inferences": self.warmup_inferences,
+            "warnings": list(self.warnings),
+            "device": dict(self.device),
+            "windows": [
+                {
+                    "index": w.index,
+                    "label": w.label,
+                    "n_inferences": w.n_inferences,
+                    "duration_s": w.duration_s,
+                    "per_inference_j": w.per_inference_j,
+                    "energy_j": dict(w.energy_j),
+                    "edge_uncertainty_j": dict(w.edge_uncertainty_j),
+                    "states": [_state_dict(s) for s in w.states],
+                }
+                for w in self.windows
+            ],
+            "power_trace": self.power_trace.to_dict() if self.power_trace else None,
+        }
+
+
+def _state_dict(state: DeviceState) -> dict[str, Any]:
+    return {
+        "domain": state.domain,
+        "sm_clock_mhz": state.sm_clock_mhz,
+        "temperature_c": state.temperature_c,
+        "power_limit_w": state.power_limit_w,
+        "throttle_reasons": list(state.throttle_reasons),
+        "limited_by": list(state.limited_by),
+    }
+
+
+def combined_provenance(domains: Sequence[DomainInfo]) -> Provenance:
+    """ESTIMATED as soon as any domain is estimated: a sum is only as good as its worst term."""
+    if any(d.provenance is Provenance.ESTIMATED for d in domains):
+        return Provenance.ESTIMATED
+    return Provenance.MEASURED
+
+
+def domains_by_name(domains: Sequence[DomainInfo]) -> dict[str, DomainInfo]:
+    return {d.name: d for d in domains}
+
+
+@dataclass(frozen=True)
+class EnergySpan:
+    """The energy of one stretch of arbitrary code, measured by `EnergyMeter` (one window)."""
+
+    domains: tuple[DomainInfo, ...]
+    duration_s: float
+    energy_j: Mapping[str, float]
+    uncertainty_j: Mapping[str, float]
+    idle_power_w: Mapping[str, float]  # empty when no idle baseline was taken
+    warnings: tuple[str, ...] = ()
+    power_trace: PowerTrace | None = None
+
+    @property
+    def provenance(self) -> Provenance:
+        return combined_provenance(self.domains)
+
+    @property
+    def total_energy_j(self) -> float:
+        return float(sum(self.energy_j.values()))
+
+    @property
+    def dynamic_energy_j(self) -> float | None:
+        """Above idle; None when the meter was not asked to measure idle power first."""
+        if not self.idle_power_w:
+            return None
+        return self.total_energy_j - sum(self.idle_power_w.values()) * self.duration_s
+
+    @property
+    def mean_power_w(self) -> float:
+        return self.total_energy_j / self.duration_s if self.duration_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": "energyprune.span/1",
+            "provenance": self.provenance.value,
+            "duration_s": self.duration_s,
+            "energy_j": self.total_energy_j,
+            "dynamic_energy_j": self.dynamic_energy_j,
+            "uncertainty_j": float(sum(v**2 for v in self.uncertainty_j.values()) ** 0.5),
+            "mean_power_w": self.mean_power_w,
+            "domains": [
+                {"name": d.name, "backend": d.backend, "provenance": d.provenance.value,
+                 "method": d.method, "energy_j": self.energy_j[d.name],
+                 "uncertainty_j": self.uncertainty_j.get(d.name, 0.0),
+                 "idle_power_w": self.idle_power_w.get(d.name), "assumptions": list(d.assumptions)}
+                for d in self.domains
+            ],
+            "warnings": list(self.warnings),
+            "power_trace": self.power_trace.to_dict() if self.power_trace else None,
+        }

@@ -1,0 +1,184 @@
+"""The one table of unit kinds: what a kind's units are, which of them the surgery allows to go,
+and how they are removed. `units_for`, `remove_units`, the budget loop and the CLI's choices all
+read this table, so a new kind is one `UnitKind` here (and its surgery module).
+
+| kind | a unit is | removed by | what always stays |
+| --- | --- | --- | --- |
+| block | a whole block of the stack | `remove_blocks` | one block |
+| attention | a block's attention sub-block | `remove_attention` | one attention module |
+| neuron | one hidden unit of an MLP (or an MBConv expansion channel) | `prune_mlp_neurons` | one neuron per MLP |
+| channel | one output channel of a conv / Linear in an `nn.Sequential` chain | `prune_channels` | one channel per layer |
+| activation | a foldable MLP's nonlinearity (NEPENTHE) | `fold_activation` | - |
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from energyprune.errors import UsageError
+from energyprune.pruning.base import Calibration, Unit
+from energyprune.pruning.surgery import (
+    RemovedAttention,
+    fold_activation,
+    prune_channels,
+    prune_mlp_neurons,
+    remove_attention,
+    remove_blocks,
+)
+from energyprune.pruning.surgery.channels import channel_producers
+from energyprune.pruning.surgery.record import PruneRecord
+from energyprune.pruning.surgery.slicing import get_module
+
+Removal = tuple[nn.Module, PruneRecord]
+
+
+@dataclass(frozen=True)
+class UnitKind:
+    name: str
+    describe: str
+    enumerate: Callable[[nn.Module, Calibration | None], list[Unit]]
+    remove: Callable[[nn.Module, Sequence[Unit], bool], Removal]
+    keep_per_group: int = 1  # how many units of each group (the model, an MLP, a layer) must stay
+    grouped: bool = False  # whether the groups are the units' paths (neurons of one MLP...)
+
+    def eligible(self, ranked: Sequence[Unit], units: Sequence[Unit]) -> list[Unit]:
+        """The units that may go, best candidate first, within what must stay."""
+        if not self.grouped:
+            return list(ranked[: max(0, len(units) - self.keep_per_group)]) if self.keep_per_group else list(ranked)
+        size: dict[str, int] = defaultdict(int)
+        for unit in units:
+            size[unit.path] += 1
+        taken: dict[str, int] = defaultdict(int)
+        out = []
+        for unit in ranked:
+            if taken[unit.path] < size[unit.path] - self.keep_per_group:
+                taken[unit.path] += 1
+                out.append(unit)
+        return out
+
+
+# ---- enumeration ---------------------------------------------------------------------------------
+def _blocks(model: nn.Module, calibration: Calibration | None) -> list[Unit]:
+    import logging
+
+    from energyprune.pruning.criteria.units import block_units
+    from energyprune.pruning.observe.calibration import shape_changing_blocks
+
+    units = block_units(model, "block")
+    first = next(iter(calibration), None) if calibration is not None else None
+    if first is not None:
+        changing = set(shape_changing_blocks(model, first))
+        if changing:
+            logging.getLogger(__name__).info(
+                "blocks %s change the shape of the hidden state: not offered for removal", sorted(changing))
+            units = [u for u in units if u.index not in changing]
+            if not units:
+                raise UsageError("every block of the model changes the shape of its input: none can be removed; "
+                                 "prune neurons or channels instead")
+    return units
+
+
+def _attention(model: nn.Module, calibration: Calibration | None) -> list[Unit]:
+    from energyprune.pruning.criteria.units import block_units
+
+    # An attention already removed is not offered again.
+    return [u for u in block_units(model, "attention") if not isinstance(get_module(model, u.path), RemovedAttention)]
+
+
+def _neurons(model: nn.Module, calibration: Calibration | None) -> list[Unit]:
+    from energyprune.pruning.criteria.units import neuron_units
+
+    units = neuron_units(model)
+    if not units:
+        raise UsageError("no MLP of a known layout was found in the model: neurons cannot be pruned")
+    return units
+
+
+def _channels(model: nn.Module, calibration: Calibration | None) -> list[Unit]:
+    units = [Unit("channel", path, c) for path, size in channel_producers(model) for c in range(size)]
+    if not units:
+        raise UsageError("no conv / Linear layer of the model has channels this surgery can follow (it needs "
+                         "nn.Sequential chains): prune blocks or neurons instead")
+    return units
+
+
+def _activations(model: nn.Module, calibration: Calibration | None) -> list[Unit]:
+    from energyprune.pruning.criteria.nepenthe import activation_units
+
+    units = activation_units(model)
+    if not units:
+        raise UsageError("no foldable MLP (Linear-activation-Linear, not gated) was found in the model")
+    return units
+
+
+# ---- removal -------------------------------------------------------------------------------------
+def _by_path(units: Sequence[Unit]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = defaultdict(list)
+    for unit in units:
+        out[unit.path].append(unit.index)
+    return {p: sorted(i) for p, i in out.items()}
+
+
+def _fold(model: nn.Module, units: Sequence[Unit], inplace: bool) -> Removal:
+    record = PruneRecord()
+    current = model
+    for n, unit in enumerate(sorted(units)):
+        current, step = fold_activation(current, unit.path, inplace=inplace or n > 0)
+        record = record + step
+    return current, record
+
+
+KINDS: dict[str, UnitKind] = {
+    kind.name: kind for kind in (
+        UnitKind("block", "a whole block of the block stack", _blocks,
+                 lambda m, us, inplace: remove_blocks(m, sorted(u.index for u in us), inplace=inplace)),
+        UnitKind("attention", "the attention sub-block of a block", _attention,
+                 lambda m, us, inplace: remove_attention(m, sorted(u.index for u in us), inplace=inplace)),
+        UnitKind("neuron", "one hidden unit of an MLP", _neurons,
+                 lambda m, us, inplace: prune_mlp_neurons(m, _by_path(us), inplace=inplace), grouped=True),
+        UnitKind("channel", "one output channel of a conv / Linear layer", _channels,
+                 lambda m, us, inplace: prune_channels(m, _by_path(us), inplace=inplace), grouped=True),
+        UnitKind("activation", "a foldable MLP's nonlinearity", _activations, _fold, keep_per_group=0),
+    )
+}
+KIND_NAMES = tuple(KINDS)
+
+
+def get_kind(name: str) -> UnitKind:
+    kind = KINDS.get(name)
+    if kind is None:
+        raise UsageError(f"unknown unit kind {name!r}: use one of {', '.join(KIND_NAMES)}")
+    return kind
+
+
+def units_for(model: nn.Module, kind: str, calibration: Calibration | None = None) -> list[Unit]:
+    """Every unit of `kind` the model offers.
+
+    Blocks: given calibration data (re-iterable: a list of batches, since the criterion reads it
+    again), the first batch is run once and the blocks that change the shape of the hidden state
+    (strided or widening CNN blocks, which no model survives losing) are left out; without data
+    every block of the stack is offered."""
+    if calibration is not None and iter(calibration) is calibration:
+        raise UsageError("calibration must be re-iterable (a list of batches), not a one-shot iterator: "
+                         "reading its first batch here would take it from the criterion")
+    return get_kind(kind).enumerate(model, calibration)
+
+
+def remove_units(model: nn.Module, units: Sequence[Unit], *, inplace: bool = False) -> Removal:
+    """Apply the surgery for `units` (all of one kind, paths and indices of `model`)."""
+    kinds = {u.kind for u in units}
+    if len(kinds) != 1:
+        raise UsageError(f"remove_units takes units of one kind, got {sorted(kinds)}")
+    return get_kind(kinds.pop()).remove(model, list(units), inplace)
+
+
+def eligible(scores: Mapping[Unit, float], units: Sequence[Unit], kind: str) -> list[Unit]:
+    """The units the loop may remove, best candidate first (lowest finite score), within what the
+    surgery allows to go."""
+    ranked = [u for s, u in sorted((s, u) for u, s in scores.items() if math.isfinite(s))]
+    return get_kind(kind).eligible(ranked, units)

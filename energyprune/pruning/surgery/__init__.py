@@ -1,0 +1,46 @@
+"""Surgery: removing structure so that compute really drops. One import point for the pruning loop.
+
+Every function takes a model and what to remove, works on a deep copy unless `inplace=True`, and
+returns `(model, PruneRecord)`. Records add up with `+`, serialise to JSON, and `apply_record`
+replays them on the original model.
+
+| function | removes | module |
+| --- | --- | --- |
+| `remove_blocks(model, indices)` | whole transformer blocks | `blocks` |
+| `remove_attention(model, indices)` | the attention sub-block of blocks | `blocks` |
+| `prune_mlp_neurons(model, {mlp_path: indices})` | MLP hidden neurons | `neurons` |
+| `remove_dead_neurons(model, {mlp_path: indices})` | the same, for always-OFF units (NEPENTHE) | `neurons` |
+| `prune_channels(model, {producer_path: indices})` | conv/linear output channels in Sequential chains | `channels` |
+| `fold_activation(model, mlp_path)` | an MLP's activation, folding its two maps into one | `fold` |
+
+Indices are always those of the model passed in (after earlier removals): block 3 becomes block 2
+once block 0 is gone; `PruneRecord.map_path` translates paths of the original model.
+"""
+
+from __future__ import annotations
+
+from energyprune.pruning.surgery.blocks import RemovedAttention, find_attention, remove_attention, remove_blocks
+from energyprune.pruning.surgery.channels import prune_channels
+from energyprune.pruning.surgery.fold import fold_activation
+from energyprune.pruning.surgery.neurons import MLPSpec, find_mlp, find_mlps, prune_mlp_neurons, remove_dead_neurons
+from energyprune.pruning.surgery.record import PruneOp, PruneRecord
+from energyprune.pruning.surgery.replay import apply_record
+from energyprune.pruning.surgery.slicing import count_parameters
+
+__all__ = [
+    "MLPSpec",
+    "PruneOp",
+    "PruneRecord",
+    "RemovedAttention",
+    "apply_record",
+    "count_parameters",
+    "find_attention",
+    "find_mlp",
+    "find_mlps",
+    "fold_activation",
+    "prune_channels",
+    "prune_mlp_neurons",
+    "remove_attention",
+    "remove_blocks",
+    "remove_dead_neurons",
+]

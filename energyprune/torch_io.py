@@ -1,0 +1,106 @@
+"""The ground floor of everything that calls a model: what inputs are, how a model is called on
+them, how they move between devices, how a model's size is counted. One place for each, so the
+meter, the criteria, fidelity and the benchmarks call a model the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from energyprune.errors import InputShapeError
+
+#: What one call of a model takes: a tensor, a tuple of positional arguments, or keyword arguments.
+Inputs = torch.Tensor | tuple[Any, ...] | Mapping[str, Any]
+
+
+def call_model(model: nn.Module, inputs: Inputs) -> Any:
+    """`model(inputs)`, `model(*inputs)` or `model(**inputs)`, as the inputs are shaped."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, tuple):
+        return model(*inputs)
+    return model(inputs)
+
+
+def to_device(value: Any, device: torch.device | str) -> Any:
+    """Tensors inside (nested tuples, lists, mappings) moved to `device`; anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, Mapping):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_device(v, device) for v in value)
+    return value
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Parameter elements of the model (tied weights counted once, as `parameters()` yields them)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe_inputs(inputs: Inputs) -> str:
+    if isinstance(inputs, torch.Tensor):
+        return "x".join(map(str, inputs.shape)) or "scalar"
+    if isinstance(inputs, Mapping):
+        return ", ".join(f"{k}={describe_inputs(v)}" for k, v in inputs.items())
+    if isinstance(inputs, tuple):
+        return "(" + ", ".join(describe_inputs(v) for v in inputs) + ")"
+    return type(inputs).__name__
+
+
+def batch_size_of(inputs: Inputs) -> int:
+    if isinstance(inputs, torch.Tensor):
+        return int(inputs.shape[0]) if inputs.dim() else 1
+    values = list(inputs.values()) if isinstance(inputs, Mapping) else list(inputs)
+    for value in values:
+        if isinstance(value, torch.Tensor) and value.dim():
+            return int(value.shape[0])
+    return 1
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (one-line errors for the user), or its type's name."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def cuda_devices_of(model: nn.Module) -> list[int]:
+    """Framework CUDA indices holding the model's parameters and buffers (sharded models span
+    several)."""
+    devices = {t.device for t in list(model.parameters()) + list(model.buffers())}
+    return sorted(d.index if d.index is not None else torch.cuda.current_device()
+                  for d in devices if d.type == "cuda")
+
+
+def make_sync(model: nn.Module):
+    """A function that waits for all work queued on the model's GPUs (a no-op on CPU)."""
+    indices = cuda_devices_of(model)
+    if not indices:
+        return lambda: None
+
+    def sync() -> None:
+        for index in indices:
+            torch.cuda.synchronize(index)
+
+    return sync
+
+
+def check_inputs(model: nn.Module, inputs: Inputs) -> None:
+    """One forward pass before any measurement, so a shape mistake is one clear line."""
+    try:
+        with torch.inference_mode():
+            call_model(model, inputs)
+    except MemoryError:
+        raise InputShapeError(f"the model ran out of memory on inputs of shape {describe_inputs(inputs)}: "
+                              "lower --batch-size or --seq-len") from None
+    except Exception as error:
+        if type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower():
+            raise InputShapeError(f"the model ran out of memory on inputs of shape {describe_inputs(inputs)} "
+                                  f"({first_line(error)}): lower --batch-size or --seq-len") from None
+        raise InputShapeError(
+            f"the model rejected inputs of shape {describe_inputs(inputs)}: {first_line(error)} "
+            "(fix --input-shape / --seq-len to what the model takes)"
+        ) from error
