@@ -4,6 +4,7 @@ meter, the criteria, fidelity and the benchmarks call a model the same way."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +35,23 @@ def to_device(value: Any, device: torch.device | str) -> Any:
     if isinstance(value, (tuple, list)):
         return type(value)(to_device(v, device) for v in value)
     return value
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter, else of its first buffer, else the CPU."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def forward_batch(model: nn.Module, batch: Any) -> Any:
+    """Call `model` on a calibration or evaluation batch on its own device: `call_model` after
+    moving the tensors there, without a `labels` key (so a Hugging Face model computes no loss)."""
+    if isinstance(batch, Mapping):
+        batch = {key: value for key, value in batch.items() if key != "labels"}
+    elif isinstance(batch, list):
+        batch = tuple(batch)
+    return call_model(model, to_device(batch, model_device(model)))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -19,7 +19,7 @@ Steps (each one's numbers carry their provenance; nothing is a constant of the c
    with our measured compression, fidelity loss and energy saving. The seed's claimed ranges were
    not available to us: the column says so instead of inventing them.
 
-Output: ``bench.json`` (schema ``energyprune.bench.run/1``), ``bench.md``, and ``bench.html`` when the
+Output: ``bench.json`` (schema ``energyprune.bench/1``), ``bench.md``, and ``bench.html`` when the
 report renderer ``energyprune.reporting.render`` is importable. Earlier results are never
 overwritten without ``force``.
 """
@@ -40,11 +40,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-# The defaults live with the command line, which must not import torch just to print --help.
-from energyprune.cli.bench import DEFAULT_CRITERIA, DEFAULT_TARGET, REFERENCE_MODELS
+from energyprune.bench.options import (
+    CRITERION_DEFAULTS,
+    OUTPUT_FILES,
+    SEED_RANGES_NOTE,
+    SEMANTIC_CRITERIA,
+    UNIT_KINDS,
+    BenchOptions,
+    CriterionSpec,
+    Log,
+    check_out_dir,
+    default_out_dir,
+    parse_criteria,
+)
+from energyprune.metrics.fidelity import ClassReference, EmbeddingReference, NextTokenReference
+from energyprune.torch_io import count_parameters, to_device
 from energyprune.errors import EnergyPruneError, UsageError
 from energyprune.measure.meter import MeterConfig
 from energyprune.metrics.hardware_floor import (
@@ -61,131 +73,7 @@ from energyprune.metrics.physics import finite_or_none, physics_summary
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = "energyprune.bench.run/1"
-OUTPUT_FILES = ("bench.json", "bench.md", "bench.html")
-
-#: Options the bench gives a criterion unless the user names its own (`name:key=value`).
-#: entropy-block: EntroDrop's default "increase" rule refuses every block where entropy falls from
-#: the first block on (the demo, MiniLM), which would leave the entropy row empty; "all" lets it
-#: rank every block by ΔH. random: a fixed seed, so a rerun prunes the same blocks.
-CRITERION_DEFAULTS: dict[str, dict[str, Any]] = {
-    "entropy-block": {"stage": "all"},
-    "random": {"seed": 0},
-}
-#: What each criterion removes in the bench (the budget loop's `unit_kind`).
-UNIT_KINDS: dict[str, str] = {
-    "cosine-block": "block", "entropy-block": "block", "magnitude": "block", "random": "block",
-    "energy-aware": "block", "thermodynamic": "neuron", "mipp": "neuron", "nepenthe": "activation",
-}
-#: Criteria that look at what the model computes (entropy, fidelity, information), in the order the
-#: seed table's "semantic-thermodynamic" row prefers them when thermodynamic itself was not run.
-SEMANTIC_CRITERIA = ("thermodynamic", "energy-aware", "mipp", "nepenthe", "entropy-block", "cosine-block")
-SEED_RANGES_NOTE = ("the seed's claimed ranges were not available to us (not in any file of this project "
-                    "or ../shared); only our measured numbers are shown")
-
-Log = Callable[[str], None]
-
-
-# ---- options ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CriterionSpec:
-    name: str
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        if not self.options:
-            return self.name
-        return self.name + ":" + ":".join(f"{k}={v}" for k, v in sorted(self.options.items()))
-
-
-def parse_criteria(text: str | Sequence[str]) -> tuple[CriterionSpec, ...]:
-    """``"cosine-block,entropy-block:stage=increase:estimator=bucket,random:seed=1"`` → specs, each
-    starting from :data:`CRITERION_DEFAULTS` of its name."""
-    items = text.split(",") if isinstance(text, str) else list(text)
-    specs = []
-    for item in (i.strip() for i in items):
-        if not item:
-            continue
-        name, *pairs = item.split(":")
-        name = name.strip().lower().replace("_", "-")
-        options = dict(CRITERION_DEFAULTS.get(name, {}))
-        for pair in pairs:
-            key, sep, value = pair.partition("=")
-            if not sep or not key.strip():
-                raise UsageError(f"--criteria {item!r}: options are written name:key=value (e.g. entropy-block:stage=all)")
-            options[key.strip()] = _option_value(value.strip())
-        specs.append(CriterionSpec(name, options))
-    if not specs:
-        raise UsageError("--criteria is empty: name at least one criterion, e.g. cosine-block,magnitude")
-    return tuple(specs)
-
-
-def _option_value(text: str) -> Any:
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    out_dir: Path | None = None  # default benchmarks/results/<device-slug>/ under the working directory
-    device: str = "cpu"
-    models: tuple[str, ...] | None = None  # None: every reference model (--quick: the demo)
-    criteria: tuple[CriterionSpec, ...] = tuple(CriterionSpec(n, CRITERION_DEFAULTS.get(n, {})) for n in DEFAULT_CRITERIA)
-    target: str = DEFAULT_TARGET
-    quick: bool = False
-    force: bool = False
-    backend: str = "auto"
-    cpu_tdp_w: float | None = None
-    max_steps: int = 50
-    dtype: str | None = None  # cast the models (float32 if None)
-    command: str = ""  # the command line, for the provenance
-
-    def resolved_models(self) -> tuple[str, ...]:
-        models = self.models if self.models is not None else (("demo",) if self.quick else REFERENCE_MODELS)
-        unknown = [m for m in models if m not in REFERENCE_MODELS]
-        if unknown:
-            raise UsageError(f"unknown model(s) {', '.join(unknown)}: choose from {', '.join(REFERENCE_MODELS)}")
-        if not models:
-            raise UsageError("--models is empty")
-        return tuple(dict.fromkeys(models))
-
-    def meter_config(self) -> MeterConfig:
-        """Short windows for --quick; otherwise windows long enough for a 100 ms GPU counter."""
-        gpu = self.device.startswith("cuda")
-        if self.quick:
-            return MeterConfig(window_s=0.5 if gpu else 0.1, repeats=3, precision=0.0, max_duration_s=5.0,
-                               idle_s=0.2 if gpu else 0.1, min_warmup_s=0.0, max_warmup_s=1.0 if gpu else 0.5,
-                               keep_trace=False)
-        return MeterConfig(window_s=2.0 if gpu else 1.0, repeats=5, precision=0.02, max_duration_s=30.0,
-                           idle_s=1.0, min_warmup_s=1.0, max_warmup_s=10.0, keep_trace=False)
-
-    def floor_sizes(self) -> tuple[int, ...] | None:
-        if not self.quick:
-            return None  # the floor module's defaults
-        return (1024, 2048) if self.device.startswith("cuda") else (128, 256)
-
-
-def default_out_dir(device: str) -> Path:
-    return Path("benchmarks") / "results" / device_slug(device)
-
-
-def check_out_dir(out_dir: Path, force: bool) -> None:
-    """Refuse to overwrite earlier results without --force; say which files are in the way."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out-dir {out_dir} is a file, not a folder")
-    existing = [name for name in OUTPUT_FILES if (out_dir / name).exists()]
-    if existing and not force:
-        raise UsageError(f"{out_dir} already holds {', '.join(existing)} from an earlier run: pass --force to "
-                         "replace them or choose another --out-dir")
-
+SCHEMA = "energyprune.bench/1"
 
 # ---- the models ---------------------------------------------------------------------------------
 @dataclass
@@ -204,64 +92,16 @@ class BenchModel:
     tokenizer: Any = None  # set for language models: semantic entropy samples generations with it
 
 
-class _NextTokenFidelity:
-    """exp(−KL) of next-token distributions against the original's cached log-probabilities (the
-    definition of `metrics.fidelity.next_token_fidelity`, one forward of the pruned model only)."""
+class _Fidelity:
+    """A held-out fidelity in [0, 1] against the original: one figure of a `metrics.fidelity`
+    reference (the definitions live there only), as `prune_to_energy(evaluate=...)` wants it."""
 
-    def __init__(self, original: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]]) -> None:
-        from energyprune.metrics.fidelity import evaluating
-
-        self.batches = list(batches)
-        with evaluating(original):
-            self.reference = [F.log_softmax(_logits(original(**b)).float(), dim=-1) for b in self.batches]
+    def __init__(self, reference: Any, key: str, **options: Any) -> None:
+        self.reference, self.key, self.options = reference, key, options
+        self.batches = reference.batches
 
     def __call__(self, model: nn.Module) -> float:
-        from energyprune.metrics.fidelity import evaluating
-
-        kl_sum, n = 0.0, 0
-        with evaluating(model):
-            for batch, log_p in zip(self.batches, self.reference):
-                log_q = F.log_softmax(_logits(model(**batch)).float(), dim=-1)
-                mask = batch.get("attention_mask")
-                mask = torch.ones(log_p.shape[:2], dtype=torch.bool) if mask is None else mask.bool()
-                p = log_p.exp()
-                kl = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(-1).clamp_min(0.0)
-                kl_sum += float(kl[mask.to(kl.device)].double().sum())
-                n += int(mask.sum())
-        return math.exp(-kl_sum / n)
-
-
-class _EmbeddingFidelity:
-    """Mean cosine (clipped to [0, 1]) of mean-pooled sentence embeddings against the original's."""
-
-    def __init__(self, original: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]]) -> None:
-        self.batches = list(batches)
-        self.reference = self._embed(original)
-
-    def _embed(self, model: nn.Module) -> torch.Tensor:
-        from energyprune.metrics.fidelity import evaluating, mean_pool
-
-        out = []
-        with evaluating(model):
-            for batch in self.batches:
-                hidden = model(**batch).last_hidden_state
-                out.append(F.normalize(mean_pool(hidden, batch["attention_mask"]).double(), dim=-1))
-        return torch.cat(out)
-
-    def __call__(self, model: nn.Module) -> float:
-        return float((self._embed(model) * self.reference).sum(-1).clamp(0.0, 1.0).mean())
-
-
-def _logits(out: Any) -> torch.Tensor:
-    return out if isinstance(out, torch.Tensor) else out.logits
-
-
-def _to(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, Mapping):
-        return {k: _to(v, device) for k, v in obj.items()}
-    return obj
+        return float(self.reference(model, **self.options)[self.key])
 
 
 def _demo_model(device: torch.device, quick: bool, dtype: torch.dtype | None) -> BenchModel:
@@ -273,7 +113,7 @@ def _demo_model(device: torch.device, quick: bool, dtype: torch.dtype | None) ->
     # held-out ids drawn with other seeds than the calibration ones.
     calibration = [model.example_inputs(4, seq, seed=100 + i) for i in range(2 if quick else 4)]
     heldout = [{"input_ids": model.example_inputs(4, seq, seed=200 + i)} for i in range(1 if quick else 2)]
-    reference = _NextTokenFidelity(model, heldout)
+    reference = _Fidelity(NextTokenReference(model, heldout), "exp_neg_kl", kl_only=True)
     return BenchModel(
         name="demo", title="built-in demo transformer (4 blocks, d=256, random weights)", model=model,
         inputs=model.example_inputs(1, seq, seed=0), calibration=calibration, evaluate=reference,
@@ -296,8 +136,8 @@ def _smollm2_model(device: torch.device, quick: bool, dtype: torch.dtype | None)
     heldout = [dict(b, use_cache=False) for b in
                zoo.calibration_batches(tokenizer, docs[half:], seq_len=256 if not quick else 128,
                                        batch_size=2, n_batches=1)]
-    calibration, heldout = _to(calibration, device), _to(heldout, device)
-    reference = _NextTokenFidelity(model, heldout)
+    calibration, heldout = to_device(calibration, device), to_device(heldout, device)
+    reference = _Fidelity(NextTokenReference(model, heldout), "exp_neg_kl", kl_only=True)
     ids = heldout[0]["input_ids"][:1, :128]
     return BenchModel(
         name="smollm2", title="SmolLM2-135M-Instruct (30 blocks)", model=model, tokenizer=tokenizer,
@@ -318,10 +158,10 @@ def _minilm_model(device: torch.device, quick: bool, dtype: torch.dtype | None) 
     background = zoo.text_corpus("lee_background")
     lee = zoo.text_corpus("lee")
     n_cal = 16 if quick else 64
-    calibration = _to(zoo.calibration_batches(tokenizer, background[:n_cal], seq_len=128, batch_size=16, pack=False), device)
-    heldout = _to(zoo.calibration_batches(tokenizer, lee, seq_len=256 if not quick else 128, batch_size=25, pack=False), device)
-    reference = _EmbeddingFidelity(model, heldout)
-    inputs = _to(zoo.calibration_batches(tokenizer, lee[:8], seq_len=128, batch_size=8, pack=False)[0], device)
+    calibration = to_device(zoo.calibration_batches(tokenizer, background[:n_cal], seq_len=128, batch_size=16, pack=False), device)
+    heldout = to_device(zoo.calibration_batches(tokenizer, lee, seq_len=256 if not quick else 128, batch_size=25, pack=False), device)
+    reference = _Fidelity(EmbeddingReference(model, heldout), "embedding_cosine")
+    inputs = to_device(zoo.calibration_batches(tokenizer, lee[:8], seq_len=128, batch_size=8, pack=False)[0], device)
     return BenchModel(
         name="minilm", title="all-MiniLM-L6-v2 (6 blocks)", model=model, inputs=dict(inputs),
         calibration=calibration, evaluate=reference,
@@ -329,29 +169,6 @@ def _minilm_model(device: torch.device, quick: bool, dtype: torch.dtype | None) 
         data={"inputs": "8 lee.cor documents, truncated to 128 tokens, one padded batch",
               "calibration": f"lee_background documents 0-{n_cal - 1}, one per row, truncated to 128 tokens",
               "heldout": "the 50 lee.cor documents (disjoint from lee_background)"})
-
-
-class _ClassFidelity:
-    """exp(−KL) of an image classifier's class distributions against the original's (the
-    agreement of two classifiers where no labels exist: no ImageNet offline)."""
-
-    def __init__(self, original: nn.Module, batches: Sequence[torch.Tensor]) -> None:
-        from energyprune.metrics.fidelity import evaluating
-
-        self.batches = list(batches)
-        with evaluating(original):
-            self.reference = [F.log_softmax(original(b).double(), dim=-1) for b in self.batches]
-
-    def __call__(self, model: nn.Module) -> float:
-        from energyprune.metrics.fidelity import evaluating
-
-        kl_sum, n = 0.0, 0
-        with evaluating(model):
-            for batch, log_p in zip(self.batches, self.reference):
-                log_q = F.log_softmax(model(batch).double(), dim=-1)
-                kl_sum += float((log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0.0).sum())
-                n += len(batch)
-        return math.exp(-kl_sum / n)
 
 
 #: EfficientNet's calibration photographs; the held-out ones are the other `zoo.IMAGE_SOURCES`.
@@ -371,7 +188,7 @@ def _efficientnet_model(device: torch.device, quick: bool, dtype: torch.dtype | 
     heldout = [b.to(**as_model) for b in held_images.split(16)]
     return BenchModel(
         name="efficientnet", title="EfficientNet-Lite0 (16 MBConv blocks, 9 removable)", model=model,
-        inputs=held_images[:1].to(**as_model), calibration=calibration, evaluate=_ClassFidelity(model, heldout),
+        inputs=held_images[:1].to(**as_model), calibration=calibration, evaluate=_Fidelity(ClassReference(model, heldout), "exp_neg_kl"),
         fidelity_definition="exp(-KL) of the 1000-class distributions vs the original on held-out photographs "
                             "(agreement, not accuracy: no ImageNet labels offline)",
         data={"inputs": "1 held-out image, 3x224x224, (x - 127) / 128",
@@ -386,11 +203,6 @@ MODEL_BUILDERS: dict[str, Callable[[torch.device, bool, torch.dtype | None], Ben
 }
 
 
-def _n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-# ---- the run ------------------------------------------------------------------------------------
 def _measurement_summary(result: Any) -> dict[str, Any]:
     data = result.to_dict()
     keep = ("label", "provenance", "per_inference_j", "per_inference_dynamic_j", "per_sample_j", "ci95_j",
@@ -609,7 +421,7 @@ def run_benchmark(options: BenchOptions, *, log: Log | None = None) -> dict[str,
             continue
         say(f"model {name}: measuring")
         result = measure(bench_model.model, bench_model.inputs, backend=backends, config=config, label=name)
-        n_params = _n_params(bench_model.model)
+        n_params = count_parameters(bench_model.model)
         physics = physics_summary(bench_model.model, bench_model.inputs, result, floor=floor)
         flops = physics["flops"]["value"]  # counted once, by FlopCounterMode, inside the summary
         say(f"model {name}: information concentration per layer")

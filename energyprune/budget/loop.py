@@ -264,7 +264,7 @@ def _eligible(scores: Mapping[Unit, float], units: Sequence[Unit], kind: str) ->
 
 class _Quality:
     """evaluate(model) -> quality, and the semantic fidelity against the original on the
-    measurement inputs (`pruning.criteria.energy_aware.default_fidelity`: exp(-KL) of next-token
+    measurement inputs (`metrics.fidelity.auto_fidelity`: exp(-KL) of next-token
     distributions for language models, top-1 agreement for classifiers, embedding cosine else)."""
 
     def __init__(self, original: nn.Module, inputs: Inputs, evaluate: Evaluate | None) -> None:
@@ -274,14 +274,14 @@ class _Quality:
         self.fidelity_broken: str | None = None
 
     def fidelity(self, model: nn.Module) -> float | None:
-        from energyprune.pruning.criteria.energy_aware import default_fidelity
+        from energyprune.metrics.fidelity import auto_fidelity
 
         if model is self.original:
             return 1.0  # the original against itself, by definition
         if self.fidelity_broken is not None:
             return None
         try:
-            return float(default_fidelity(self.original, model, self.batches))
+            return float(auto_fidelity(self.original, model, self.batches))
         except EnergyPruneError as error:
             if self.evaluate is None:
                 raise
@@ -289,9 +289,9 @@ class _Quality:
             return None
 
     def check(self) -> None:
-        from energyprune.pruning.criteria.energy_aware import default_fidelity
+        from energyprune.metrics.fidelity import auto_fidelity
 
-        default_fidelity(self.original, self.original, self.batches)
+        auto_fidelity(self.original, self.original, self.batches)
 
     def quality(self, model: nn.Module, fidelity: float | None) -> float | None:
         if self.evaluate is None:

@@ -27,7 +27,8 @@ from torch import nn
 
 from energyprune.errors import UsageError
 # The fidelity measures' own batch helpers: a batch is called the same way when distilling.
-from energyprune.metrics.fidelity import forward_batch, model_device, to_device
+from energyprune.torch_io import forward_batch, model_device
+from energyprune.torch_io import to_device
 
 
 def _output(out: Any) -> tuple[torch.Tensor, str]:

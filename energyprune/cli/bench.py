@@ -15,10 +15,7 @@ from typing import Any
 from energyprune.cli import options
 from energyprune.errors import UsageError
 
-#: What `energyprune bench` runs unless told otherwise (kept here, torch-free, for --help).
-REFERENCE_MODELS = ("demo", "smollm2", "minilm", "efficientnet")
-DEFAULT_CRITERIA = ("cosine-block", "entropy-block", "magnitude", "random")
-DEFAULT_TARGET = "-30%"
+from energyprune.bench.options import DEFAULT_CRITERIA, DEFAULT_TARGET, REFERENCE_MODELS
 
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
@@ -56,7 +53,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run `energyprune bench` from parsed arguments; EnergyPruneErrors propagate to the CLI's handler."""
-    from energyprune.bench.run import BenchOptions, command_line, parse_criteria, run_benchmark
+    from energyprune.bench.options import BenchOptions, parse_criteria
+    from energyprune.bench.run import command_line, run_benchmark
     from energyprune.files import to_json
 
     models = None

@@ -14,7 +14,7 @@ from typing import Any
 
 from energyprune import stats
 
-SCHEMA = "energyprune.measure.results/1"
+SCHEMA = "energyprune.measurement/1"
 
 
 class Provenance(str, enum.Enum):

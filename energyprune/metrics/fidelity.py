@@ -40,12 +40,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from energyprune.errors import InputShapeError, MeasurementError, UsageError
+from energyprune.torch_io import forward_batch, model_device, to_device
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "AccuracyRetention",
+    "ClassReference",
+    "EmbeddingReference",
     "NextTokenFidelity",
+    "NextTokenReference",
+    "auto_fidelity",
     "accuracy_retention",
     "agreement",
     "embedding_fidelity",
@@ -466,13 +471,6 @@ class _LabelFeed:
 
 
 # ---- shared plumbing ----------------------------------------------------------------------------
-def model_device(model: nn.Module) -> torch.device:
-    """The device of a model's first parameter, else of its first buffer, else the CPU."""
-    for tensor in itertools.chain(model.parameters(), model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
 @contextlib.contextmanager
 def evaluating(*models: nn.Module) -> Iterator[None]:
     """Eval mode and ``torch.inference_mode()`` for the block; each submodule's train flag restored after."""
@@ -496,32 +494,6 @@ def _nonempty(batches: Iterable[Any]) -> Iterator[Any]:
         yield batch
     if not seen:
         raise UsageError("no batches were given")
-
-
-def to_device(obj: Any, device: torch.device) -> Any:
-    """Tensors in (nested) mappings, tuples and lists moved to `device`; anything else as it is."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, Mapping):
-        return {key: to_device(value, device) for key, value in obj.items()}
-    if isinstance(obj, tuple):
-        return tuple(to_device(value, device) for value in obj)
-    if isinstance(obj, list):
-        return [to_device(value, device) for value in obj]
-    return obj
-
-
-def forward_batch(model: nn.Module, batch: Any) -> Any:
-    """Call `model` on a calibration batch on its own device: `model(**batch)` for a mapping (without a
-    `labels` key, so a Hugging Face model computes no loss), `model(*batch)` for a tuple or list,
-    `model(batch)` for a tensor."""
-    device = model_device(model)
-    if isinstance(batch, Mapping):
-        kwargs = {key: value for key, value in batch.items() if key != "labels"}
-        return model(**to_device(kwargs, device))
-    if isinstance(batch, (tuple, list)):
-        return model(*to_device(batch, device))
-    return model(to_device(batch, device))
 
 
 def _output_tensor(out: Any, names: tuple[str, ...], what: str) -> torch.Tensor:
@@ -561,3 +533,121 @@ def _row_chunks(index: torch.Tensor, width: int) -> Iterator[torch.Tensor]:
     step = max(1, _CHUNK_ELEMENTS // max(1, width))
     for start in range(0, index.numel(), step):
         yield index[start : start + step]
+
+
+# ---- against a cached reference -------------------------------------------------------------------
+# When one original is compared with many pruned models (a benchmark, the budget loop), its outputs
+# are computed once and kept: each pruned model then costs one forward per batch, not two. The
+# definitions are those of the functions above (a test checks them against each other).
+class NextTokenReference:
+    """exp(−KL) of next-token distributions (KL averaged over the positions that count), top-1
+    agreement and perplexity (exp of the mean next-token NLL) of a causal LM, against the
+    original's cached log-probabilities."""
+
+    def __init__(self, original: nn.Module, batches: Sequence[Any]) -> None:
+        self.batches = list(batches)
+        with evaluating(original):
+            self.reference = [F.log_softmax(_logits(forward_batch(original, b)).float(), dim=-1) for b in self.batches]
+
+    def __call__(self, model: nn.Module, *, kl_only: bool = False) -> dict[str, float]:
+        kl_sum = agree = n = 0.0
+        nll_sum = n_nll = 0.0
+        with evaluating(model):
+            for batch, log_p in zip(self.batches, self.reference):
+                log_q = F.log_softmax(_logits(forward_batch(model, batch)).float(), dim=-1).to(log_p.device)
+                mask = _token_mask(batch, log_p.shape[:2], log_p.device)
+                p = log_p.exp()
+                kl = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(-1).clamp_min(0.0)
+                kl_sum += float(kl[mask].double().sum())
+                n += int(mask.sum())
+                if kl_only:
+                    continue
+                agree += int((log_p.argmax(-1) == log_q.argmax(-1))[mask].sum())
+                if isinstance(batch, Mapping) and "input_ids" in batch:
+                    targets = torch.as_tensor(batch["input_ids"]).to(log_q.device)[:, 1:]
+                    counted = mask[:, 1:] & mask[:, :-1]
+                    nll = -log_q[:, :-1].gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+                    nll_sum += float(nll[counted].double().sum())
+                    n_nll += int(counted.sum())
+        if n == 0:
+            raise MeasurementError("no token position counts (every attention_mask entry is 0)")
+        out = {"exp_neg_kl": math.exp(-kl_sum / n), "kl_nats": kl_sum / n}
+        if not kl_only:
+            out.update(top1_agreement=agree / n, positions=int(n))
+            if n_nll:
+                out["perplexity"] = math.exp(nll_sum / n_nll)
+        return out
+
+
+class EmbeddingReference:
+    """Mean cosine (clipped to [0, 1]) of mean-pooled, L2-normalised sentence embeddings against
+    the original's (as `embedding_fidelity`). `embed(model)` gives the embeddings themselves (on
+    the CPU, float64) for whoever scores them further (similarity against human judgements...)."""
+
+    def __init__(self, original: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]]) -> None:
+        self.batches = list(batches)
+        self.reference = self.embed(original)
+
+    def embed(self, model: nn.Module) -> torch.Tensor:
+        out = []
+        with evaluating(model):
+            for batch in self.batches:
+                hidden = _output_tensor(forward_batch(model, batch), ("last_hidden_state",), "hidden-state")
+                mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+                pooled = mean_pool(hidden, None if mask is None else mask.to(hidden.device)).double()
+                out.append(F.normalize(pooled, dim=-1).cpu())
+        return torch.cat(out)
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        return {"embedding_cosine": float((self.embed(model) * self.reference).sum(-1).clamp(0.0, 1.0).mean())}
+
+
+class ClassReference:
+    """An image classifier against the original's class distributions, where no labels exist:
+    exp(−mean KL(p_original ‖ p_pruned)), top-1 agreement and top-5 agreement (the original's top
+    class among the pruned model's five best)."""
+
+    def __init__(self, original: nn.Module, batches: Sequence[Any]) -> None:
+        self.batches = list(batches)
+        self.reference = [F.log_softmax(logits, -1) for logits in self._logits(original)]
+
+    def _logits(self, model: nn.Module) -> list[torch.Tensor]:
+        with evaluating(model):
+            return [_logits(forward_batch(model, b)).double().cpu() for b in self.batches]
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        kl_sum = top1 = top5 = n = 0.0
+        for log_p, logits in zip(self.reference, self._logits(model)):
+            log_q = F.log_softmax(logits, -1)
+            kl_sum += float((log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0).sum())
+            label = log_p.argmax(-1)
+            top1 += int((log_q.argmax(-1) == label).sum())
+            k = min(5, log_q.shape[-1])
+            top5 += int((log_q.topk(k, -1).indices == label.unsqueeze(-1)).any(-1).sum())
+            n += len(label)
+        return {"exp_neg_kl": math.exp(-kl_sum / n), "kl_nats": kl_sum / n, "top1_agreement": top1 / n,
+                "top5_agreement": top5 / n, "images": int(n)}
+
+
+def auto_fidelity(original: nn.Module, candidate: nn.Module, batches: Sequence[Any]) -> float:
+    """The fidelity that fits the model's output, in [0, 1]: exp(−KL) of next-token distributions
+    for language models (logits of shape batch x tokens x vocabulary), top-1 agreement for
+    classifiers (batch x classes), embedding cosine otherwise."""
+    batch = batches[0]
+    with evaluating(original):
+        output = forward_batch(original, batch)
+    logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, Mapping):
+        logits = output.get("logits")
+    if logits is None and isinstance(output, torch.Tensor) and output.ndim == 3 and _has_token_ids(batch):
+        logits = output
+    if isinstance(logits, torch.Tensor) and logits.ndim == 3:
+        return float(next_token_fidelity(original, candidate, batches).fidelity)
+    if isinstance(logits, torch.Tensor) and logits.ndim == 2:
+        return float(agreement(original, candidate, batches))
+    return float(embedding_fidelity(original, candidate, batches))
+
+
+def _has_token_ids(batch: Any) -> bool:
+    ids = batch.get("input_ids") if isinstance(batch, Mapping) else batch
+    return isinstance(ids, torch.Tensor) and ids.ndim == 2 and not ids.is_floating_point()

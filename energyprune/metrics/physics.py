@@ -26,7 +26,7 @@ from torch import nn
 
 from energyprune.errors import UsageError
 from energyprune.measure.results import Measurement
-from energyprune.metrics.fidelity import model_device
+from energyprune.torch_io import model_device
 from energyprune.metrics.flops import count_flops, fused_kernels_visible
 from energyprune.metrics.hardware_floor import FloorResult, hardware_floor_ratio
 from energyprune.metrics.landauer import (

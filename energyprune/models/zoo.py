@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from energyprune.errors import ModelLoadError, UsageError
-from energyprune.metrics.fidelity import evaluating, mean_pool, model_device
+from energyprune.metrics.fidelity import evaluating, mean_pool
+from energyprune.torch_io import model_device
 
 logger = logging.getLogger(__name__)
 

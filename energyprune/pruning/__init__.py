@@ -2,27 +2,41 @@
 
     from energyprune.pruning import prune
     pruned, record = prune(model, "cosine-block", amount=2, calibration=batches)
+
+The names below are loaded on first use (PEP 562), so that importing a torch-free part of this
+package (`criterion_spec`) does not load the criteria and torch.
 """
 
 from __future__ import annotations
 
-from energyprune.pruning.base import Unit
-from energyprune.pruning.criteria import CRITERIA, get_criterion
-from energyprune.pruning.kinds import KIND_NAMES, remove_units, units_for
-from energyprune.pruning.prune import PruneOutcome, prune, select
-from energyprune.pruning.surgery.record import PruneRecord
-from energyprune.pruning.surgery.replay import apply_record
+import importlib
+from typing import Any
 
-__all__ = [
-    "CRITERIA",
-    "KIND_NAMES",
-    "PruneOutcome",
-    "PruneRecord",
-    "Unit",
-    "apply_record",
-    "get_criterion",
-    "prune",
-    "remove_units",
-    "select",
-    "units_for",
-]
+_LAZY = {
+    "Unit": "energyprune.pruning.base",
+    "CRITERIA": "energyprune.pruning.criteria",
+    "CriterionSpec": "energyprune.pruning.criterion_spec",
+    "get_criterion": "energyprune.pruning.criteria",
+    "KIND_NAMES": "energyprune.pruning.kinds",
+    "remove_units": "energyprune.pruning.kinds",
+    "units_for": "energyprune.pruning.kinds",
+    "PruneOutcome": "energyprune.pruning.oneshot",
+    "prune": "energyprune.pruning.oneshot",
+    "select": "energyprune.pruning.oneshot",
+    "PruneRecord": "energyprune.pruning.surgery.record",
+    "apply_record": "energyprune.pruning.surgery.replay",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'energyprune.pruning' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = sorted(_LAZY)

@@ -17,24 +17,17 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from energyprune.errors import UsageError
-from energyprune.pruning.base import Calibration, Unit
-from energyprune.pruning.surgery import (
-    RemovedAttention,
-    fold_activation,
-    prune_channels,
-    prune_mlp_neurons,
-    remove_attention,
-    remove_blocks,
-)
-from energyprune.pruning.surgery.channels import channel_producers
-from energyprune.pruning.surgery.record import PruneRecord
-from energyprune.pruning.surgery.slicing import get_module
 
-Removal = tuple[nn.Module, PruneRecord]
+if TYPE_CHECKING:  # the table itself imports no torch: `--help` lists the kinds without it
+    from torch import nn
+
+    from energyprune.pruning.base import Calibration, Unit
+    from energyprune.pruning.surgery.record import PruneRecord
+
+Removal = tuple[Any, Any]  # (nn.Module, PruneRecord)
 
 
 @dataclass(frozen=True)
@@ -85,6 +78,8 @@ def _blocks(model: nn.Module, calibration: Calibration | None) -> list[Unit]:
 
 def _attention(model: nn.Module, calibration: Calibration | None) -> list[Unit]:
     from energyprune.pruning.criteria.units import block_units
+    from energyprune.pruning.surgery import RemovedAttention
+    from energyprune.pruning.surgery.slicing import get_module
 
     # An attention already removed is not offered again.
     return [u for u in block_units(model, "attention") if not isinstance(get_module(model, u.path), RemovedAttention)]
@@ -100,6 +95,9 @@ def _neurons(model: nn.Module, calibration: Calibration | None) -> list[Unit]:
 
 
 def _channels(model: nn.Module, calibration: Calibration | None) -> list[Unit]:
+    from energyprune.pruning.base import Unit
+    from energyprune.pruning.surgery.channels import channel_producers
+
     units = [Unit("channel", path, c) for path, size in channel_producers(model) for c in range(size)]
     if not units:
         raise UsageError("no conv / Linear layer of the model has channels this surgery can follow (it needs "
@@ -124,7 +122,34 @@ def _by_path(units: Sequence[Unit]) -> dict[str, list[int]]:
     return {p: sorted(i) for p, i in out.items()}
 
 
+def _remove_blocks(model: nn.Module, units: Sequence[Unit], inplace: bool) -> Removal:
+    from energyprune.pruning.surgery import remove_blocks
+
+    return remove_blocks(model, sorted(u.index for u in units), inplace=inplace)
+
+
+def _remove_attention(model: nn.Module, units: Sequence[Unit], inplace: bool) -> Removal:
+    from energyprune.pruning.surgery import remove_attention
+
+    return remove_attention(model, sorted(u.index for u in units), inplace=inplace)
+
+
+def _remove_neurons(model: nn.Module, units: Sequence[Unit], inplace: bool) -> Removal:
+    from energyprune.pruning.surgery import prune_mlp_neurons
+
+    return prune_mlp_neurons(model, _by_path(units), inplace=inplace)
+
+
+def _remove_channels(model: nn.Module, units: Sequence[Unit], inplace: bool) -> Removal:
+    from energyprune.pruning.surgery import prune_channels
+
+    return prune_channels(model, _by_path(units), inplace=inplace)
+
+
 def _fold(model: nn.Module, units: Sequence[Unit], inplace: bool) -> Removal:
+    from energyprune.pruning.surgery import fold_activation
+    from energyprune.pruning.surgery.record import PruneRecord
+
     record = PruneRecord()
     current = model
     for n, unit in enumerate(sorted(units)):
@@ -135,14 +160,11 @@ def _fold(model: nn.Module, units: Sequence[Unit], inplace: bool) -> Removal:
 
 KINDS: dict[str, UnitKind] = {
     kind.name: kind for kind in (
-        UnitKind("block", "a whole block of the block stack", _blocks,
-                 lambda m, us, inplace: remove_blocks(m, sorted(u.index for u in us), inplace=inplace)),
-        UnitKind("attention", "the attention sub-block of a block", _attention,
-                 lambda m, us, inplace: remove_attention(m, sorted(u.index for u in us), inplace=inplace)),
-        UnitKind("neuron", "one hidden unit of an MLP", _neurons,
-                 lambda m, us, inplace: prune_mlp_neurons(m, _by_path(us), inplace=inplace), grouped=True),
-        UnitKind("channel", "one output channel of a conv / Linear layer", _channels,
-                 lambda m, us, inplace: prune_channels(m, _by_path(us), inplace=inplace), grouped=True),
+        UnitKind("block", "a whole block of the block stack", _blocks, _remove_blocks),
+        UnitKind("attention", "the attention sub-block of a block", _attention, _remove_attention),
+        UnitKind("neuron", "one hidden unit of an MLP", _neurons, _remove_neurons, grouped=True),
+        UnitKind("channel", "one output channel of a conv / Linear layer", _channels, _remove_channels,
+                 grouped=True),
         UnitKind("activation", "a foldable MLP's nonlinearity", _activations, _fold, keep_per_group=0),
     )
 }

@@ -37,16 +37,16 @@ def _builders() -> dict[str, Callable[[Mapping[str, Any]], Document]]:
     from energyprune.reporting.scores_doc import scores_document
 
     return {
-        "energyprune.measure.results/1": measurement_document,
+        "energyprune.measurement/1": measurement_document,
         "energyprune.comparison/1": comparison_document,
         "energyprune.scores/1": scores_document,
         "energyprune.prune_result/1": prune_document,
-        "energyprune.bench.run/1": bench_document,
+        "energyprune.bench/1": bench_document,
     }
 
 
-SCHEMAS = ("energyprune.measure.results/1", "energyprune.comparison/1", "energyprune.scores/1",
-           "energyprune.prune_result/1", "energyprune.bench.run/1")
+SCHEMAS = ("energyprune.measurement/1", "energyprune.comparison/1", "energyprune.scores/1",
+           "energyprune.prune_result/1", "energyprune.bench/1")
 
 
 def check_schema(result: Any, source: str = "the result") -> str:
@@ -65,7 +65,7 @@ def check_schema(result: Any, source: str = "the result") -> str:
 
 #: Fields without which a result of a schema cannot be rendered honestly (a truncated file).
 REQUIRED = {
-    "energyprune.measure.results/1": ("provenance", "per_inference_j", "ci95_j", "domains", "windows"),
+    "energyprune.measurement/1": ("provenance", "per_inference_j", "ci95_j", "domains", "windows"),
     "energyprune.comparison/1": ("provenance", "ratio_b_over_a", "ratio_ci95", "ratios", "a", "b"),
     "energyprune.prune_result/1": ("provenance", "original", "final", "steps", "target"),
 }

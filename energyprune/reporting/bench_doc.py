@@ -1,4 +1,4 @@
-"""Document for `energyprune.bench.run/1` (`energyprune bench`): the floor, the reference models, and
+"""Document for `energyprune.bench/1` (`energyprune bench`): the floor, the reference models, and
 the Pareto front of the pruning criteria (fidelity against measured energy per inference).
 
 The bench dict is large and still growing, so every field is read defensively (`.get`), what is

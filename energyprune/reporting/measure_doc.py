@@ -1,4 +1,4 @@
-"""Documents for `energyprune.measure.results/1` and `energyprune.comparison/1`.
+"""Documents for `energyprune.measurement/1` and `energyprune.comparison/1`.
 
 The summary and domain tables are those of `energyprune.reporting.text` (the terminal and Markdown
 renderers of `measure`), so the HTML says exactly what the terminal said.

@@ -114,11 +114,11 @@ def bench_rows(result: Mapping[str, Any]) -> Rows:
 
 
 TABLES: dict[str, Callable[[Mapping[str, Any]], Rows]] = {
-    "energyprune.measure.results/1": measurement_rows,
+    "energyprune.measurement/1": measurement_rows,
     "energyprune.comparison/1": comparison_rows,
     "energyprune.scores/1": scores_rows,
     "energyprune.prune_result/1": prune_rows,
-    "energyprune.bench.run/1": bench_rows,
+    "energyprune.bench/1": bench_rows,
 }
 
 

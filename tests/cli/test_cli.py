@@ -65,7 +65,7 @@ def test_out_json_is_written_and_never_silently_replaced(tmp_path, capsys):
     code, _, err = run_cli(["measure", "--backend", f"replay:{trace}", *QUICK, "--out", str(target)], capsys)
     assert code == 0, err
     first = json.loads(target.read_text())
-    assert first["schema"] == "energyprune.measure.results/1"
+    assert first["schema"] == "energyprune.measurement/1"
     code, _, err = run_cli(["measure", "--backend", f"replay:{trace}", *QUICK, "--out", str(target)], capsys)
     assert code == 2 and "--force" in err
     assert json.loads(target.read_text()) == first

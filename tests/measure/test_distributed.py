@@ -57,7 +57,7 @@ def rec(rank: int, host: str, domains: list[dict[str, Any]], *, uuids: dict[str,
         "host": host, "host_id": f"{host}/boot", "devices": [f"cuda:{rank}"],
         "started_unix_s": 100.0, "ended_unix_s": 110.0,
         "measurement": {
-            "schema": "energyprune.measure.results/1", "provenance": provenance,
+            "schema": "energyprune.measurement/1", "provenance": provenance,
             "per_inference_j": sum(d["per_inference_j"] for d in domains),
             "batch_size": batch_size, "n_windows": n_windows, "n_inferences": 100 * n_windows,
             "duration_s": duration_s, "latency_s": {"median": latency_s},
@@ -218,7 +218,7 @@ def test_a_failed_rank_is_named_with_its_own_error_class():
     ([], "at least one"),
     ([{"no": "rank"}], "no 'rank' key"),
     ([{"rank": 0, "host": "h", "host_id": "h", "measurement": {"schema": "other"}}], "measurement"),
-    ([{"rank": 0, "measurement": {"schema": "energyprune.measure.results/1"}}], "which host"),
+    ([{"rank": 0, "measurement": {"schema": "energyprune.measurement/1"}}], "which host"),
 ])
 def test_unreadable_records_are_one_clear_line(records, match):
     with pytest.raises(UsageError, match=match):

@@ -307,3 +307,46 @@ def test_result_types_are_frozen() -> None:
     result = NextTokenFidelity(top1_agreement=1.0, kl_nats=0.0, n_positions=1)
     with pytest.raises(AttributeError):
         result.kl_nats = 1.0  # type: ignore[misc]
+
+
+# ---- the cached references: the same definitions as the functions ------------------------------
+def test_class_fidelity_is_one_for_the_original_and_falls_with_damage():
+    import copy
+
+    from energyprune.metrics.fidelity import ClassReference
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    batches = [torch.randn(5, 3, 8, 8) for _ in range(2)]
+    reference = ClassReference(model, batches)
+    assert reference(model)["exp_neg_kl"] == pytest.approx(1.0, abs=1e-12)
+    damaged = copy.deepcopy(model)
+    with torch.no_grad():
+        damaged[4].weight.mul_(-3.0)
+    assert 0.0 < reference(damaged)["exp_neg_kl"] < 0.99
+    assert reference(damaged)["top1_agreement"] == pytest.approx(fidelity.agreement(model, damaged, batches))
+
+
+def test_the_references_agree_with_the_functions():
+    from energyprune.metrics.fidelity import EmbeddingReference, NextTokenReference
+
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=64, vocab_size=100)
+    original = transformers.LlamaForCausalLM(config).eval()
+    pruned = transformers.LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    batches = [{"input_ids": ids, "attention_mask": mask}]
+    ref = NextTokenReference(original, batches)(pruned)
+    lib = fidelity.next_token_fidelity(original, pruned, batches)
+    assert ref["exp_neg_kl"] == pytest.approx(lib.exp_neg_kl, rel=1e-5)
+    assert ref["top1_agreement"] == pytest.approx(lib.top1_agreement, rel=1e-9)
+    assert ref["perplexity"] == pytest.approx(fidelity.perplexity(pruned, batches), rel=1e-5)
+    encoder = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                             intermediate_size=64, vocab_size=100)).eval()
+    other = transformers.BertModel(encoder.config).eval()
+    emb = EmbeddingReference(encoder, batches)(other)["embedding_cosine"]
+    assert emb == pytest.approx(fidelity.embedding_fidelity(encoder, other, batches), rel=1e-6)

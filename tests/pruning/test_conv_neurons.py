@@ -34,7 +34,7 @@ from energyprune.pruning.criteria import (
 )
 from energyprune.pruning.observe.hooks import valid_rows
 from energyprune.pruning.surgery.neurons import find_mlp, find_mlps, prune_mlp_neurons
-from energyprune.pruning.prune import prune
+from energyprune.pruning.oneshot import prune
 from energyprune.pruning.surgery.replay import apply_record
 from energyprune.pruning.surgery.slicing import count_parameters
 from energyprune.pruning.surgery.fold import fold_activation

@@ -123,9 +123,9 @@ def _bench_run(model: str, criterion: str, points: list[tuple[float, float, floa
 
 @pytest.fixture(scope="module")
 def bench() -> dict[str, Any]:
-    """FIXTURE: a hand-written energyprune.bench.run/1 with two models and three criteria."""
+    """FIXTURE: a hand-written energyprune.bench/1 with two models and three criteria."""
     return {
-        "schema": "energyprune.bench.run/1",
+        "schema": "energyprune.bench/1",
         "device": {"torch_device": "cuda:0", "name": "FIXTURE GPU", "slug": "fixture-gpu"},
         "floor": {"j_per_flop": 1.1e-12, "pj_per_flop": 1.1, "provenance": "measured",
                   "best": {"dtype": "bfloat16", "size": 8192}, "points": [], "source": "FIXTURE"},
@@ -345,7 +345,7 @@ def test_bench_pareto_series_per_model_and_unknown_fields_kept(bench):
 
 
 def test_a_bare_bench_renders_without_crashing():
-    bare = {"schema": "energyprune.bench.run/1"}
+    bare = {"schema": "energyprune.bench/1"}
     for fmt in ("md", "html", "csv"):
         assert render(bare, fmt)
     assert len(_csv(render(bare, "csv"))) == 0
@@ -367,7 +367,7 @@ def test_html_without_matplotlib_keeps_tables_and_says_how_to_get_plots(monkeypa
     ("{not json", "is not JSON"),
     ("[1, 2]", "holds a JSON list"),
     ('{"per_inference_j": 1}', 'has no "schema" field'),
-    ('{"schema": "energyprune.floor/1"}', "energyprune.measure.results/1"),
+    ('{"schema": "energyprune.floor/1"}', "energyprune.measurement/1"),
 ])
 def test_bad_files_are_one_line_errors(tmp_path, content, message):
     path = tmp_path / "r.json"
@@ -387,7 +387,7 @@ def test_missing_file_and_folder_are_clear(tmp_path):
 
 def test_a_truncated_result_is_a_clear_error(measurement):
     broken = {k: v for k, v in measurement.items() if k != "windows"}
-    with pytest.raises(ResultFileError, match="not a complete energyprune.measure.results/1 result"):
+    with pytest.raises(ResultFileError, match="not a complete energyprune.measurement/1 result"):
         render(broken, "md")
     with pytest.raises(EnergyPruneError, match="unknown report format"):
         render(measurement, "pdf")

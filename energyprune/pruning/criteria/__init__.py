@@ -18,10 +18,12 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from energyprune.errors import UsageError
 from energyprune.pruning.base import Criterion
+from energyprune.pruning.criterion_spec import CriterionSpec
 from energyprune.pruning.criteria.cosine_block import CosineBlockCriterion
 from energyprune.pruning.criteria.energy_aware import EnergyAwareCriterion, EnergyAwareDetail
 from energyprune.pruning.criteria.entropy_block import EntropyBlockCriterion, EntropyProfile
@@ -62,8 +64,33 @@ def get_criterion(name: str, **options: Any) -> Criterion:
     return cls(**options)
 
 
+def specs_for_kind(kind: str, known: Mapping[str, Sequence[CriterionSpec]]) -> tuple[list[CriterionSpec], list[dict[str, str]]]:
+    """The criteria that score units of `kind`: the `known` variants (by registry name) first, then
+    every other criterion of the registry that accepts `unit_kind=kind`. Returns (specs, the
+    criteria left out with the reason)."""
+    specs: list[CriterionSpec] = []
+    skipped: list[dict[str, str]] = []
+    for name, variants in known.items():
+        if name in CRITERIA:
+            specs += list(variants)
+    for name in sorted(CRITERIA):
+        if name in known:
+            continue
+        try:
+            criterion = get_criterion(name, unit_kind=kind)
+        except (UsageError, TypeError, ValueError) as error:
+            skipped.append({"criterion": name, "reason": f"does not score {kind} units: {error}"})
+            continue
+        if getattr(criterion, "unit_kind", None) != kind:
+            skipped.append({"criterion": name, "reason": f"scores {getattr(criterion, 'unit_kind', '?')} units"})
+            continue
+        specs.append(CriterionSpec(name, {"unit_kind": kind}, row=name))
+    return specs, skipped
+
+
 __all__ = [
     "CRITERIA",
+    "CriterionSpec",
     "CosineBlockCriterion",
     "EnergyAwareCriterion",
     "EnergyAwareDetail",
@@ -81,4 +108,5 @@ __all__ = [
     "dead_neurons",
     "get_criterion",
     "neuron_units",
+    "specs_for_kind",
 ]

@@ -55,8 +55,9 @@ from energyprune.measure.results import Measurement, Provenance
 from energyprune.measure.meter import MeterConfig
 from energyprune.pruning.base import Batch, Calibration, Unit
 from energyprune.pruning.surgery.blocks import remove_attention, remove_blocks
-from energyprune.pruning.observe.calibration import model_device
-from energyprune.pruning.observe.hooks import batches_of, check_max_batches, to_device
+from energyprune.metrics.fidelity import auto_fidelity
+from energyprune.pruning.observe.hooks import batches_of, check_max_batches
+from energyprune.torch_io import model_device, to_device
 from energyprune.pruning.criteria.units import (
     BLOCK_KINDS,
     check_block_indices,
@@ -103,40 +104,6 @@ def damage_per_joule(damage: float, saved_j: float) -> tuple[float, str]:
         return math.inf, (f"measured saving {saved_j:.3g} J per inference is not positive (the candidate is not "
                           "cheaper, or the measurement noise exceeds the saving): scored +inf")
     return damage / saved_j, ""
-
-
-def default_fidelity(original: nn.Module, candidate: nn.Module, batches: Sequence[Batch]) -> float:
-    """Semantic fidelity of `candidate` against `original` on `batches`, in [0, 1] (see the module
-    note for which measure is used)."""
-    from energyprune.metrics import fidelity
-
-    batch = batches[0]
-    with fidelity.evaluating(original):
-        output = _call(original, batch)
-    logits = getattr(output, "logits", None)
-    if logits is None and isinstance(output, Mapping):
-        logits = output.get("logits")
-    if logits is None and isinstance(output, torch.Tensor) and output.ndim == 3 and _has_token_ids(batch):
-        logits = output
-    if isinstance(logits, torch.Tensor) and logits.ndim == 3:
-        return float(fidelity.next_token_fidelity(original, candidate, batches).fidelity)
-    if isinstance(logits, torch.Tensor) and logits.ndim == 2:
-        return float(fidelity.agreement(original, candidate, batches))
-    return float(fidelity.embedding_fidelity(original, candidate, batches))
-
-
-def _has_token_ids(batch: Batch) -> bool:
-    ids = batch.get("input_ids") if isinstance(batch, Mapping) else batch
-    return isinstance(ids, torch.Tensor) and ids.ndim == 2 and not ids.is_floating_point()
-
-
-def _call(model: nn.Module, batch: Batch) -> Any:
-    batch = to_device(batch, model_device(model))
-    if isinstance(batch, Mapping):
-        return model(**{k: v for k, v in batch.items() if k != "labels"})
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
 
 
 def _measurement_inputs(batch: Batch, device: torch.device) -> Any:
@@ -204,7 +171,7 @@ class EnergyAwareCriterion:
 
     def _quality(self, model: nn.Module, original: nn.Module, batches: Sequence[Batch]) -> float:
         if self.evaluate is None:
-            value = 1.0 if model is original else default_fidelity(original, model, batches)
+            value = 1.0 if model is original else auto_fidelity(original, model, batches)
         else:
             value = self.evaluate(model)
         try:

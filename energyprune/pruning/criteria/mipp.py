@@ -77,14 +77,13 @@ from torch import nn
 
 from energyprune.errors import UsageError
 from energyprune.pruning.base import Calibration, Unit
-from energyprune.pruning.observe.calibration import model_device, run_batch
+from energyprune.torch_io import call_model, model_device, to_device
 from energyprune.pruning.observe.hooks import (
     attention_mask_of,
     batches_of,
     check_max_batches,
     observing,
     specs_of_units,
-    to_device,
     valid_rows,
 )
 from energyprune.pruning.criteria.units import check_units
@@ -346,7 +345,7 @@ def collect_mlp_io(
                 batch = to_device(batch, device)
                 mask_holder[0] = attention_mask_of(batch)
                 current.clear()
-                run_batch(model, batch)
+                call_model(model, batch)
                 missing = [s.path or "the model" for s in specs if len(current.get(s.path, {})) != 2]
                 if missing:
                     raise UsageError(f"mipp: the MLP(s) {', '.join(missing)} did not run on a calibration batch")

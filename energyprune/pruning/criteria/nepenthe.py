@@ -64,7 +64,7 @@ from torch import nn
 
 from energyprune.errors import UsageError
 from energyprune.pruning.base import Calibration, Unit
-from energyprune.pruning.observe.calibration import model_device, run_batch
+from energyprune.torch_io import call_model, model_device, to_device
 from energyprune.pruning.observe.hooks import (
     attention_mask_of,
     batches_of,
@@ -72,7 +72,6 @@ from energyprune.pruning.observe.hooks import (
     mlp_specs,
     observing,
     specs_of_units,
-    to_device,
     valid_rows,
 )
 from energyprune.pruning.criteria.units import check_units
@@ -184,7 +183,7 @@ def on_off_statistics(
             for batch in batches_of(calibration, max_batches, "nepenthe"):
                 batch = to_device(batch, device)
                 mask_holder[0] = attention_mask_of(batch)
-                run_batch(model, batch)
+                call_model(model, batch)
     finally:
         mask_holder[0] = None
         for handle in handles:

@@ -67,8 +67,9 @@ from torch import nn
 
 from energyprune.errors import UsageError
 from energyprune.pruning.base import Batch, Calibration, Unit
-from energyprune.pruning.observe.calibration import model_device, run_batch
-from energyprune.pruning.observe.hooks import batches_of, check_max_batches, specs_of_units, to_device
+from energyprune.torch_io import call_model, model_device
+from energyprune.pruning.observe.hooks import batches_of, check_max_batches, specs_of_units
+from energyprune.torch_io import to_device
 from energyprune.pruning.criteria.units import check_units
 from energyprune.pruning.surgery.slicing import get_module, is_conv1d_hf
 
@@ -122,7 +123,7 @@ def default_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     call_batch: Batch = batch
     if isinstance(batch, Mapping) and "labels" in batch:
         call_batch = {k: v for k, v in batch.items() if k != "labels"}
-    output = run_batch(model, call_batch)
+    output = call_model(model, call_batch)
     ids = _token_ids(batch)
     logits = _output_tensor(output, ("logits",))
     if ids is not None and logits is not None and logits.ndim == 3 and tuple(logits.shape[:2]) == tuple(ids.shape):

@@ -61,6 +61,7 @@ from torch import nn
 from energyprune.errors import UsageError
 from energyprune.pruning.base import Batch
 from energyprune.pruning.surgery.discovery import BlockStack, find_block_stack
+from energyprune.torch_io import call_model, model_device, to_device
 
 logger = logging.getLogger(__name__)
 
@@ -385,33 +386,6 @@ class _Collector:
 
 
 # ------------------------------------------------------------------------------- running it
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (or buffer); CPU for a model with neither."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
-def _to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, Mapping):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to_device(v, device) for v in value)
-    return value
-
-
-def run_batch(model: nn.Module, batch: Batch) -> Any:
-    """Call the model the way a batch asks: `model(**batch)` for a mapping, `model(*batch)` for a
-    tuple/list, `model(batch)` for a tensor."""
-    if isinstance(batch, Mapping):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
-
-
 def _attention_mask_of(batch: Batch) -> torch.Tensor | None:
     if isinstance(batch, Mapping):
         mask = batch.get("attention_mask")
@@ -498,10 +472,10 @@ def collect_block_states(
             for number, batch in enumerate(calibration):
                 if max_batches is not None and number >= max_batches:
                     break
-                batch = _to_device(batch, device)
+                batch = to_device(batch, device)
                 collector.begin(_attention_mask_of(batch))
                 try:
-                    run_batch(model, batch)
+                    call_model(model, batch)
                 finally:
                     collector.end()
     finally:
@@ -588,7 +562,7 @@ def shape_changing_blocks(model: nn.Module, batch: Batch, stack: BlockStack | No
             handles.append(block.register_forward_hook(post_hook(i)))
         model.eval()
         with torch.inference_mode():
-            run_batch(model, _to_device(batch, model_device(model)))
+            call_model(model, to_device(batch, model_device(model)))
     finally:
         for handle in handles:
             handle.remove()

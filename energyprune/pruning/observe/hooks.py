@@ -55,16 +55,6 @@ def specs_of_units(model: nn.Module, units: Sequence[Unit], criterion: str) -> d
     return specs
 
 
-def to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, Mapping):
-        return {k: to_device(v, device) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(to_device(v, device) for v in value)
-    return value
-
-
 def attention_mask_of(batch: Batch) -> torch.Tensor | None:
     if isinstance(batch, Mapping):
         mask = batch.get("attention_mask")
