@@ -19,9 +19,10 @@ from energyprune.errors import (
     TargetUnreachable,
     UsageError,
 )
-from energyprune.measure.results import DomainInfo, EnergyReading, Measurement, Provenance
+from energyprune.backends.base import DomainInfo, EnergyReading, Provenance
+from energyprune.measure.results import Measurement
 
-__version__ = "0.1.0"
+from energyprune.version import __version__
 
 # The public API that imports torch, loaded on first access (PEP 562).
 _LAZY = {

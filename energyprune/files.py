@@ -34,6 +34,16 @@ MIN_FREE_BYTES = 16 * 1024 * 1024
 LOCK_NAME = ".energyprune.lock"
 
 
+def cache_dir() -> Path:
+    """Where energyprune keeps what it may recompute (the J/FLOP floor, a converted model):
+    ``$ENERGYPRUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/energyprune``, else ``~/.cache/energyprune``."""
+    explicit = os.environ.get("ENERGYPRUNE_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "energyprune"
+
+
 class OutputError(UsageError):
     """An output location that cannot take the result (exit code 2, before any measuring)."""
 

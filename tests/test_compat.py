@@ -40,3 +40,9 @@ def test_range_check(version, outside):
     assert (problem is not None) == outside
     if outside:
         assert version in problem
+
+
+def test_the_package_and_pyproject_agree_on_the_version():
+    from energyprune import __version__
+
+    assert tomllib.loads(PYPROJECT.read_text())["project"]["version"] == __version__

@@ -7,13 +7,74 @@ Optional capabilities are separate protocols so a minimal backend stays four met
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from energyprune.measure.results import DeviceState, DomainInfo, EnergyReading, Provenance
 
 
+# ---- what a backend reports -----------------------------------------------------------------
+class Provenance(str, enum.Enum):
+    """Whether a figure came from a hardware counter or sensor, or from a model of the hardware."""
+
+    MEASURED = "measured"
+    ESTIMATED = "estimated"
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    """One thing a backend can meter: a GPU, a CPU package, a DRAM domain, an estimated CPU."""
+
+    name: str  # unique across backends, e.g. "gpu:0", "rapl:package-0", "estimated:cpu"
+    backend: str
+    provenance: Provenance
+    method: str  # how the energy is obtained, e.g. "energy-counter", "integrated-instant-power"
+    device: str  # human-readable description of the hardware behind it
+    has_counter: bool = True  # False: the meter integrates the backend's power samples
+    resolution_s: float = 0.0  # how often the counter's value changes; 0 when continuous
+    # Systematic relative uncertainty of a model-based figure (estimated backend); 0 when measured.
+    model_relative_uncertainty: float = 0.0
+    assumptions: tuple[str, ...] = ()
+    #: A power this domain cannot physically draw, averaged over a window (a generous bound: twice
+    #: a GPU's top power limit, 1 kW for a CPU package). A window above it means the counter
+    #: jumped (a reset taken for a wrap...), and the meter fails the run instead of reporting it.
+    #: None: no bound known.
+    max_power_w: float | None = None
+    #: What identifies the physical device everywhere (a GPU's UUID); None where the name on its
+    #: host does (a CPU package). Distributed runs count a device seen by two ranks once.
+    device_id: str | None = None
+
+
+@dataclass(frozen=True)
+class EnergyReading:
+    """Cumulative counters at one instant: joules since the backend was opened, wrap-corrected."""
+
+    t_s: float  # time.perf_counter() when the read completed
+    energy_j: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class PowerSample:
+    t_s: float
+    power_w: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    """A device's operating point, sampled at the end of each window (clocks drift under a cap)."""
+
+    domain: str
+    sm_clock_mhz: float | None = None
+    temperature_c: float | None = None
+    power_limit_w: float | None = None
+    throttle_reasons: tuple[str, ...] = ()
+    #: The reasons among them that mean the workload ran slower than it asked (a power cap, heat),
+    #: as the backend judges them: what the meter warns about, whatever the vendor.
+    limited_by: tuple[str, ...] = ()
+
+
+# ---- the protocol ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Availability:
     """The outcome of a probe: usable or not, why, and what a user can do about it."""

@@ -34,7 +34,7 @@ from typing import Any
 
 from energyprune.backends.base import Availability
 from energyprune.errors import BackendError, BackendUnavailable, UsageError
-from energyprune.measure.results import DomainInfo, EnergyReading, Provenance
+from energyprune.backends.base import DomainInfo, EnergyReading, Provenance
 
 logger = logging.getLogger(__name__)
 

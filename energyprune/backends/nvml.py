@@ -30,7 +30,7 @@ from typing import Any
 from energyprune import units
 from energyprune.backends.base import Availability
 from energyprune.errors import BackendError, BackendUnavailable
-from energyprune.measure.results import DeviceState, DomainInfo, EnergyReading, Provenance
+from energyprune.backends.base import DeviceState, DomainInfo, EnergyReading, Provenance
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from energyprune.backends.base import Availability, WrappingCounter
 from energyprune.errors import BackendError, BackendUnavailable
-from energyprune.measure.results import DomainInfo, EnergyReading, Provenance
+from energyprune.backends.base import DomainInfo, EnergyReading, Provenance
 from energyprune.units import microjoules_to_joules
 
 logger = logging.getLogger(__name__)

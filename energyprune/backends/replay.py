@@ -30,7 +30,7 @@ from pathlib import Path
 from energyprune import stats
 from energyprune.backends.base import Availability
 from energyprune.errors import BackendError, BackendUnavailable
-from energyprune.measure.results import DomainInfo, EnergyReading, Provenance
+from energyprune.backends.base import DomainInfo, EnergyReading, Provenance
 
 logger = logging.getLogger(__name__)
 

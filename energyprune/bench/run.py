@@ -431,7 +431,7 @@ def run_benchmark(options: BenchOptions, *, log: Log | None = None) -> dict[str,
         if bench_model.tokenizer is not None:
             say(f"model {name}: semantic entropy of sampled answers")
             try:
-                from energyprune.metrics.semantic_entropy import minilm_encoder
+                from energyprune.models.zoo import minilm_encoder
 
                 encoder = minilm_encoder()
                 semantic = _semantic_entropy(bench_model.model, bench_model, encoder, options.quick)
@@ -528,7 +528,7 @@ def _device_facts(device: str) -> dict[str, Any]:
 def _provenance(options: BenchOptions, config: MeterConfig, models: list[dict[str, Any]],
                 floor: FloorResult | None, seconds: float, backends: list[str],
                 backend_notes: list[str]) -> dict[str, Any]:
-    from energyprune import __version__
+    from energyprune.version import __version__
 
     provenances = {m["measurement"]["provenance"] for m in models}
     if floor is not None:

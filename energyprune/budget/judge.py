@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 from torch import nn
 
 from energyprune.backends.base import Backend
-from energyprune.measure.results import Provenance
+from energyprune.backends.base import Provenance
 from energyprune.measure.meter import MeterConfig, Progress
 from energyprune.torch_io import Inputs
 

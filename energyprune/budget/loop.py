@@ -45,7 +45,7 @@ from energyprune.budget.result import (
 )
 from energyprune.budget.target import EnergyTarget, parse_target
 from energyprune.errors import EnergyPruneError, MeasurementError, UsageError
-from energyprune.measure.results import Provenance
+from energyprune.backends.base import Provenance
 from energyprune.measure.meter import MeterConfig, Progress
 from energyprune.torch_io import check_inputs
 from energyprune.torch_io import Inputs

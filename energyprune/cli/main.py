@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from energyprune import __version__
+from energyprune.version import __version__
 from energyprune.cli.options import join_dash_values
 from energyprune.errors import EnergyPruneError
 

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 from energyprune import errors
 from energyprune.errors import EnergyPruneError, MeasurementError, UsageError
 from energyprune.measure.results import SCHEMA as MEASUREMENT_SCHEMA
-from energyprune.measure.results import Provenance
+from energyprune.backends.base import Provenance
 
 if TYPE_CHECKING:  # torch is imported lazily: `combine` works on plain dicts without it
     import torch

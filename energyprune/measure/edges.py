@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from energyprune.backends.base import Backend
 from energyprune.clock import sleep_on
 from energyprune.errors import BackendError, EnergyPruneError
-from energyprune.measure.results import DomainInfo
+from energyprune.backends.base import DomainInfo
 from energyprune.measure.sampler import PowerSampler
 
 #: A counter whose value changes less often than this is polled for its tick at window edges.

@@ -34,7 +34,8 @@ from energyprune.backends.base import (
 from energyprune.clock import sleep_on
 from energyprune.measure.edges import COARSE_RESOLUTION_S, EdgeReader
 from energyprune.errors import BackendError, EnergyPruneError, ImpossibleReading, MeasurementError, UsageError
-from energyprune.measure.results import DeviceState, DomainInfo, Measurement, PowerTrace, Provenance, Window
+from energyprune.backends.base import DeviceState, DomainInfo, Provenance
+from energyprune.measure.results import Measurement, PowerTrace, Window
 from energyprune.measure.sampler import PowerSampler
 
 logger = logging.getLogger(__name__)

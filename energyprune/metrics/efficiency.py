@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from energyprune.errors import UsageError
-from energyprune.measure.results import Measurement, Provenance
+from energyprune.backends.base import Provenance
+from energyprune.measure.results import Measurement
 
 __all__ = ["Efficiency", "efficiency", "efficiency_from_measurements", "relative_efficiency"]
 

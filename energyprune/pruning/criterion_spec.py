@@ -31,11 +31,3 @@ class CriterionSpec:
     @property
     def family(self) -> str:
         return self.group or self.name
-
-    def build(self, **extra: Any) -> Any:
-        """The criterion, built with these options (and `extra`)."""
-        from energyprune.pruning.criteria import get_criterion
-
-        return get_criterion(self.name, **{**dict(self.options), **extra})
-
-

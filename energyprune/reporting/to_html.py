@@ -7,7 +7,7 @@ import base64
 import html
 import logging
 
-from energyprune import __version__
+from energyprune.version import __version__
 from energyprune.reporting import plots
 from energyprune.reporting.doc import Banner, Bullets, Code, Document, Figure, Table
 

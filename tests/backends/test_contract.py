@@ -14,7 +14,7 @@ from energyprune.backends.nvml import NvmlBackend
 from energyprune.backends.rapl import RaplBackend
 from energyprune.backends.replay import ReplayBackend
 from energyprune.clock import SimulatedClock
-from energyprune.measure.results import DomainInfo, Provenance
+from energyprune.backends.base import DomainInfo, Provenance
 from tests.fakes.fake_pynvml import FakeGpu, make_fake_pynvml
 from tests.fakes.powercap import add_energy, two_sockets_with_dram
 

@@ -14,7 +14,7 @@ from energyprune.backends.estimated import (
     read_cpu_model,
 )
 from energyprune.errors import BackendError, UsageError
-from energyprune.measure.results import Provenance
+from energyprune.backends.base import Provenance
 
 GIB = 1024**3
 

@@ -31,7 +31,7 @@ from energyprune.backends.nvml import (
     parse_cuda_visible_devices,
 )
 from energyprune.errors import BackendError, BackendUnavailable
-from energyprune.measure.results import Provenance
+from energyprune.backends.base import Provenance
 from tests.fakes.fake_pynvml import FAKED_FUNCTIONS, FakeClock, FakeGpu, make_fake_pynvml
 
 UUID_A = "GPU-8932f937-d72c-4106-c12f-20bd9faed9f6"

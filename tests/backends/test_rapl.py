@@ -12,7 +12,7 @@ import pytest
 from energyprune.backends.base import Backend, DeviceFactsReporter
 from energyprune.backends.rapl import FALLBACK_MAX_RANGE_UJ, ROOT_ENV, RaplBackend
 from energyprune.errors import BackendError, BackendUnavailable
-from energyprune.measure.results import Provenance
+from energyprune.backends.base import Provenance
 from tests.fakes import powercap
 
 UJ = 1e-6  # joules per microjoule

@@ -7,7 +7,7 @@ import pytest
 from energyprune.backends.base import Backend, PowerSensor
 from energyprune.backends.replay import ReplayBackend
 from energyprune.errors import BackendError, BackendUnavailable
-from energyprune.measure.results import Provenance
+from energyprune.backends.base import Provenance
 
 # A GPU whose counter ticks every 0.1 s while rows come every 0.05 s; a CPU with power only.
 TRACE = """\

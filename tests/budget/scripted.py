@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from energyprune.measure.results import Provenance
+from energyprune.backends.base import Provenance
 from energyprune.metrics.flops import count_flops
 
 

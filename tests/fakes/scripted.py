@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from energyprune.backends.base import Availability
-from energyprune.measure.results import DomainInfo, EnergyReading, Provenance
+from energyprune.backends.base import DomainInfo, EnergyReading, Provenance
 
 
 class ScriptedBackend:

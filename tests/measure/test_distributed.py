@@ -30,7 +30,8 @@ from energyprune.measure.distributed import (
     render_text,
 )
 from energyprune.errors import BackendUnavailable, MeasurementError, UsageError
-from energyprune.measure.results import DomainInfo, Measurement, Provenance, Window
+from energyprune.backends.base import DomainInfo, Provenance
+from energyprune.measure.results import Measurement, Window
 
 # ---- hand-made records ---------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ import pytest
 
 from energyprune.clock import SimulatedClock
 from energyprune.errors import MeasurementError, UsageError
-from energyprune.measure.results import Provenance
+from energyprune.backends.base import Provenance
 from energyprune.measure.meter import Meter, MeterConfig
 from tests.fakes.scripted import ScriptedBackend, SensingScriptedBackend
 

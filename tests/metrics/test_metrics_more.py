@@ -15,7 +15,7 @@ from torch import nn
 
 from energyprune.measure.api import measure
 from energyprune.errors import EnergyPruneError, MeasurementError, UsageError
-from energyprune.measure.results import DeviceState, Provenance
+from energyprune.backends.base import DeviceState, Provenance
 from energyprune.measure.meter import MeterConfig
 from energyprune.metrics.efficiency import efficiency, efficiency_from_measurements
 from energyprune.metrics.flops import count_flops

@@ -16,6 +16,7 @@ import os
 import pytest
 import torch
 
+from energyprune.files import cache_dir
 from energyprune.models import zoo
 from energyprune.errors import ModelLoadError, UsageError
 
@@ -122,7 +123,7 @@ def test_smollm2_answers_paris_and_has_a_sane_perplexity() -> None:
     model, tokenizer = zoo.load_smollm2()  # the default cache: built on first use, reused after
     assert type(model).__name__ == "LlamaForCausalLM"
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
-    assert (zoo.default_cache_dir() / "smollm2-135m-instruct" / "energyprune-source.json").is_file()
+    assert (cache_dir() / "smollm2-135m-instruct" / "energyprune-source.json").is_file()
 
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from energyprune.errors import UsageError
-from energyprune.measure.results import Provenance
+from energyprune.backends.base import Provenance
 from energyprune.measure.meter import MeterConfig
 from energyprune.pruning.base import Unit
 from energyprune.pruning.criteria import (

@@ -51,7 +51,8 @@ from torch import nn
 
 from energyprune.backends.base import Backend
 from energyprune.errors import UsageError
-from energyprune.measure.results import Measurement, Provenance
+from energyprune.backends.base import Provenance
+from energyprune.measure.results import Measurement
 from energyprune.measure.meter import MeterConfig
 from energyprune.pruning.base import Batch, Calibration, Unit
 from energyprune.pruning.surgery.blocks import remove_attention, remove_blocks
