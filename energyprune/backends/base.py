@@ -21,6 +21,29 @@ class Provenance(str, enum.Enum):
     MEASURED = "measured"
     ESTIMATED = "estimated"
 
+    @classmethod
+    def combine(cls, *items: Any) -> Provenance:
+        """ESTIMATED as soon as one item is: a sum is only as good as its worst term. An item is a
+        Provenance or its value, anything with a `provenance` (a domain, a measurement), a
+        comparison (its `a` and `b`), or None (left out)."""
+        for item in items:
+            if item is None:
+                continue
+            if isinstance(item, (cls, str)):
+                if cls(item) is cls.ESTIMATED:
+                    return cls.ESTIMATED
+            elif hasattr(item, "a") and hasattr(item, "b"):
+                if cls.combine(item.a, item.b) is cls.ESTIMATED:
+                    return cls.ESTIMATED
+            elif cls.combine(getattr(item, "provenance")) is cls.ESTIMATED:
+                return cls.ESTIMATED
+        return cls.MEASURED
+
+
+def is_estimated(*items: Any) -> bool:
+    """Whether a figure made of these items is an estimate (see `Provenance.combine`)."""
+    return Provenance.combine(*items) is Provenance.ESTIMATED
+
 
 @dataclass(frozen=True)
 class DomainInfo:

@@ -70,6 +70,7 @@ from energyprune.metrics.hardware_floor import (
 from energyprune.metrics.landauer import operational_bound
 from energyprune.metrics.efficiency import efficiency, relative_efficiency
 from energyprune.metrics.physics import finite_or_none, physics_summary
+from energyprune.backends.base import is_estimated
 
 logger = logging.getLogger(__name__)
 
@@ -735,7 +736,7 @@ def render_markdown(bench: Mapping[str, Any]) -> str:
     from energyprune.units import format_energy, format_time
 
     prov = bench["provenance"]
-    estimated = prov["energy"] == "estimated"
+    estimated = is_estimated(prov["energy"])
     tag = " (ESTIMATED)" if estimated else ""
     lines = [f"# energyprune bench: {bench['device']['slug']}", "",
              f"{prov['date']}, {prov['tool']}, torch {prov['torch']}, backend `{prov['backend']}`"
@@ -744,7 +745,7 @@ def render_markdown(bench: Mapping[str, Any]) -> str:
     floor = bench.get("floor")
     lines += ["## Hardware floor (J per FLOP of dense matmuls)", ""]
     if floor:
-        lines += [f"Floor: **{floor['pj_per_flop']:.4g} pJ/FLOP**{' (ESTIMATED)' if floor['provenance'] == 'estimated' else ''}"
+        lines += [f"Floor: **{floor['pj_per_flop']:.4g} pJ/FLOP**{' (ESTIMATED)' if is_estimated(floor['provenance']) else ''}"
                   f", best {floor['best']['dtype']} {floor['best']['size']}^3; {floor['source']}, measured {floor['date']}.",
                   "", f"| dtype | size | FLOPs | J per product{tag} | pJ/FLOP | latency | GFLOP/s | provenance |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]

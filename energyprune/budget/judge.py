@@ -137,14 +137,3 @@ class MeterJudge:
         if notes:
             result = dataclasses.replace(result, a=dataclasses.replace(result.a, warnings=notes + result.a.warnings))
         return result
-
-
-def provenance_of(*items: MeasurementLike | ComparisonLike | None) -> Provenance:
-    """ESTIMATED as soon as one figure behind a result was estimated."""
-    for item in items:
-        if item is None:
-            continue
-        parts = (item.a, item.b) if isinstance(item, ComparisonLike) else (item,)
-        if any(Provenance(p.provenance) is Provenance.ESTIMATED for p in parts):
-            return Provenance.ESTIMATED
-    return Provenance.MEASURED

@@ -34,7 +34,7 @@ from torch import nn
 
 from energyprune.backends.base import Backend
 from energyprune.budget.checkpoint import Checkpoint, Checkpointer, fingerprint
-from energyprune.budget.judge import ComparisonLike, EnergyJudge, MeasurementLike, MeterJudge, provenance_of
+from energyprune.budget.judge import ComparisonLike, EnergyJudge, MeasurementLike, MeterJudge
 from energyprune.budget.result import (
     STOP_REASONS,
     FinalFigures,
@@ -44,11 +44,10 @@ from energyprune.budget.result import (
     format_step,
 )
 from energyprune.budget.target import EnergyTarget, parse_target
+from energyprune.backends.base import Provenance, is_estimated
 from energyprune.errors import EnergyPruneError, MeasurementError, UsageError
-from energyprune.backends.base import Provenance
 from energyprune.measure.meter import MeterConfig, Progress
-from energyprune.torch_io import check_inputs
-from energyprune.torch_io import Inputs
+from energyprune.torch_io import Inputs, check_inputs
 from energyprune.pruning.base import Batch, Calibration, Criterion, Unit
 from energyprune.pruning.criteria import get_criterion
 from energyprune.pruning.kinds import eligible, remove_units, units_for
@@ -523,7 +522,7 @@ class _Loop:
 
     @property
     def estimated(self) -> bool:
-        return self.state is not None and self.state.provenance == Provenance.ESTIMATED.value
+        return self.state is not None and is_estimated(self.state.provenance)
 
     def restore(self, checkpoint: Checkpoint) -> PruneResult | None:
         where = str(self.checkpointer.path) if self.checkpointer else "the checkpoint"
@@ -623,7 +622,7 @@ class _Loop:
         if not (math.isfinite(ratio) and ratio > 0):
             raise MeasurementError(f"step {index}: the comparison gave an energy ratio of {ratio}, which is not a "
                                    "positive number")
-        state.provenance = provenance_of(comparison).value if state.provenance != "estimated" else "estimated"
+        state.provenance = Provenance.combine(state.provenance, comparison).value
         half = _log_half_width(ratio, interval)
         state.log_energy += math.log(ratio)
         state.log_energy_var += half * half
@@ -708,8 +707,7 @@ class _Loop:
             state.log_power = math.log(b_power / a_power)
         state.anchored = True
         self.direct = comparison
-        if provenance_of(comparison) is Provenance.ESTIMATED:
-            state.provenance = Provenance.ESTIMATED.value
+        state.provenance = Provenance.combine(state.provenance, comparison).value
 
     def finish(self, reason: str, why: str, comparison: ComparisonLike | None = None) -> PruneResult:
         state = self.state

@@ -16,6 +16,7 @@ from energyprune.cli import options
 from energyprune.errors import UsageError
 
 from energyprune.bench.options import DEFAULT_CRITERIA, DEFAULT_TARGET, REFERENCE_MODELS
+from energyprune.backends.base import is_estimated
 
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
@@ -82,11 +83,11 @@ def summary_text(bench: dict[str, Any]) -> str:
     """A few lines for the terminal; the files hold everything."""
     from energyprune.units import format_energy
 
-    tag = " (ESTIMATED)" if bench["provenance"]["energy"] == "estimated" else ""
+    tag = " (ESTIMATED)" if is_estimated(bench["provenance"]["energy"]) else ""
     lines = []
     floor = bench.get("floor")
     if floor:
-        lines.append(f"floor: {floor['pj_per_flop']:.4g} pJ/FLOP{tag if floor['provenance'] == 'estimated' else ''} "
+        lines.append(f"floor: {floor['pj_per_flop']:.4g} pJ/FLOP{tag if is_estimated(floor['provenance']) else ''} "
                      f"({floor['best']['dtype']} {floor['best']['size']}^3, {floor['source']})")
     for m in bench["models"]:
         op = m["physics"]["landauer"]["operational"]

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from energyprune.cli import options
 from energyprune.errors import UsageError
+from energyprune.backends.base import is_estimated
 
 logger = logging.getLogger(__name__)
 
@@ -328,7 +329,7 @@ def _interval(pair: Any) -> str:
 def _steps_rows(data: dict[str, Any]) -> list[list[str]]:
     from energyprune.units import format_energy
 
-    est = " ESTIMATED" if data.get("provenance") == "estimated" else ""
+    est = " ESTIMATED" if is_estimated(data.get("provenance")) else ""
     rows = [["step", "removed", "params", "energy ratio", "95% interval", "J/inference", "quality", "accepted"]]
     for s in data["steps"]:
         rows.append([str(s["index"]), str(len(s["removed"])), str(s["n_params"]), _ratio(s["energy_ratio"]),
@@ -341,7 +342,7 @@ def _steps_rows(data: dict[str, Any]) -> list[list[str]]:
 def render_text(data: dict[str, Any]) -> str:
     from energyprune.units import format_energy
 
-    estimated = data["provenance"] == "estimated"
+    estimated = is_estimated(data["provenance"])
     tag = " (ESTIMATED: from a power model, not a hardware counter)" if estimated else ""
     o, f = data["original"], data["final"]
     lines = [f"energyprune prune: {data['model']}, criterion {data['criterion']} on {data['unit_kind']} units, "

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 from energyprune import errors
 from energyprune.errors import EnergyPruneError, MeasurementError, UsageError
 from energyprune.measure.results import SCHEMA as MEASUREMENT_SCHEMA
-from energyprune.backends.base import Provenance
+from energyprune.backends.base import is_estimated, Provenance
 
 if TYPE_CHECKING:  # torch is imported lazily: `combine` works on plain dicts without it
     import torch
@@ -340,7 +340,7 @@ def combine(
     high_j = sum(d["ci95_j"][1] for d in counted)
     centre_j = (low_j + high_j) / 2
     quadrature_j = math.sqrt(sum(((d["ci95_j"][1] - d["ci95_j"][0]) / 2) ** 2 for d in counted))
-    estimated = [d for d in counted if d["provenance"] == Provenance.ESTIMATED.value]
+    estimated = [d for d in counted if is_estimated(d["provenance"])]
     provenance = Provenance.ESTIMATED if estimated else Provenance.MEASURED
     band_j = None
     if estimated:
@@ -783,7 +783,7 @@ def render_text(result: Mapping[str, Any]) -> str:
     """The terminal summary of a combined result (what `combine` returns)."""
     from energyprune.units import format_energy, format_time
 
-    estimated = result["provenance"] == Provenance.ESTIMATED.value
+    estimated = is_estimated(result["provenance"])
     tag = " (ESTIMATED)" if estimated else ""
     low, high = result["ci95_j"]
     lines = [

@@ -72,7 +72,7 @@ class Measurement:
     # ---- provenance -------------------------------------------------------------------------
     @property
     def provenance(self) -> Provenance:
-        return combined_provenance(self.domains)
+        return Provenance.combine(*self.domains)
 
     @property
     def backends(self) -> tuple[str, ...]:
@@ -257,13 +257,6 @@ def _state_dict(state: DeviceState) -> dict[str, Any]:
     }
 
 
-def combined_provenance(domains: Sequence[DomainInfo]) -> Provenance:
-    """ESTIMATED as soon as any domain is estimated: a sum is only as good as its worst term."""
-    if any(d.provenance is Provenance.ESTIMATED for d in domains):
-        return Provenance.ESTIMATED
-    return Provenance.MEASURED
-
-
 def domains_by_name(domains: Sequence[DomainInfo]) -> dict[str, DomainInfo]:
     return {d.name: d for d in domains}
 
@@ -282,7 +275,7 @@ class EnergySpan:
 
     @property
     def provenance(self) -> Provenance:
-        return combined_provenance(self.domains)
+        return Provenance.combine(*self.domains)
 
     @property
     def total_energy_j(self) -> float:

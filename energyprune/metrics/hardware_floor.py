@@ -43,6 +43,7 @@ from torch import nn
 
 from energyprune.files import cache_dir
 from energyprune.errors import MeasurementError, UsageError
+from energyprune.backends.base import is_estimated, Provenance
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class FloorResult:
     @property
     def provenance(self) -> str:
         """ESTIMATED as soon as any point is: the floor is chosen among them all."""
-        return "estimated" if any(p.provenance == "estimated" for p in self.points) else "measured"
+        return Provenance.combine(*(p.provenance for p in self.points)).value
 
     def to_dict(self) -> dict[str, Any]:
         best = self.best
@@ -416,7 +417,7 @@ def hardware_floor_ratio(
         raise UsageError(f"flops must be a finite non-negative count, got {flops!r}")
     best = floor.best
     floor_j = flops * best.j_per_flop
-    estimated = floor.provenance == "estimated" or energy_provenance == "estimated"
+    estimated = is_estimated(floor.provenance, energy_provenance)
     out: dict[str, Any] = {
         "ratio": energy_j / floor_j if floor_j > 0 else None,
         "log10_ratio": math.log10(energy_j / floor_j) if floor_j > 0 and energy_j > 0 else None,

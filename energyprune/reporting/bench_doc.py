@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from energyprune.backends.base import is_estimated
 from energyprune.reporting import plots
 from energyprune.reporting.doc import (
     Banner,
@@ -87,7 +88,7 @@ def _model_j(bench: Mapping[str, Any], model: str) -> Any:
 def _pareto_figure(bench: Mapping[str, Any], model: str, provenance: str) -> Figure:
     series, key, dropped = pareto_series(bench, model)
     runs = [r for r in mappings(bench.get("criteria_runs")) if r.get("model") == model]
-    estimated = provenance == "estimated" or any(run_provenance(r, provenance) == "estimated" for r in runs)
+    estimated = is_estimated(provenance, *(run_provenance(r, provenance) for r in runs))
     used_quality = any(p.get("fidelity") is None and is_number(p.get("quality"))
                        for r in runs for p in mappings(r.get("points")))
     if key == "per_inference_j":

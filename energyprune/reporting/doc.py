@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from energyprune.units import format_energy, format_power, format_time
+from energyprune.backends.base import Provenance
 
 ESTIMATED_TAG = " (ESTIMATED)"
 
@@ -112,7 +113,7 @@ def pair(values: Any, fmt: Callable[[Any], str] = num) -> str:
 
 def tag(provenance: Any) -> str:
     """The label every estimated figure carries, wherever it appears."""
-    return ESTIMATED_TAG if str(provenance).lower() == "estimated" else ""
+    return ESTIMATED_TAG if str(provenance).lower() == Provenance.ESTIMATED.value else ""
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = "") -> Table:

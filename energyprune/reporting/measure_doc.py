@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from energyprune.backends.base import is_estimated
 from energyprune.reporting.text import domain_rows, STOP_REASONS, summary_rows
 from energyprune.reporting import plots
 from energyprune.reporting.doc import (
@@ -81,7 +82,7 @@ def trace_figure(result: Mapping[str, Any], title: str,
             if isinstance(d, Mapping) and is_number(d.get("idle_power_w"))}
     end = float(trace["t_s"][-1])
     spans = window_spans(windows, end, group_of)
-    estimated = result.get("provenance") == "estimated"
+    estimated = is_estimated(result.get("provenance"))
     caption = (f"Power of each domain over time; dashed: the idle power measured "
                f"before the run; shaded: the measured windows. "
                + ("" if has_exact_starts(windows) else APPROXIMATE_WINDOWS[0].upper() + APPROXIMATE_WINDOWS[1:] + "."))
@@ -166,7 +167,7 @@ def comparison_document(result: Mapping[str, Any]) -> Document:
         ("provenance", str(provenance).upper()),
         ("stopped because", STOP_REASONS.get(result.get("stop_reason"), str(result.get("stop_reason")))),
     ])
-    estimated = provenance == "estimated"
+    estimated = is_estimated(provenance)
     a_points = [(w["index"], w["per_inference_j"]) for w in a.get("windows") or []]
     b_points = [(w["index"], w["per_inference_j"]) for w in b.get("windows") or []]
 

@@ -27,6 +27,7 @@ from energyprune.reporting.doc import (
 )
 from energyprune.reporting.measure_doc import comparison_document, measurement_banner, trace_figure
 from energyprune.reporting.scores_doc import unit_name
+from energyprune.backends.base import is_estimated
 
 
 def _ratio(value: Any, ci: Any) -> str:
@@ -77,7 +78,7 @@ def _removed(step: Mapping[str, Any], limit: int = 6) -> str:
 def prune_document(result: Mapping[str, Any]) -> Document:
     provenance = result.get("provenance")
     t = tag(provenance)
-    estimated = provenance == "estimated"
+    estimated = is_estimated(provenance)
     target = result.get("target") or {}
     original = result.get("original") or {}
     final = result.get("final") or {}

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from energyprune.units import format_energy, format_power, format_time
+from energyprune.backends.base import is_estimated
 
 STOP_REASONS = {
     "precision-reached": "the 95% interval reached the precision asked",
@@ -25,7 +26,7 @@ def _interval(interval: list[float] | None) -> str:
 
 
 def summary_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
-    estimated = result["provenance"] == "estimated"
+    estimated = is_estimated(result["provenance"])
     tag = " (ESTIMATED)" if estimated else ""
     latency = result["latency_s"]
     rows = [
@@ -85,7 +86,7 @@ def render_text(result: Mapping[str, Any], title: str = "") -> str:
 def render_comparison_text(result: Mapping[str, Any]) -> str:
     low, high = result["ratio_ci95"]
     a, b = result["a"], result["b"]
-    tag = " (ESTIMATED)" if result["provenance"] == "estimated" else ""
+    tag = " (ESTIMATED)" if is_estimated(result["provenance"]) else ""
     lines = [
         f"  energy per inference, B / A{tag}: {result['ratio_b_over_a']:.4f}   "
         f"95% interval {low:.4f} .. {high:.4f}   ({len(result['ratios'])} interleaved pairs)",

@@ -117,11 +117,6 @@ def _measurement_inputs(batch: Batch, device: torch.device) -> Any:
     return batch
 
 
-def _provenance_of(*measurements: Measurement) -> Provenance:
-    return (Provenance.ESTIMATED if any(m.provenance == Provenance.ESTIMATED for m in measurements)
-            else Provenance.MEASURED)
-
-
 class EnergyAwareCriterion:
     """Damage per joule saved, joules measured by interleaved windows (see the module note).
 
@@ -228,7 +223,7 @@ class EnergyAwareCriterion:
                 value, note = damage_per_joule(damage, saved)
                 if note:
                     logger.warning("%s: %s: %s", self.name, unit.path, note)
-                provenance = _provenance_of(measurement, comparison.a, comparison.b)  # type: ignore[arg-type]
+                provenance = Provenance.combine(measurement, comparison.a, comparison.b)  # type: ignore[arg-type]
                 details[unit] = EnergyAwareDetail(
                     unit=unit, quality=quality, damage=damage, ratio=ratio, ratio_ci95=comparison.ratio_ci95,
                     energy_original_j=e_original, energy_saved_j=saved, score=value,
@@ -239,5 +234,5 @@ class EnergyAwareCriterion:
             for module, flag in was_training:
                 module.training = flag
         self.last_details = details
-        self.last_provenance = _provenance_of(*used) if used else None
+        self.last_provenance = Provenance.combine(*used) if used else None
         return scores
