@@ -36,7 +36,7 @@ from energyprune.backends.base import Backend
 from energyprune.budget.checkpoint import Checkpoint, Checkpointer, fingerprint
 from energyprune.budget.judge import ComparisonLike, EnergyJudge, MeasurementLike, MeterJudge
 from energyprune.budget.result import (
-    STOP_REASONS,
+    LOOP_STOP_REASONS,
     FinalFigures,
     OriginalFigures,
     PruneResult,
@@ -441,7 +441,7 @@ class _Loop:
         self.inputs = inputs
         self.calibration = calibration
         self.q = quality
-        self.floor = quality_floor
+        self.quality_floor = quality_floor
         self.recovery = recovery
         self.judge = judge
         self.checkpointer = checkpointer
@@ -501,9 +501,9 @@ class _Loop:
         power = _power(measurement)
         self.goal.check_original(energy_j, latency, power)
         q0 = self.q.quality(self.original, 1.0)
-        if self.floor is not None and q0 is not None and q0 < self.floor:
+        if self.quality_floor is not None and q0 is not None and q0 < self.quality_floor:
             raise UsageError(f"the original model's quality is {q0:.4g}, already below the quality floor "
-                             f"{self.floor:.4g}: lower the floor")
+                             f"{self.quality_floor:.4g}: lower the floor")
         data = measurement.to_dict()
         original = OriginalFigures(energy_j, tuple(measurement.ci95_j), latency, power, _n_params(self.original),
                                    self.flops(self.original), q0, data)
@@ -601,8 +601,8 @@ class _Loop:
             state.warn("the FLOP count did not change although parameters were removed: FlopCounterMode does "
                        "not see some operations (fused kernels such as nn.TransformerEncoderLayer's fast path), "
                        "so the FLOPs figures are lower bounds")
-        if self.floor is not None and quality is not None and quality < self.floor:
-            note = (f"quality {quality:.4g} is below the floor {self.floor:.4g}: refused, not measured")
+        if self.quality_floor is not None and quality is not None and quality < self.quality_floor:
+            note = (f"quality {quality:.4g} is below the floor {self.quality_floor:.4g}: refused, not measured")
             refused = PruneStep(index, tuple(chosen), state.n_removed, n_params, flops, None, None, None, None,
                                 None, None, quality, fidelity, False, note, time.perf_counter() - t0,
                                 removed_original=tuple(state.record.original_unit(u) for u in chosen))
@@ -615,7 +615,7 @@ class _Loop:
             paths = ", ".join(u.path + (f"[{u.index}]" if u.kind == "neuron" else "") for u in refused.removed_original)
             return self.finish("quality-floor",
                                f"removing even one more {self.kind} ({paths}) brings the quality to {quality:.4g}, "
-                               f"below the floor {self.floor:.4g}")
+                               f"below the floor {self.quality_floor:.4g}")
         comparison = self.judge.compare(self.current, candidate, self.inputs)
         ratio = float(comparison.ratio)
         interval = (float(comparison.ratio_ci95[0]), float(comparison.ratio_ci95[1]))
@@ -795,7 +795,7 @@ class _Loop:
             return head + (f" ({why})" if why else "")
         need = self.goal_ratio()
         head = f"target {self.goal.text} not reached: {figure}{basis}, needed {need:.3f}x of the {quantity}"
-        return f"{head}; {done}; stopped because {why or STOP_REASONS[reason]}"
+        return f"{head}; {done}; stopped because {why or LOOP_STOP_REASONS[reason]}"
 
     def emit(self, step: PruneStep) -> None:
         state = self.state

@@ -38,7 +38,7 @@ from energyprune.pruning.surgery.record import PruneRecord
 SCHEMA = "energyprune.prune_result/1"
 OUTCOMES = ("reached", "median-only", "not-reached")
 
-STOP_REASONS = {
+LOOP_STOP_REASONS = {
     "target-reached": "the target was reached (confirmed by a direct comparison with the original)",
     "median-reached": ("the median of the direct comparison with the original met the target, but its 95% "
                        "interval reaches above it"),
@@ -257,8 +257,8 @@ class PruneResult:
     outcome: str = ""  # see the module docstring; derived from `reached` when left empty
 
     def __post_init__(self) -> None:
-        if self.stop_reason not in STOP_REASONS:
-            raise UsageError(f"unknown stop reason {self.stop_reason!r}; known: {', '.join(STOP_REASONS)}")
+        if self.stop_reason not in LOOP_STOP_REASONS:
+            raise UsageError(f"unknown stop reason {self.stop_reason!r}; known: {', '.join(LOOP_STOP_REASONS)}")
         if not self.outcome:
             object.__setattr__(self, "outcome", "reached" if self.reached else "not-reached")
         if self.outcome not in OUTCOMES:

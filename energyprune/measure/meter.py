@@ -41,6 +41,13 @@ from energyprune.measure.sampler import PowerSampler
 logger = logging.getLogger(__name__)
 
 Workload = Callable[[], Any]
+#: Why a measurement stopped adding windows (`Measurement.stop_reason`), in words.
+METER_STOP_REASONS = {
+    "precision-reached": "the 95% interval reached the precision asked",
+    "max-duration-reached": "--max-duration ran out before the precision asked was reached",
+    "repeats-done": "the windows asked for were done (no precision target)",
+}
+
 #: Sampling interval when samples only draw the power trace (no energy figure depends on them).
 TRACE_INTERVAL_S = 0.1
 #: A counter that has not changed for this many of its tick periods (and at least MIN_FROZEN_S)

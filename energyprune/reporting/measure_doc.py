@@ -10,7 +10,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from energyprune.backends.base import is_estimated
-from energyprune.reporting.text import domain_rows, STOP_REASONS, summary_rows
+from energyprune.measure.meter import METER_STOP_REASONS
+from energyprune.reporting.text import domain_rows, summary_rows
 from energyprune.reporting import plots
 from energyprune.reporting.doc import (
     Banner,
@@ -165,7 +166,7 @@ def comparison_document(result: Mapping[str, Any]) -> Document:
         (f"B {lb}{t}", f"{energy(b.get('per_inference_j'))} per inference, latency "
                        f"{seconds((b.get('latency_s') or {}).get('median'))}"),
         ("provenance", str(provenance).upper()),
-        ("stopped because", STOP_REASONS.get(result.get("stop_reason"), str(result.get("stop_reason")))),
+        ("stopped because", METER_STOP_REASONS.get(result.get("stop_reason"), str(result.get("stop_reason")))),
     ])
     estimated = is_estimated(provenance)
     a_points = [(w["index"], w["per_inference_j"]) for w in a.get("windows") or []]

@@ -9,14 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from energyprune.measure.meter import METER_STOP_REASONS
 from energyprune.units import format_energy, format_power, format_time
 from energyprune.backends.base import is_estimated
 
-STOP_REASONS = {
-    "precision-reached": "the 95% interval reached the precision asked",
-    "max-duration-reached": "--max-duration ran out before the precision asked was reached",
-    "repeats-done": "the windows asked for were done (no precision target)",
-}
 
 
 def _interval(interval: list[float] | None) -> str:
@@ -50,7 +46,7 @@ def summary_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
                         f"{format_power(result['idle_power_w'])} idle"),
         ("windows", f"{result['n_windows']} windows, {result['n_inferences']} inferences, "
                     f"{result['duration_s']:.2f} s measured"),
-        ("stopped because", STOP_REASONS.get(result["stop_reason"], result["stop_reason"])),
+        ("stopped because", METER_STOP_REASONS.get(result["stop_reason"], result["stop_reason"])),
     ]
     return rows
 
@@ -94,7 +90,7 @@ def render_comparison_text(result: Mapping[str, Any]) -> str:
         f"{_interval(a['ci95_j'])}   latency {format_time(a['latency_s']['median'])}",
         f"  B {b['label']}: {format_energy(b['per_inference_j'])} per inference{tag}   95% interval "
         f"{_interval(b['ci95_j'])}   latency {format_time(b['latency_s']['median'])}",
-        f"  stopped because: {STOP_REASONS.get(result['stop_reason'], result['stop_reason'])}",
+        f"  stopped because: {METER_STOP_REASONS.get(result['stop_reason'], result['stop_reason'])}",
     ]
     warnings = list(dict.fromkeys(a["warnings"] + b["warnings"]))
     if warnings:
