@@ -404,10 +404,11 @@ def prune_to_energy(
     quality = _Quality(model, inputs, evaluate)
     if evaluate is None:
         quality.check()  # the default fidelity must be able to read the outputs: fail now, not after measuring
-    loop = _Loop(model, goal, crit, crit_name, kind, inputs, calibration, quality, quality_floor, recovery,
-                 judge, checkpointer, max_steps, report, started)
-    loop.accept_median = bool(accept_median)
-    loop.run_options = dict(run_options or {})
+    loop = _Loop(_Setup(
+        original=model, goal=goal, criterion=crit, criterion_name=crit_name, kind=kind, inputs=inputs,
+        calibration=calibration, quality=quality, quality_floor=quality_floor, recovery=recovery, judge=judge,
+        checkpointer=checkpointer, max_steps=max_steps, report=report, started=started,
+        accept_median=bool(accept_median), run_options=dict(run_options or {})))
     if resume:
         assert checkpointer is not None
         done = loop.restore(checkpointer.load())
@@ -426,38 +427,58 @@ def prune_to_energy(
         raise PruneInterrupted(partial, checkpointer.directory if checkpointer and partial else None) from None
 
 
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """Everything `prune_to_energy` resolved from its arguments, for one run of the loop."""
+
+    original: nn.Module
+    goal: EnergyTarget
+    criterion: Criterion
+    criterion_name: str
+    kind: str
+    inputs: Inputs
+    calibration: list[Batch]
+    quality: _Quality
+    quality_floor: float | None
+    recovery: Recovery | None
+    judge: EnergyJudge
+    checkpointer: Checkpointer | None
+    max_steps: int
+    report: Progress
+    started: float
+    accept_median: bool = False
+    run_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
 class _Loop:
     """The loop's moving parts. One object per call of `prune_to_energy`."""
 
-    def __init__(self, original: nn.Module, goal: EnergyTarget, criterion: Criterion, criterion_name: str,
-                 kind: str, inputs: Inputs, calibration: list[Batch], quality: _Quality,
-                 quality_floor: float | None, recovery: Recovery | None, judge: EnergyJudge,
-                 checkpointer: Checkpointer | None, max_steps: int, report: Progress, started: float) -> None:
-        self.original = original
-        self.goal = goal
-        self.criterion = criterion
-        self.criterion_name = criterion_name
-        self.kind = kind
-        self.inputs = inputs
-        self.calibration = calibration
-        self.q = quality
-        self.quality_floor = quality_floor
-        self.recovery = recovery
-        self.judge = judge
-        self.checkpointer = checkpointer
-        self.max_steps = max_steps
-        self.report = report
-        self.started = started
-        self.current: nn.Module = original
+    def __init__(self, setup: _Setup) -> None:
+        self.original = setup.original
+        self.goal = setup.goal
+        self.criterion = setup.criterion
+        self.criterion_name = setup.criterion_name
+        self.kind = setup.kind
+        self.inputs = setup.inputs
+        self.calibration = setup.calibration
+        self.q = setup.quality
+        self.quality_floor = setup.quality_floor
+        self.recovery = setup.recovery
+        self.judge = setup.judge
+        self.checkpointer = setup.checkpointer
+        self.max_steps = setup.max_steps
+        self.report = setup.report
+        self.started = setup.started
+        self.accept_median = setup.accept_median
+        self.run_options = setup.run_options
+        self.current: nn.Module = setup.original
         self.state: _State | None = None
         self._scores: tuple[list[Unit], dict[Unit, float]] | None = None
         self._flops_failed = False
         self._flops_error = ""
-        self.fingerprint = fingerprint(original)
+        self.fingerprint = fingerprint(setup.original)
         self.step_cap: int | None = None  # after a refused step: at most half of it next
         self.direct: ComparisonLike | None = None  # the last direct comparison with the original
-        self.accept_median = False
-        self.run_options: dict[str, Any] = {}
 
     # ---- figures ------------------------------------------------------------------------------
     def flops(self, model: nn.Module) -> int | None:
