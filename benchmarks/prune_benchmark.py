@@ -52,7 +52,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -66,20 +65,21 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
-    RESULTS,
+from prune_report import render  # noqa: E402
+
+from energyprune.bench.session import (  # noqa: E402
+    Session,
+    add_session_options,
     apply_meter_defaults,
-    device_record,
-    device_slug,
-    load_json,
-    load_resume,
     prepare_run,
     resolve_device,
-    results_dir,
-    save_json,
-    to_device,
+    load_json,
+    results_root,
 )
-from prune_report import render  # noqa: E402
+from energyprune.metrics.hardware_floor import device_slug  # noqa: E402
+from energyprune.pruning.criteria import specs_for_kind  # noqa: E402
+from energyprune.pruning.criterion_spec import CriterionSpec  # noqa: E402
+from energyprune.torch_io import to_device  # noqa: E402
 
 from energyprune.models import zoo  # noqa: E402
 from energyprune.measure.api import compare, measure  # noqa: E402
@@ -124,68 +124,25 @@ class Bench:
         return len(stack)
 
 
-class NextTokenReference:
-    """Held-out next-token fidelity and perplexity of a causal LM, against the original's cached
-    log-probabilities (one forward of the pruned model per batch, not two). Same definitions as
-    `energyprune.metrics.fidelity.next_token_fidelity` and `perplexity` (checked once per run):
-    exp(−KL) with KL averaged over the unmasked positions, top-1 agreement, exp of the mean NLL."""
-
-    def __init__(self, original: nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -> None:
-        self.batches = list(batches)
-        with fidelity.evaluating(original):
-            self.reference = [F.log_softmax(original(**b).logits.float(), dim=-1) for b in self.batches]
-
-    def __call__(self, model: nn.Module, *, kl_only: bool = False) -> dict[str, float]:
-        kl_sum = agree = n = 0.0
-        nll_sum = n_nll = 0.0
-        with fidelity.evaluating(model):
-            for batch, log_p in zip(self.batches, self.reference):
-                log_q = F.log_softmax(model(**batch).logits.float(), dim=-1)
-                mask = batch["attention_mask"].bool()
-                p = log_p.exp()
-                kl = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(-1).clamp_min(0.0)
-                kl_sum += float(kl[mask].double().sum())
-                n += int(mask.sum())
-                if kl_only:
-                    continue
-                agree += int((log_p.argmax(-1) == log_q.argmax(-1))[mask].sum())
-                targets = batch["input_ids"][:, 1:]
-                counted = mask[:, 1:] & mask[:, :-1]
-                nll = -log_q[:, :-1].gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-                nll_sum += float(nll[counted].double().sum())
-                n_nll += int(counted.sum())
-        out = {"exp_neg_kl": math.exp(-kl_sum / n), "kl_nats": kl_sum / n}
-        if not kl_only:
-            out.update(top1_agreement=agree / n, perplexity=math.exp(nll_sum / n_nll), positions=int(n))
-        return out
-
-
-class EmbeddingReference:
-    """Held-out embedding cosine against the original (mean pooling, clipped to [0, 1], as
-    `fidelity.embedding_fidelity`), and optionally the Pearson correlation of the documents'
-    pairwise cosines with human similarity scores (Lee et al. 2005: 50 documents, 1225 pairs)."""
+class EmbeddingReference(fidelity.EmbeddingReference):
+    """`metrics.fidelity.EmbeddingReference` (held-out embedding cosine against the original), and
+    optionally the Pearson correlation of the documents' pairwise cosines with human similarity
+    scores (Lee et al. 2005: 50 documents, 1225 pairs)."""
 
     def __init__(self, original: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
                  human: torch.Tensor | None = None) -> None:
-        self.batches = list(batches)
         self.human = human
-        self.reference = self._embed(original)
-
-    def _embed(self, model: nn.Module) -> torch.Tensor:
-        out = []
-        with fidelity.evaluating(model):
-            for batch in self.batches:
-                hidden = model(**batch).last_hidden_state
-                pooled = fidelity.mean_pool(hidden, batch["attention_mask"]).double()
-                out.append(F.normalize(pooled, dim=-1).cpu())  # (documents, 384): on the CPU, with the human scores
-        return torch.cat(out)
+        super().__init__(original, batches)
 
     def __call__(self, model: nn.Module, *, cosine_only: bool = False) -> dict[str, float]:
-        emb = self._embed(model)
+        emb = self.embed(model)
         out = {"embedding_cosine": float((emb * self.reference).sum(-1).clamp(0.0, 1.0).mean())}
         if self.human is not None and not cosine_only:
             out["lee_pearson"] = lee_pearson(emb, self.human)
         return out
+
+
+NextTokenReference = fidelity.NextTokenReference
 
 
 def lee_pearson(embeddings: torch.Tensor, human: torch.Tensor) -> float:
@@ -302,49 +259,28 @@ def minilm_bench(args: argparse.Namespace) -> Bench:
     )
 
 
+#: How every energy figure of the benchmarks is taken (the JSON says it beside the figures).
+ENERGY_METHOD = ("energyprune.measure.api.compare(original, pruned): interleaved windows A B A B ... A; ratio = "
+                 "median over B windows of B / mean of the A windows around it; interval: the order-statistic "
+                 "95% interval of that median")
+
 BENCHES: dict[str, Callable[[argparse.Namespace], Bench]] = {"smollm2": smollm2_bench, "minilm": minilm_bench}
 
 
 # ---- criteria ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CriterionSpec:
-    label: str  # row name in the report
-    name: str  # registry name
-    options: dict[str, Any]
-    family: str  # groups seeds of one criterion ("random")
-
-
 def criterion_specs(seeds: Sequence[int]) -> tuple[list[CriterionSpec], list[dict[str, str]]]:
     """The block criteria to run: the known ones with their variants, then anything else the
     registry holds that accepts unit_kind="block". Returns (specs, skipped with the reason)."""
-    specs: list[CriterionSpec] = []
-    skipped: list[dict[str, str]] = []
-    if "entropy-block" in CRITERIA:
-        for estimator in ("knn", "bucket"):
-            for stage in ("all", "increase"):
-                specs.append(CriterionSpec(f"entropy-{estimator} ({stage})", "entropy-block",
-                                           {"estimator": estimator, "stage": stage, "unit_kind": "block"},
-                                           f"entropy-{estimator} ({stage})"))
-    if "cosine-block" in CRITERIA:
-        specs.append(CriterionSpec("cosine-block", "cosine-block", {"unit_kind": "block"}, "cosine-block"))
-    if "magnitude" in CRITERIA:
-        specs.append(CriterionSpec("magnitude", "magnitude", {"unit_kind": "block"}, "magnitude"))
-    if "random" in CRITERIA:
-        for seed in seeds:
-            specs.append(CriterionSpec(f"random (seed {seed})", "random", {"unit_kind": "block", "seed": seed}, "random"))
-    for name in sorted(CRITERIA):
-        if name in ("entropy-block", "cosine-block", "magnitude", "random"):
-            continue
-        try:
-            criterion = get_criterion(name, unit_kind="block")
-        except (EnergyPruneError, TypeError, ValueError) as error:
-            skipped.append({"criterion": name, "reason": f"does not score whole blocks: {error}"})
-            continue
-        if getattr(criterion, "unit_kind", None) != "block":
-            skipped.append({"criterion": name, "reason": f"scores {getattr(criterion, 'unit_kind', '?')} units"})
-            continue
-        specs.append(CriterionSpec(name, name, {"unit_kind": "block"}, name))
-    return specs, skipped
+    entropy = [CriterionSpec("entropy-block", {"estimator": e, "stage": st, "unit_kind": "block"},
+                             row=f"entropy-{e} ({st})") for e in ("knn", "bucket") for st in ("all", "increase")]
+    known = {
+        "entropy-block": entropy,
+        "cosine-block": [CriterionSpec("cosine-block", {"unit_kind": "block"}, row="cosine-block")],
+        "magnitude": [CriterionSpec("magnitude", {"unit_kind": "block"}, row="magnitude")],
+        "random": [CriterionSpec("random", {"unit_kind": "block", "seed": s}, row=f"random (seed {s})")
+                   for s in seeds],
+    }
+    return specs_for_kind("block", known)
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -733,7 +669,7 @@ def expected_rows(key: str, labels: Sequence[str], k_max: int, slug: str) -> tup
     """Distinct pruned models a run will measure: counted from an earlier full run's rankings where
     there is one (this device's results, else the CPU's: the rankings barely depend on the device),
     else the upper bound (every criterion × k)."""
-    for folder in [RESULTS / slug] + sorted(p for p in RESULTS.glob("*") if p.name != slug):
+    for folder in [results_root() / slug] + sorted(p for p in results_root().glob("*") if p.name != slug):
         path = folder / "prune.json"
         if not path.exists():
             continue
@@ -750,7 +686,7 @@ def expected_rows(key: str, labels: Sequence[str], k_max: int, slug: str) -> tup
                     sets.add(frozenset(rows[k]["removed"]))
                 elif label not in runs or runs[label].get("cut_by_time_budget_at_k"):
                     unknown += 1
-        return len(sets) + unknown, f"counted from {path.relative_to(RESULTS.parent)}"
+        return len(sets) + unknown, f"counted from {path.relative_to(results_root().parent)}"
     return len(labels) * k_max, "upper bound: every criterion x k"
 
 
@@ -786,7 +722,6 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: MiniLM only, k <= 2, 2 calibration batches, written to a temporary folder")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where the models and data run")
     parser.add_argument("--models", nargs="*", choices=sorted(BENCHES), help="default: all")
     parser.add_argument("--k-smollm2", type=int, default=8)
     parser.add_argument("--k-minilm", type=int, default=4)
@@ -799,24 +734,7 @@ def main() -> int:
                         help="SmolLM2: batches of 4×128 tokens; MiniLM: batches of 16 documents")
     parser.add_argument("--oracle-seqs", type=int, default=1, help="SmolLM2: 128-token sequences the oracle searches on")
     parser.add_argument("--eval-seqs", type=int, default=2, help="SmolLM2 held-out sequences of 256 tokens")
-    parser.add_argument("--backend", default="auto")
-    parser.add_argument("--window-s", type=float, help="default: 0.5 on CPU, 2 on CUDA (a 100 ms counter)")
-    parser.add_argument("--repeats", type=int, help="default: 5 on CPU, 3 on CUDA")
-    parser.add_argument("--idle-s", type=float, help="default: 0.5 on CPU, 1 on CUDA")
-    parser.add_argument("--min-warmup-s", type=float, help="default: 0.2 on CPU, 0.5 on CUDA")
-    parser.add_argument("--max-warmup-s", type=float, help="default: 0.6 on CPU, 2 on CUDA")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU only: torch intra-op threads (1: on a shared 2-vCPU machine two threads stall whenever "
-                             "the other core is taken; measured 2x128-token forwards of 3.5-15 s with 2 threads against "
-                             "1.2-2.7 s with 1 while another job ran). Left at torch's default with --device cuda")
-    parser.add_argument("--budget-min", "--time-budget", dest="budget_min", type=float, default=30.0,
-                        help="time budget in minutes, from the start (model loading included): no new row is "
-                             "started after it (recorded in the JSON; continue with --resume)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue OUT_DIR/prune.json where it exists (same device, meter config and data): keep "
-                             "its rankings and rows, measure only what is missing; rewrite it after every row")
-    parser.add_argument("--plan", action="store_true", help="print the duration estimate and exit (loads nothing)")
-    parser.add_argument("--out-dir", type=Path, help="default: benchmarks/results/<device>/ (quick: a temporary folder)")
+    add_session_options(parser, budget_min=30.0, json_name="prune.json")
     args = parser.parse_args()
     if args.quick:
         args.models = args.models or ["minilm"]
@@ -835,77 +753,30 @@ def main() -> int:
         slug = device_slug(device) if device.type == "cpu" or torch.cuda.is_available() else "cuda"
         plan(models, specs, args, config, slug)
         return 0
-    hardware = device_record(device)
-    slug = hardware["device"]
-    started = time.perf_counter()
-    deadline = started + args.budget_min * 60
-    meter_config = {"window_s": config.window_s, "repeats": config.repeats, "precision": config.precision,
-                    "idle_s": config.idle_s, "min_warmup_s": config.min_warmup_s,
-                    "max_warmup_s": config.max_warmup_s, "backend": args.backend}
-    if args.out_dir:
-        out_dir = args.out_dir
-    elif args.quick:
-        out_dir = Path(tempfile.mkdtemp(prefix="energyprune-prune-quick-"))
-    else:
-        out_dir = results_dir(device)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    schema = "energyprune.prune-benchmark/1"
-    prior = load_resume(out_dir / "prune.json", schema, slug, meter_config, args.quick) if args.resume else None
-    call = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": "python " + " ".join(sys.argv),
-            "models": list(models), "time_budget_min": args.budget_min}
-    data: dict[str, Any] = {
-        "schema": schema,
-        **hardware,
-        "date": call["date"],
-        "command": call["command"],
-        "quick": args.quick,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "meter_config": meter_config,
+    session = Session.open(args, device, config, schema="energyprune.prune-benchmark/1", json_name="prune.json",
+                           quick_prefix="energyprune-prune-quick-", models=models, header={
         "method": {
             "pruning": "one-shot: each criterion scores the ORIGINAL model's blocks once; k blocks removed = "
                        "its k lowest finite scores, removed from the original (cumulative by one ranking); "
                        "+inf scores are never removed",
             "oracle": "greedy: step by step, the block whose removal keeps the calibration objective highest; "
                       "scored on held-out data like every criterion",
-            "energy": "energyprune.measure.api.compare(original, pruned): interleaved windows A B A B ... A; ratio = "
-                      "median over B windows of B / mean of the A windows around it; interval: 95% Student t "
-                      "of those ratios",
+            "energy": ENERGY_METHOD,
             "flops": "torch.utils.flop_counter.FlopCounterMode on the measurement inputs (2 per MAC)",
         },
         "criteria_available": sorted(CRITERIA),
         "criteria_skipped": skipped,
         "efficientnet": EFFICIENTNET_NOTE,
-        "models": dict(prior["models"]) if prior else {},
-    }
-    if prior:
-        data["calls"] = prior.get("calls") or [{"date": prior.get("date"), "command": prior.get("command"),
-                                                "models": list(prior.get("models", {})), "wall_s": prior.get("wall_s")}]
-    data.setdefault("calls", []).append(call)
-    wall_before = sum(float(c.get("wall_s") or 0.0) for c in data["calls"][:-1])
-    print(f"device {hardware['device_name']} ({device}); meter: {meter_config}; out: {out_dir}", file=sys.stderr)
-    plan(models, specs, args, config, slug)
-
-    def checkpoint(key: str, model_out: dict[str, Any]) -> None:
-        data["models"][key] = model_out
-        call["wall_s"] = time.perf_counter() - started
-        data["wall_s"] = wall_before + call["wall_s"]
-        if args.resume:
-            save_json(out_dir / "prune.json", data)
-
+    })
+    plan(models, specs, args, config, session.data["device"])
     for key in models:
         bench = BENCHES[key](args)
-        result = run_bench(bench, specs, args, config, deadline, prior=data["models"].get(key),
-                           checkpoint=lambda out, key=key: checkpoint(key, out))
-        checkpoint(key, result)
+        result = run_bench(bench, specs, args, config, session.deadline, prior=session.data["models"].get(key),
+                           checkpoint=lambda out, key=key: session.checkpoint(key, out))
+        session.checkpoint(key, result)
         del bench
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    call["wall_s"] = time.perf_counter() - started
-    data["wall_s"] = wall_before + call["wall_s"]
-    paths = render(data, out_dir)
-    print(f"wrote {', '.join(str(p) for p in paths)} in {call['wall_s'] / 60:.1f} min", file=sys.stderr)
+        session.release()
+    session.finish(render)
     return 0
 
 

@@ -61,7 +61,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from energyprune.bench.session import (  # noqa: E402
     apply_meter_defaults,
     device_record,
     load_json,
@@ -70,6 +70,7 @@ from common import (  # noqa: E402
     results_dir,
     save,
 )
+from energyprune.metrics import fidelity  # noqa: E402
 from prune_benchmark import energy_record  # noqa: E402
 
 from energyprune.models import zoo  # noqa: E402
@@ -86,39 +87,7 @@ HELDOUT_SOURCES = tuple(s for s in zoo.IMAGE_SOURCES if s not in CALIBRATION_SOU
 
 
 # ---- data and fidelity ------------------------------------------------------------------------
-class ClassReference:
-    """Held-out fidelity of an image classifier against the original's class distributions:
-    exp(−mean KL(p_original ‖ p_pruned)), top-1 agreement, and top-5 agreement (the original's top
-    class among the pruned model's five best)."""
-
-    def __init__(self, original: nn.Module, batches: Sequence[torch.Tensor]) -> None:
-        self.batches = list(batches)
-        self.reference = [F.log_softmax(logits, -1) for logits in self._logits(original)]
-
-    @staticmethod
-    def _forward(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-        return model(batch).double()
-
-    def _logits(self, model: nn.Module) -> list[torch.Tensor]:
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                return [self._forward(model, b) for b in self.batches]
-        finally:
-            model.train(was_training)
-
-    def __call__(self, model: nn.Module) -> dict[str, float]:
-        kl_sum = top1 = top5 = n = 0.0
-        for log_p, logits in zip(self.reference, self._logits(model)):
-            log_q = F.log_softmax(logits, -1)
-            kl_sum += float((log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0).sum())
-            label = log_p.argmax(-1)
-            top1 += int((log_q.argmax(-1) == label).sum())
-            top5 += int((log_q.topk(5, -1).indices == label.unsqueeze(-1)).any(-1).sum())
-            n += len(label)
-        return {"exp_neg_kl": math.exp(-kl_sum / n), "kl_nats": kl_sum / n, "top1_agreement": top1 / n,
-                "top5_agreement": top5 / n, "images": int(n)}
+ClassReference = fidelity.ClassReference  # exp(−KL), top-1 and top-5 agreement against the original
 
 
 @dataclass

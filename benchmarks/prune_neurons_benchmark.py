@@ -57,7 +57,6 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -70,19 +69,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from prune_benchmark import ENERGY_METHOD, BENCHES, Bench, compare_seconds, energy_record  # noqa: E402
+
+from energyprune.bench.session import (  # noqa: E402
     METER_DEFAULTS,
-    RESULTS,
+    Session,
+    add_session_options,
     apply_meter_defaults,
-    device_record,
     load_json,
-    load_resume,
     prepare_run,
     resolve_device,
-    results_dir,
-    save_json,
+    results_root,
 )
-from prune_benchmark import BENCHES, Bench, compare_seconds, energy_record  # noqa: E402
+from energyprune.pruning.criteria import specs_for_kind  # noqa: E402
+from energyprune.pruning.criterion_spec import CriterionSpec  # noqa: E402
 from prune_neurons_report import render  # noqa: E402
 
 from energyprune.measure.api import compare, measure  # noqa: E402
@@ -107,54 +107,30 @@ ORACLE_NOTE = (
 
 
 # ---- criteria ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CriterionSpec:
-    label: str  # row name in the report
-    name: str  # registry name
-    options: dict[str, Any]
-    family: str  # groups seeds of one criterion ("random")
-
-
 def neuron_specs(seeds: Sequence[int], args: argparse.Namespace) -> tuple[list[CriterionSpec], list[dict[str, str]]]:
     """The neuron criteria to run: the known ones, then anything else the registry holds that accepts
     unit_kind="neuron". Returns (specs, not run with the reason)."""
-    specs: list[CriterionSpec] = []
-    skipped: list[dict[str, str]] = []
     known = {
-        "magnitude": [CriterionSpec("magnitude", "magnitude", {"unit_kind": "neuron", "p": 1}, "magnitude")],
-        "random": [CriterionSpec(f"random (seed {s})", "random", {"unit_kind": "neuron", "seed": s}, "random")
+        "magnitude": [CriterionSpec("magnitude", {"unit_kind": "neuron", "p": 1}, row="magnitude")],
+        "random": [CriterionSpec("random", {"unit_kind": "neuron", "seed": s}, row=f"random (seed {s})")
                    for s in seeds],
-        "mipp": [CriterionSpec("mipp", "mipp", {"unit_kind": "neuron", "max_tokens": args.mipp_tokens}, "mipp")],
-        "thermodynamic": [CriterionSpec("thermodynamic", "thermodynamic", {"unit_kind": "neuron"}, "thermodynamic")],
-        "nepenthe": [CriterionSpec("nepenthe (neuron)", "nepenthe", {"unit_kind": "neuron"}, "nepenthe (neuron)")],
+        "mipp": [CriterionSpec("mipp", {"unit_kind": "neuron", "max_tokens": args.mipp_tokens}, row="mipp")],
+        "thermodynamic": [CriterionSpec("thermodynamic", {"unit_kind": "neuron"}, row="thermodynamic")],
+        "nepenthe": [CriterionSpec("nepenthe", {"unit_kind": "neuron"}, row="nepenthe (neuron)",
+                                   group="nepenthe (neuron)")],
     }
-    for name, entries in known.items():
-        if name in CRITERIA:
-            specs += entries
-    for name in sorted(CRITERIA):
-        if name in known:
-            continue
-        try:
-            criterion = get_criterion(name, unit_kind="neuron")
-        except (EnergyPruneError, TypeError, ValueError) as error:
-            skipped.append({"criterion": name, "reason": f"does not score neurons: {error}"})
-            continue
-        if getattr(criterion, "unit_kind", None) != "neuron":
-            skipped.append({"criterion": name, "reason": f"scores {getattr(criterion, 'unit_kind', '?')} units"})
-            continue
-        specs.append(CriterionSpec(name, name, {"unit_kind": "neuron"}, name))
-    return specs, skipped
+    return specs_for_kind("neuron", known)
 
 
 def fold_specs(seeds: Sequence[int]) -> list[CriterionSpec]:
     """NEPENTHE's layer folding and its random control (random folding orders)."""
     specs = []
     if "nepenthe" in CRITERIA:
-        specs.append(CriterionSpec("nepenthe (activation)", "nepenthe", {"unit_kind": "activation"},
-                                   "nepenthe (activation)"))
+        specs.append(CriterionSpec("nepenthe", {"unit_kind": "activation"}, row="nepenthe (activation)",
+                                   group="nepenthe (activation)"))
     if "random" in CRITERIA:
-        specs += [CriterionSpec(f"random fold (seed {s})", "random", {"unit_kind": "activation", "seed": s},
-                                "random fold") for s in seeds]
+        specs += [CriterionSpec("random", {"unit_kind": "activation", "seed": s}, row=f"random fold (seed {s})",
+                                group="random fold") for s in seeds]
     return specs
 
 
@@ -665,7 +641,7 @@ def estimate_full(data: dict[str, Any], args: argparse.Namespace) -> dict[str, A
                                "total_s": setup_minilm + scoring_minilm + rows_minilm * row_minilm}
     out["assumptions"].append(f"MiniLM per-row time {row_minilm:.1f} s (this run's, windows rescaled)")
     row_smollm2 = None
-    block = RESULTS / data["device"] / "prune.json"
+    block = results_root() / data["device"] / "prune.json"
     if block.exists():
         try:
             blocks = load_json(block)
@@ -736,7 +712,6 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: MiniLM only, fractions 10%% and 50%%, one random seed, 2 calibration "
                              "batches, short windows, written to a temporary folder; prints the full run's estimate")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where the models and data run")
     parser.add_argument("--models", nargs="*", choices=sorted(BENCHES), help="default: all")
     parser.add_argument("--fractions", type=float, nargs="*", default=FULL_DEFAULTS["fractions"],
                         help="fractions of every MLP's neurons removed")
@@ -750,23 +725,7 @@ def main() -> int:
     parser.add_argument("--mipp-tokens", type=int, default=4096,
                         help="MIPP's token sample (its regression wants several tokens per neuron: >= 2 x 1537)")
     parser.add_argument("--eval-seqs", type=int, default=2, help="SmolLM2 held-out sequences of 256 tokens")
-    parser.add_argument("--backend", default="auto")
-    parser.add_argument("--window-s", type=float, help="default: 0.5 on CPU, 2 on CUDA (a 100 ms counter)")
-    parser.add_argument("--repeats", type=int, help="default: 5 on CPU, 3 on CUDA")
-    parser.add_argument("--idle-s", type=float, help="default: 0.5 on CPU, 1 on CUDA")
-    parser.add_argument("--min-warmup-s", type=float, help="default: 0.2 on CPU, 0.5 on CUDA")
-    parser.add_argument("--max-warmup-s", type=float, help="default: 0.6 on CPU, 2 on CUDA")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU only: torch intra-op threads (1: see prune_benchmark.py --threads); left at "
-                             "torch's default with --device cuda")
-    parser.add_argument("--budget-min", "--time-budget", dest="budget_min", type=float, default=60.0,
-                        help="time budget in minutes, from the start (model loading included): no new row is "
-                             "started after it (recorded in the JSON; continue with --resume)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue OUT_DIR/prune_neurons.json where it exists (same device, meter config and data), "
-                             "with the scores kept in OUT_DIR/prune_neurons.scores.pt; rewrite both as it goes")
-    parser.add_argument("--plan", action="store_true", help="print the duration estimate and exit (loads nothing)")
-    parser.add_argument("--out-dir", type=Path, help="default: benchmarks/results/<device>/ (quick: a temporary folder)")
+    add_session_options(parser, budget_min=60.0, json_name="prune_neurons.json")
     args = parser.parse_args()
     device = args.torch_device = resolve_device(args.device) if not args.plan else torch.device(args.device)
     if args.quick:
@@ -779,7 +738,6 @@ def main() -> int:
         # Short windows for a smoke test; on a GPU no shorter than 10 ticks of its 100 ms counter.
         quick_window = 0.25 if device.type == "cpu" else 1.0
         args.window_s = min(args.window_s if args.window_s is not None else quick_window, quick_window)
-        args.repeats = min(args.repeats if args.repeats is not None else 3, 3)
     apply_meter_defaults(args, device)
     if any(not 0 < f < 1 for f in args.fractions):
         parser.error("fractions must lie in (0, 1)")
@@ -798,37 +756,9 @@ def main() -> int:
     if args.plan:
         plan(models, specs, folds, args, config)
         return 0
-    hardware = device_record(device)
-    started = time.perf_counter()
-    deadline = started + args.budget_min * 60
-    meter_config = {"window_s": config.window_s, "repeats": config.repeats, "precision": config.precision,
-                    "idle_s": config.idle_s, "min_warmup_s": config.min_warmup_s,
-                    "max_warmup_s": config.max_warmup_s, "backend": args.backend}
-    if args.out_dir:
-        out_dir = args.out_dir
-    elif args.quick:
-        out_dir = Path(tempfile.mkdtemp(prefix="energyprune-prune-neurons-quick-"))
-    else:
-        out_dir = results_dir(device)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    schema = "energyprune.prune-neurons-benchmark/1"
-    prior = (load_resume(out_dir / "prune_neurons.json", schema, hardware["device"], meter_config, args.quick)
-             if args.resume else None)
-    if prior and prior.get("calibration_batches") != args.calibration_batches:
-        raise SystemExit(f"--resume: the earlier run used {prior.get('calibration_batches')} calibration batches, "
-                         f"this one {args.calibration_batches}: give the same options")
-    store = ScoreStore(out_dir / "prune_neurons.scores.pt" if args.resume else None)
-    call = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": "python " + " ".join(sys.argv),
-            "models": list(models), "time_budget_min": args.budget_min}
-    data: dict[str, Any] = {
-        "schema": schema,
-        **hardware,
-        "date": call["date"],
-        "command": call["command"],
-        "quick": args.quick,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "meter_config": meter_config,
+    session = Session.open(args, device, config, schema="energyprune.prune-neurons-benchmark/1",
+                           json_name="prune_neurons.json", quick_prefix="energyprune-prune-neurons-quick-",
+                           models=models, header={
         "method": {
             "pruning": "one-shot: each criterion scores every neuron of the ORIGINAL model once; fraction f removes, "
                        "in every MLP, the round(f x width) neurons of lowest finite score there "
@@ -838,9 +768,7 @@ def main() -> int:
                        "ON/OFF entropy are folded (activation -> identity, the two linear maps -> one); "
                        "control: random folding orders",
             "oracle": ORACLE_NOTE,
-            "energy": "energyprune.measure.api.compare(original, pruned): interleaved windows A B A B ... A; ratio = "
-                      "median over B windows of B / mean of the A windows around it; interval: 95% Student t "
-                      "of those ratios",
+            "energy": ENERGY_METHOD,
             "flops": "torch.utils.flop_counter.FlopCounterMode on the measurement inputs (2 per MAC)",
             "overlap": "for each fraction, the share of one criterion's removed neurons that another also removes "
                        "(two independent random choices share f on average)",
@@ -848,44 +776,28 @@ def main() -> int:
         "calibration_batches": args.calibration_batches,
         "criteria_available": sorted(CRITERIA),
         "criteria_skipped": skipped,
-        "models": dict(prior["models"]) if prior else {},
-    }
-    if prior:
-        data["calls"] = prior.get("calls") or [{"date": prior.get("date"), "command": prior.get("command"),
-                                                "models": list(prior.get("models", {})), "wall_s": prior.get("wall_s")}]
-    data.setdefault("calls", []).append(call)
-    wall_before = sum(float(c.get("wall_s") or 0.0) for c in data["calls"][:-1])
-    print(f"device {hardware['device_name']} ({device}); meter: {meter_config}; out: {out_dir}", file=sys.stderr)
+    })
+    if session.prior and session.prior.get("calibration_batches") != args.calibration_batches:
+        raise SystemExit(f"--resume: the earlier run used {session.prior.get('calibration_batches')} calibration "
+                         f"batches, this one {args.calibration_batches}: give the same options")
+    store = ScoreStore(session.out_dir / "prune_neurons.scores.pt" if args.resume else None)
     plan(models, specs, folds, args, config)
-
-    def checkpoint(key: str, model_out: dict[str, Any]) -> None:
-        data["models"][key] = model_out
-        call["wall_s"] = time.perf_counter() - started
-        data["wall_s"] = wall_before + call["wall_s"]
-        if args.resume:
-            save_json(out_dir / "prune_neurons.json", data)
-
     args.setup_s = {}
     for key in models:
         t0 = time.perf_counter()
         bench = BENCHES[key](args)
         args.setup_s[key] = time.perf_counter() - t0
-        result = run_bench(bench, specs, folds, args, config, deadline, prior=data["models"].get(key),
-                           checkpoint=lambda out, key=key: checkpoint(key, out), store=store)
+        result = run_bench(bench, specs, folds, args, config, session.deadline, prior=session.data["models"].get(key),
+                           checkpoint=lambda out, key=key: session.checkpoint(key, out), store=store)
         result["calibration_tokens"] = sum(int(b["attention_mask"].sum()) for b in bench.calibration)
-        checkpoint(key, result)
+        session.checkpoint(key, result)
         del bench
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    call["wall_s"] = time.perf_counter() - started
-    data["wall_s"] = wall_before + call["wall_s"]
+        session.release()
     if args.quick:
-        data["estimate_full"] = estimate_full(data, args)
-    paths = render(data, out_dir)
-    print(f"wrote {', '.join(str(p) for p in paths)} in {call['wall_s'] / 60:.1f} min", file=sys.stderr)
+        session.data["estimate_full"] = estimate_full(session.data, args)
+    session.finish(render)
     if args.quick:
-        est = data["estimate_full"]
+        est = session.data["estimate_full"]
         if "error" in est:
             print(f"no estimate of the full run: {est['error']}", file=sys.stderr)
         else:

@@ -17,7 +17,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import load_json, save  # noqa: E402
+from energyprune.bench.session import primary_key, rerender_main, write_report_files  # noqa: E402
+from energyprune.bench.session import provenance_word as _provenance_word  # noqa: E402
 from prune_report import _measure_text, _ratio_text, load_note, meter_note, place_legend, run_lines  # noqa: E402
 
 RANDOM = "random (mean of seeds)"
@@ -32,13 +33,7 @@ def _all_rows(model: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def provenance_word(model: dict[str, Any]) -> str:
-    provenances = {row["energy"]["provenance"] for row in _all_rows(model)}
-    provenances.add(model["original"]["energy"]["provenance"])
-    return "ESTIMATED" if "estimated" in provenances else "measured"
-
-
-def primary_key(model: dict[str, Any]) -> str:
-    return next(m["key"] for m in model["measures"] if m.get("primary"))
+    return _provenance_word(_all_rows(model), model["original"])
 
 
 def _pct(fraction: float) -> str:
@@ -615,24 +610,11 @@ def plot(key: str, model: dict[str, Any], path: Path) -> None:
 
 def render(data: dict[str, Any], out_dir: Path) -> list[Path]:
     """Write prune_neurons.json, prune_neurons.md and one prune_neurons_<model>.png per model into `out_dir`."""
-    save(out_dir / "prune_neurons", data, markdown(data))
-    paths = [out_dir / "prune_neurons.json", out_dir / "prune_neurons.md"]
-    for key, model in data["models"].items():
-        path = out_dir / f"prune_neurons_{key}.png"
-        plot(key, model, path)
-        paths.append(path)
-    return paths
+    return write_report_files(data, out_dir, "prune_neurons", markdown(data), plot)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) != 1:
-        print("usage: python benchmarks/prune_neurons_report.py PATH/prune_neurons.json", file=sys.stderr)
-        return 2
-    path = Path(argv[0])
-    for written in render(load_json(path), path.parent):
-        print(written)
-    return 0
+    return rerender_main(None if argv is None else list(argv), "prune_neurons_report.py", "prune_neurons.json", render)
 
 
 if __name__ == "__main__":

