@@ -8,14 +8,16 @@ figures need: a multiply-accumulate is the unit of dense compute.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from energyprune.torch_io import call_model, Inputs
+from energyprune.torch_io import Inputs, call_model
 
 
 @contextlib.contextmanager
@@ -37,9 +39,44 @@ def fused_kernels_visible() -> Iterator[None]:
         mha.set_fastpath_enabled(saved)
 
 
+def _math_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0, is_causal: bool = False,
+                    scale: float | None = None, enable_gqa: bool = False) -> torch.Tensor:
+    """`scaled_dot_product_attention` written as the matrix products it performs, which
+    FlopCounterMode counts exactly. The fused kernels are invisible to it on the CPU (0 FLOPs) and
+    its formula asserts on grouped-query shapes on CUDA (`sdpa_flop_count: query/key/value shapes
+    are incompatible`, seen on an H200 with 16 query / 4 KV heads): neither may drop a model's
+    attention from its FLOPs. A KV head serves its group of query heads (grouped-query attention),
+    as the fused kernel does with `enable_gqa`. Dropout is an inference no-op here."""
+    heads, kv_heads = query.shape[-3], key.shape[-3]
+    if kv_heads != heads:
+        key = key.repeat_interleave(heads // kv_heads, dim=-3)
+        value = value.repeat_interleave(heads // kv_heads, dim=-3)
+    factor = scale if scale is not None else 1.0 / math.sqrt(query.shape[-1])
+    scores = (query @ key.transpose(-2, -1)) * factor
+    if is_causal:
+        causal = torch.ones(scores.shape[-2], scores.shape[-1], dtype=torch.bool, device=scores.device).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+    return torch.softmax(scores, dim=-1) @ value
+
+
+@contextlib.contextmanager
+def attention_as_matmuls() -> Iterator[None]:
+    """`torch.nn.functional.scaled_dot_product_attention` replaced by `_math_attention` for the
+    block (transformers and nn.MultiheadAttention look it up there at every call)."""
+    saved = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = _math_attention
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = saved
+
+
 @contextlib.contextmanager
 def _counting() -> Iterator[None]:
-    with fused_kernels_visible(), torch.inference_mode():
+    with fused_kernels_visible(), attention_as_matmuls(), torch.inference_mode():
         yield
 
 

@@ -399,3 +399,40 @@ def test_physics_counts_the_flops_of_fused_transformer_layers():
     attention = 2 * (2 * 8 * 8 * 16)
     assert summary["flops"]["value"] in (linear, linear + attention)
     assert torch.backends.mha.get_fastpath_enabled()  # the setting is given back
+
+
+# ---- FLOPs of attention, grouped-query included ----------------------------------------------------
+def test_grouped_query_attention_is_counted():
+    """16 query heads over 4 KV heads (a modern LLM's shape): FlopCounterMode alone counts 0 on the
+    CPU and asserts on CUDA; counted as the matrix products it is, QK^T and AV."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from energyprune.metrics.flops import count_flops
+
+    class Attention(nn.Module):
+        def forward(self, q, k, v):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+    b, hq, hkv, length, d = 2, 16, 4, 32, 64
+    q, k, v = torch.randn(b, hq, length, d), torch.randn(b, hkv, length, d), torch.randn(b, hkv, length, d)
+    assert count_flops(Attention(), (q, k, v)) == 2 * (2 * b * hq * length * length * d)
+
+
+def test_a_gqa_llama_counts_its_attention():
+    transformers = pytest.importorskip("transformers")
+    from energyprune.metrics.flops import count_flops
+
+    def llama(kv_heads):
+        config = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
+                                          num_key_value_heads=kv_heads, intermediate_size=128, vocab_size=100,
+                                          attn_implementation="sdpa")
+        return transformers.LlamaForCausalLM(config).eval()
+
+    ids = torch.randint(0, 100, (1, 16))
+    gqa, mha = count_flops(llama(2), ids), count_flops(llama(8), ids)
+    # The same attention products; only the K and V projections are smaller with 2 KV heads.
+    projection_saving = 2 * 2 * 16 * 64 * (64 - 16) * 2  # 2 layers x (K and V) x 2 FLOP/MAC x tokens x d x (d - d_kv)
+    assert mha - gqa == projection_saving
+    attention = 2 * 2 * (2 * 1 * 8 * 16 * 16 * 8)  # 2 layers x (QK^T + AV) x 2*B*H*L*L*d_head
+    assert gqa > attention
