@@ -556,7 +556,13 @@ class _Loop:
                              "another directory (nothing was deleted)") from None
         current = apply_record(self.original, state.record) if len(state.record) else self.original
         if checkpoint.has_weights and self.checkpointer is not None:
-            current.load_state_dict(self.checkpointer.load_weights())
+            try:
+                current.load_state_dict(self.checkpointer.load_weights())
+            except RuntimeError as error:  # missing, unexpected or misshapen keys
+                first = str(error).strip().splitlines()[0]
+                raise UsageError(f"the checkpoint weights {self.checkpointer.weights_path} do not fit the model the "
+                                 f"record rebuilds ({first}): start afresh in another directory (nothing was "
+                                 "deleted)") from None
         stored = checkpoint.result
         if checkpoint.status == "done" and stored is not None:
             result = PruneResult.from_dict(stored)
