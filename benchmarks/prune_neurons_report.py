@@ -19,7 +19,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from energyprune.bench.session import primary_key, rerender_main, write_report_files  # noqa: E402
 from energyprune.bench.session import provenance_word as _provenance_word  # noqa: E402
-from prune_report import _measure_text, _ratio_text, load_note, meter_note, place_legend, run_lines  # noqa: E402
+from prune_report import (  # noqa: E402
+    _measure_text,
+    _ratio_text,
+    load_note,
+    meter_note,
+    place_legend,
+    run_lines,
+    seed_runs,
+    seed_summary,
+)
 
 RANDOM = "random (mean of seeds)"
 RANDOM_FOLD = "random fold (mean of seeds)"
@@ -38,35 +47,6 @@ def provenance_word(model: dict[str, Any]) -> str:
 
 def _pct(fraction: float) -> str:
     return f"{fraction * 100:.0f}%"
-
-
-def seed_runs(runs: dict[str, Any], family: str) -> list[dict[str, Any]]:
-    return [run for run in runs.values() if run.get("family") == family and run.get("rows")]
-
-
-def seed_summary(model: dict[str, Any], runs: dict[str, Any], family: str, x: str) -> list[dict[str, Any]]:
-    """Per x (fraction, or k for folding) over the seeds of `family`: mean, min and max of every
-    measure and of the energy ratio."""
-    by_x: dict[Any, list[dict[str, Any]]] = {}
-    for run in seed_runs(runs, family):
-        for row in run["rows"]:
-            by_x.setdefault(row[x], []).append(row)
-    out = []
-    for value in sorted(by_x):
-        rows = by_x[value]
-        entry: dict[str, Any] = {x: value, "n": len(rows), "fidelity": {}, "spread": {}}
-        for m in model["measures"]:
-            values = [row["fidelity"][m["key"]] for row in rows]
-            entry["fidelity"][m["key"]] = statistics.fmean(values)
-            entry["spread"][m["key"]] = (min(values), max(values))
-        ratios = [row["energy"]["ratio"] for row in rows]
-        entry["ratio"] = statistics.fmean(ratios)
-        entry["ratio_spread"] = (min(ratios), max(ratios))
-        entry["params"] = statistics.fmean(row["params"] for row in rows)
-        entry["flops"] = statistics.fmean(row["flops"] for row in rows)
-        entry["latency_s"] = statistics.fmean(row["energy"]["latency_s"] for row in rows)
-        out.append(entry)
-    return out
 
 
 def pooled_energy(model: dict[str, Any]) -> list[dict[str, Any]]:

@@ -27,19 +27,21 @@ def provenance_word(model: dict[str, Any]) -> str:
     return _provenance_word([row for run in model["runs"].values() for row in run.get("rows", [])], model["original"])
 
 
-def random_runs(model: dict[str, Any]) -> list[dict[str, Any]]:
-    return [run for run in model["runs"].values() if run.get("family") == "random" and run.get("rows")]
+def seed_runs(runs: dict[str, Any], family: str) -> list[dict[str, Any]]:
+    return [run for run in runs.values() if run.get("family") == family and run.get("rows")]
 
 
-def random_summary(model: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per k over the random seeds: mean, min and max of every measure and of the energy ratio."""
-    runs = random_runs(model)
-    if not runs:
-        return []
+def seed_summary(model: dict[str, Any], runs: dict[str, Any], family: str, x: str) -> list[dict[str, Any]]:
+    """Per x (k blocks, a fraction of neurons, k folded layers) over the seeds of `family`: mean, min
+    and max of every measure and of the energy ratio."""
+    by_x: dict[Any, list[dict[str, Any]]] = {}
+    for run in seed_runs(runs, family):
+        for row in run["rows"]:
+            by_x.setdefault(row[x], []).append(row)
     out = []
-    for k in range(1, max(len(r["rows"]) for r in runs) + 1):
-        rows = [r["rows"][k - 1] for r in runs if len(r["rows"]) >= k]
-        entry: dict[str, Any] = {"k": k, "n": len(rows), "fidelity": {}, "spread": {}}
+    for value in sorted(by_x):
+        rows = by_x[value]
+        entry: dict[str, Any] = {x: value, "n": len(rows), "fidelity": {}, "spread": {}}
         for m in model["measures"]:
             values = [row["fidelity"][m["key"]] for row in rows]
             entry["fidelity"][m["key"]] = statistics.fmean(values)
@@ -52,6 +54,15 @@ def random_summary(model: dict[str, Any]) -> list[dict[str, Any]]:
         entry["latency_s"] = statistics.fmean(row["energy"]["latency_s"] for row in rows)
         out.append(entry)
     return out
+
+
+def random_runs(model: dict[str, Any]) -> list[dict[str, Any]]:
+    return seed_runs(model["runs"], "random")
+
+
+def random_summary(model: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per k over the random seeds: mean, min and max of every measure and of the energy ratio."""
+    return seed_summary(model, model["runs"], "random", "k")
 
 
 def pooled_energy(model: dict[str, Any]) -> list[dict[str, Any]]:
