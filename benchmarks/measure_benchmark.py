@@ -88,13 +88,20 @@ def counter_vs_power(backends, sync, workload, latency_s: float, rounds: int = 3
 
 
 def window_ladder(backends, sync, workload, latency_s: float, ref_j: float, repeats: int = 7) -> list[dict[str, Any]]:
+    """Spans of growing length: the point figure's error against the long reference, and how often
+    the span's honest bounds (per call) hold the reference."""
     rows = []
     for window_s in WINDOW_LADDER_S:
         n = max(1, round(window_s / latency_s))
-        values = [per_call_j(span_of(backends, sync, workload, n), n) for _ in range(repeats)]
+        spans = [span_of(backends, sync, workload, n) for _ in range(repeats)]
+        values = [per_call_j(span, n) for span in spans]
+        bounds = [(span.total_bounds_j[0] / n, span.total_bounds_j[1] / n) for span in spans]
         median = statistics.median(values)
         rows.append({"window_s": window_s, "n": n, "median_j": median, "error": median / ref_j - 1,
-                     "worst_error": max(abs(v / ref_j - 1) for v in values)})
+                     "worst_error": max(abs(v / ref_j - 1) for v in values),
+                     "bounds_hold_reference": sum(low <= ref_j <= high for low, high in bounds) / len(bounds),
+                     "median_half_width": statistics.median((high - low) / 2 / ref_j for low, high in bounds),
+                     "below_resolution": sum(span.below_resolution for span in spans) / len(spans)})
     return rows
 
 
@@ -175,9 +182,14 @@ def markdown(data: dict[str, Any]) -> str:
             f"({w['ci95_j'][0]:.4g} .. {w['ci95_j'][1]:.4g}) | {w['cov'] * 100:.2f}% | "
             f"{'yes' if w['reference_inside_ci95'] else 'no'} | {w['median_vs_reference'] * 100:+.2f}% | "
             f"{w['overhead']['overhead'] * 100:+.2f}% | {cvp_text} | {smallest_text} | {zeus_text} |")
-    lines += ["", "Window ladder (median of 7 spans, error against the long reference):", ""]
+    lines += ["", "Window ladder (7 spans per length against the long reference: error of the median point "
+              "figure; share of spans whose bounds hold the reference; median half-width of the bounds):", ""]
     for name, w in data["workloads"].items():
-        cells = ", ".join(f"{r['window_s'] * 1e3:g} ms: {r['error'] * 100:+.1f}%" for r in w["window_ladder"])
+        cells = ", ".join(
+            f"{r['window_s'] * 1e3:g} ms: {r['error'] * 100:+.1f}%"
+            + (f" (bounds hold {r['bounds_hold_reference']:.0%}, ±{r['median_half_width']:.0%}"
+               f"{', below resolution' if r['below_resolution'] else ''})" if "bounds_hold_reference" in r else "")
+            for r in w["window_ladder"])
         lines.append(f"- {name}: {cells}")
     notes = sorted({n for w in data["workloads"].values() for n in w["notes"] + w["warnings"]})
     if notes:
@@ -193,7 +205,8 @@ def main() -> int:
     parser.add_argument("--window-s", type=float, default=2.0)
     parser.add_argument("--max-duration-s", type=float, default=30.0)
     parser.add_argument("--reference-s", type=float, default=60.0)
-    parser.add_argument("--only", nargs="*", help="workload names to run")
+    parser.add_argument("--only", nargs="*", metavar="WORKLOAD",
+                        help="workload names to run (default: all of this device's); results are written after each")
     parser.add_argument("--no-zeus", action="store_true")
     parser.add_argument("--out-dir", type=Path, help="default: benchmarks/results/<device>/")
     args = parser.parse_args()
@@ -205,13 +218,17 @@ def main() -> int:
         "torch": torch.__version__,
         "workloads": {},
     }
+    unknown = sorted(set(args.only or ()) - set(workloads))
+    if unknown:
+        parser.error(f"unknown workload(s) {', '.join(unknown)}; this device has: {', '.join(workloads)}")
+    out_dir = args.out_dir or results_dir(args.device)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for name, (workload, description) in workloads.items():
         if args.only and name not in args.only:
             continue
         data["workloads"][name] = run_workload(name, workload, description, args, args.device)
-    out_dir = args.out_dir or results_dir(args.device)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save(out_dir / "measure", data, markdown(data))
+        # Written as each workload finishes: a call of the GPU machine cut short keeps what was done.
+        save(out_dir / "measure", data, markdown(data))
     print(markdown(data))
     return 0
 

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from energyprune import stats
-from energyprune.backends.base import Availability
+from energyprune.backends.base import Availability, DomainInfo, EnergyReading, Provenance
+from energyprune.clock import sleep_on
 from energyprune.errors import BackendError, BackendUnavailable
-from energyprune.backends.base import DomainInfo, EnergyReading, Provenance
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,22 @@ def _counter_resolution_s(t_s: Sequence[float], values: Sequence[float]) -> floa
         changes = [t_s[0], *changes] if changes else [t_s[0], t_s[-1]]
     intervals = [b - a for a, b in zip(changes, changes[1:])]
     return stats.median(intervals)
+
+
+def _max_power_w(trace: Trace, domain: str) -> float | None:
+    """What the replayed device is taken to draw at most: 1.5 times the highest power the trace
+    shows (its power column, or its counter over one update period), for honest window bounds."""
+    peaks: list[float] = []
+    if domain in trace.power_w:
+        peaks.append(max(trace.power_w[domain]))
+    if domain in trace.energy_j:
+        values = trace.energy_j[domain]
+        changes = [i for i in range(1, len(values)) if values[i] != values[i - 1]]
+        for a, b in zip(changes, changes[1:]):
+            dt = trace.t_s[b] - trace.t_s[a]
+            if dt > 0:
+                peaks.append((values[b] - values[a]) / dt)
+    return 1.5 * max(peaks) if peaks and max(peaks) > 0 else None
 
 
 def _parse_provenance(comment: str, line_no: int, path: Path) -> Provenance | None:
@@ -240,10 +256,17 @@ class ReplayBackend:
     name = "replay"
 
     def __init__(
-        self, path: str | os.PathLike[str], clock: Callable[[], float] = time.perf_counter
+        self, path: str | os.PathLike[str], clock: Callable[[], float] = time.perf_counter, *,
+        start_s: float | None = None, read_cost_s: float = 0.0,
     ) -> None:
         self.path = Path(path)
         self._clock = clock
+        #: The trace time that the moment of open() stands for (default: its first row), so a
+        #: trace recorded from t_s = 2.68 s replays as it is.
+        self._start_s = start_s
+        #: What one counter read costs on the clock (an NVML read takes ~3 ms): a simulated clock
+        #: advances by it, so polling behaves as it did on the hardware.
+        self._read_cost_s = read_cost_s
         self._availability: Availability | None = None
         self._trace: Trace | None = None
         self._t_open: float | None = None
@@ -283,7 +306,10 @@ class ReplayBackend:
         availability = self.probe()
         if not availability.ok or self._trace is None:
             raise BackendUnavailable(f"{availability.reason}: {availability.fix}")
-        self._energy_at_open = {d: v[0] for d, v in self._trace.energy_j.items()}
+        at_open = self._trace_time(0.0)
+        # The counters' zero: the row at open (the first row where open() comes before the trace).
+        first = self._trace.index_at(at_open) if at_open >= self._trace.t_s[0] else 0
+        self._energy_at_open = {d: v[first] for d, v in self._trace.energy_j.items()}
         self._t_open = self._clock()
 
     def domains(self) -> Sequence[DomainInfo]:
@@ -300,6 +326,7 @@ class ReplayBackend:
                 has_counter=has_counter,
                 resolution_s=(_counter_resolution_s(trace.t_s, trace.energy_j[d])
                               if has_counter else 0.0),
+                max_power_w=_max_power_w(trace, d),
             ))
         return tuple(result)
 
@@ -307,21 +334,28 @@ class ReplayBackend:
         """Joules since open per counter domain: the last row at or before now, so a coarse
         counter stays coarse, minus the first row's value (the counter's value at open)."""
         trace, t_open, now = self._now()
-        i = trace.index_at(now - t_open)
+        i = trace.index_at(self._trace_time(now - t_open))
         energy = {DOMAIN_PREFIX + d: v[i] - self._energy_at_open[d]
                   for d, v in trace.energy_j.items()}
-        return EnergyReading(t_s=now, energy_j=energy)
+        if self._read_cost_s > 0:
+            sleep_on(self._clock, self._read_cost_s)
+        return EnergyReading(t_s=self._clock(), energy_j=energy)
 
     def power_w(self) -> Mapping[str, float]:
         """Power per domain with a power column: the last row at or before now (sample-and-hold)."""
         trace, t_open, now = self._now()
-        i = trace.index_at(now - t_open)
+        i = trace.index_at(self._trace_time(now - t_open))
         return {DOMAIN_PREFIX + d: v[i] for d, v in trace.power_w.items()}
 
     def close(self) -> None:
         self._t_open = None
 
     # ---- helpers ----------------------------------------------------------------------------
+    def _trace_time(self, since_open_s: float) -> float:
+        assert self._trace is not None
+        start = self._trace.t_s[0] if self._start_s is None else self._start_s
+        return start + since_open_s
+
     def _require_trace(self) -> Trace:
         availability = self.probe()
         if self._trace is None:

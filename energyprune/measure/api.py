@@ -20,6 +20,7 @@ from torch import nn
 from energyprune.backends import select_backends
 from energyprune.backends.base import Backend
 from energyprune.measure.results import EnergySpan, Measurement
+from energyprune.measure.edges import COARSE_RESOLUTION_S
 from energyprune.measure.meter import Agree, Comparison, Meter, MeterConfig, MeterSession, Progress, no_agreement, no_sync
 from energyprune.torch_io import check_inputs, cuda_devices_of, make_sync
 from energyprune.torch_io import batch_size_of, call_model, Inputs
@@ -143,7 +144,7 @@ class EnergyMeter:
             self._idle_w = self._session.idle_power_w(self._idle_s)
             self._sync()
             assert self._session.edges is not None
-            self._start = self._session.edges.start_edge()
+            self._start = self._session.edges.start_edge(probe_previous=True)
         except BaseException:
             self._session.__exit__(None, None, None)
             raise
@@ -155,18 +156,30 @@ class EnergyMeter:
         assert session is not None and session.edges is not None and session.sampler is not None
         try:
             self._sync()
-            end = session.edges.end_edge()
-            session.check_sampler()
-            energy = session.edges.window_energy(self._start, end, self._idle_w)
+            # The code around a span may keep the device busy: the end gap is corrected with the
+            # power of the counter period after the tick, not with the idle power.
+            end = session.edges.end_edge(probe_next=True)
+            energy = session.close_span(self._start, end, self._idle_w)
             trace = session.sampler.trace(self._start.t_s) if self._keep_trace and session.sampler.active else None
+            duration_s = end.t_s - self._start.t_s
+            resolution_s = max((session.edges.counter_period_s(d.name) for d in session.domains
+                                if d.has_counter and d.resolution_s >= COARSE_RESOLUTION_S), default=0.0)
+            notes = tuple(self._notes) + session.notes() + session.sensor_notes()
+            if resolution_s and duration_s < 3 * resolution_s:
+                low, high = (sum(b[0] for b in energy.bounds_j.values()), sum(b[1] for b in energy.bounds_j.values()))
+                notes += (f"the span ({duration_s * 1e3:.0f} ms) is below the counter's resolution (three periods of "
+                          f"{resolution_s * 1e3:.0f} ms): its energy lies in {low:.4g} .. {high:.4g} J; the point figure "
+                          "alone is not to be trusted (measure many calls in one span for a figure per call)",)
             self.result = EnergySpan(
                 domains=tuple(session.domains),
-                duration_s=end.t_s - self._start.t_s,
+                duration_s=duration_s,
                 energy_j=energy.energy_j,
                 uncertainty_j=energy.uncertainty_j,
                 idle_power_w=dict(self._idle_w),
-                warnings=tuple(self._notes) + session.notes(),
+                warnings=notes,
                 power_trace=trace,
+                bounds_j=energy.bounds_j,
+                resolution_s=resolution_s,
             )
         finally:
             session.__exit__(exc_type, exc, tb)

@@ -32,7 +32,8 @@ from energyprune.backends.base import (
     RunNotesReporter,
 )
 from energyprune.clock import sleep_on
-from energyprune.measure.edges import COARSE_RESOLUTION_S, EdgeReader
+from energyprune.measure.edges import COARSE_RESOLUTION_S, CounterEdge, EdgeEnergy, EdgeReader
+from energyprune.measure.periods import SensorPeriods, change_times, update_period_s
 from energyprune.errors import BackendError, EnergyPruneError, ImpossibleReading, MeasurementError, UsageError
 from energyprune.backends.base import DeviceState, DomainInfo, Provenance
 from energyprune.measure.results import Measurement, PowerTrace, Window
@@ -54,6 +55,8 @@ TRACE_INTERVAL_S = 0.1
 #: while the device works is frozen: every device draws some power, so its counter moves.
 FROZEN_TICKS = 10
 MIN_FROZEN_S = 0.05
+#: How often the idle phase polls the coarse counters to learn their update period.
+POLL_FOR_PERIODS_S = 0.002
 #: progress(phase, fraction_done, message): phase is "idle", "warmup" or "measure".
 Progress = Callable[[str, float, str], None]
 
@@ -274,19 +277,26 @@ class MeterSession:
             if isinstance(backend, DeviceFactsReporter):
                 with contextlib.suppress(Exception):
                     facts[backend.name] = dict(backend.device_facts())
+        if self.edges is not None and self.edges.periods:
+            facts["sensor_periods"] = {name: p.to_dict() for name, p in self.edges.periods.items()}
         return facts
 
     def measure_span(
         self, body: Callable[[], int], fallback_power_w: Mapping[str, float]
-    ) -> tuple[float, dict[str, float], dict[str, float], Any]:
-        """Run `body` between two synchronised edges; returns (duration, energy, uncertainty,
-        whatever body returned). Nothing is read between the edges."""
+    ) -> tuple[float, EdgeEnergy, Any]:
+        """Run `body` between two synchronised edges; returns (duration, the energy with its
+        uncertainty and bounds, whatever body returned). Nothing is read between the edges."""
         assert self.edges is not None
         self.sync()
         start = self.edges.start_edge()
         result = body()
         self.sync()
         end = self.edges.end_edge()
+        return end.t_s - start.t_s, self.close_span(start, end, fallback_power_w), result
+
+    def close_span(self, start: CounterEdge, end: CounterEdge, fallback_power_w: Mapping[str, float]) -> EdgeEnergy:
+        """The energy between two edges, after the checks that turn impossible readings into errors."""
+        assert self.edges is not None
         self.check_sampler()
         energy = self.edges.window_energy(start, end, fallback_power_w)
         missed = set(start.missed_ticks) | set(end.missed_ticks)
@@ -299,7 +309,7 @@ class MeterSession:
         if missed:
             logger.warning("counter(s) %s did not tick at a window edge", ", ".join(sorted(missed)))
         self.check_readings(end.t_s - start.t_s, energy, moved_before=fallback_power_w)
-        return end.t_s - start.t_s, energy.energy_j, energy.uncertainty_j, result
+        return energy
 
     def check_readings(self, duration_s: float | Mapping[str, float], energy: Any, what: str = "a window",
                        moved_before: Mapping[str, float] | None = None) -> None:
@@ -318,7 +328,9 @@ class MeterSession:
                 raise ImpossibleReading(
                     f"{name} gave {energy_j:.4g} J over {what} of {span_s:.3g} s: energy cannot be negative "
                     "(the counter went backwards or was reset); the run is stopped rather than reported")
-            if domain.max_power_w is not None and span_s > 0 and (energy_j - slack_j) / span_s > domain.max_power_w:
+            # Impossible only if even the lowest energy the edges allow is above the device's maximum.
+            lowest_j = energy.bounds_j[name][0] if name in getattr(energy, "bounds_j", {}) else energy_j - slack_j
+            if domain.max_power_w is not None and span_s > 0 and lowest_j / span_s > domain.max_power_w:
                 raise ImpossibleReading(
                     f"{name} gave {energy_j:.4g} J over {what} of {span_s:.3g} s, {energy_j / span_s:.4g} W: more "
                     f"than the {domain.max_power_w:.4g} W this device can draw (a counter reset taken for a wrap, or a "
@@ -340,8 +352,8 @@ class MeterSession:
         assert self.edges is not None and self.sampler is not None
         self.sync()
         start = self.edges.start_edge()
-        sleep_on(self.clock, idle_s)
-        end = self.edges.end_edge()
+        self._learn_periods(idle_s)
+        end = self.edges.end_edge(margin_s=0.0)
         self.check_sampler()
         idle_w: dict[str, float] = {}
         raw = {d.name: end.counters_j[d.name] - start.counters_j[d.name] for d in self.domains if d.has_counter}
@@ -356,6 +368,44 @@ class MeterSession:
                 power_w = self.sampler.mean_power_w(name, start.t_s, end.t_s)
             idle_w[name] = max(0.0, power_w)
         return idle_w
+
+    def _learn_periods(self, idle_s: float) -> None:
+        """Wait `idle_s`, polling the coarse counters for their ticks meanwhile (the device is idle
+        anyway), then set each domain's `SensorPeriods`: the counter's update period and the power
+        field's, from the instants their values changed (`measure.periods`)."""
+        assert self.edges is not None and self.sampler is not None
+        coarse = [d for d in self.domains if d.has_counter and d.resolution_s >= COARSE_RESOLUTION_S]
+        end_t = self.clock() + idle_s
+        if not coarse:
+            sleep_on(self.clock, idle_s)
+            return
+        changes: dict[str, list[float]] = {d.name: [] for d in coarse}
+        last: dict[str, float] = {}
+        while self.clock() < end_t:
+            t_before = self.clock()
+            for name, value in self.edges.read_counters([d.name for d in coarse]).items():
+                if name in last and value != last[name]:
+                    changes[name].append((t_before + self.clock()) / 2)
+                last[name] = value
+            sleep_on(self.clock, min(POLL_FOR_PERIODS_S, max(0.0, end_t - self.clock())))
+        periods: dict[str, SensorPeriods] = {}
+        for domain in coarse:
+            learned = update_period_s(changes[domain.name])
+            counter_s = learned if learned is not None else domain.resolution_s
+            power_s = None
+            if self.sampler.has(domain.name):
+                t, p = self.sampler.samples(domain.name)
+                power_s = update_period_s(change_times(t, p))
+            # Too few changes to tell (a short idle): the field is not trusted at the edges.
+            fast = power_s is not None and power_s < counter_s / 2
+            periods[domain.name] = SensorPeriods(counter_s, "learned" if learned is not None else "declared",
+                                                 power_s, fast, has_power_field=self.sampler.has(domain.name))
+        self.edges.periods.update(periods)
+
+    def sensor_notes(self) -> tuple[str, ...]:
+        """What the learned sensor periods mean for the figures (one line each)."""
+        assert self.edges is not None
+        return tuple(note for name, periods in self.edges.periods.items() if (note := periods.note(name)))
 
 
 class Meter:
@@ -416,7 +466,11 @@ class Meter:
             a = self._result(session, run_a, idle_w, stop_reason)
             b = self._result(session, run_b, idle_w, stop_reason)
         ratio_precision = self._achieved_precision([run_a, run_b])
-        if stop_reason == "max-duration-reached" and ratio_precision > self.config.precision:
+        if stop_reason == "max-duration-reached" and math.isinf(ratio_precision):
+            b = dataclasses.replace(b, warnings=(*b.warnings, (
+                f"no 95% interval for the ratio from {len(run_a.windows)} window pair(s) (6 or more give one): "
+                f"--max-duration ({self.config.max_duration_s:g} s) ran out first")))
+        elif stop_reason == "max-duration-reached" and ratio_precision > self.config.precision:
             note = (f"the ratio's 95% interval is +-{ratio_precision * 100:.1f}%, wider than the "
                     f"+-{self.config.precision * 100:g}% asked: --max-duration ({self.config.max_duration_s:g} s) "
                     "ran out first")
@@ -472,7 +526,8 @@ class Meter:
             precision = self._achieved_precision(runs)
             fraction = min(1.0, max(len(runs[-1].windows) / config.repeats, measured_s / config.max_duration_s))
             self.progress("measure", fraction,
-                          f"{len(runs[-1].windows)} windows, +-{precision * 100:.1f}% (95%)")
+                          f"{len(runs[-1].windows)} windows, " + (f"+-{precision * 100:.1f}% (95%)" if math.isfinite(precision)
+                                                                   else "no 95% interval yet"))
             next_s = sum(r.windows[-1].duration_s for r in runs)
             reason = None
             if done and config.precision == 0:  # no precision asked: the repeats are the plan
@@ -499,9 +554,10 @@ class Meter:
 
     def _window(self, session: MeterSession, run: _Run, index: int, idle_w: Mapping[str, float]) -> None:
         n = run.n_per_window
-        duration_s, energy_j, uncertainty_j, _ = session.measure_span(lambda: _loop(run, n), idle_w)
+        duration_s, energy, _ = session.measure_span(lambda: _loop(run, n), idle_w)
         run.windows.append(
-            Window(index, run.label, n, duration_s, energy_j, uncertainty_j, session.states())
+            Window(index, run.label, n, duration_s, energy.energy_j, energy.uncertainty_j, session.states(),
+                   energy.bounds_j)
         )
         # Re-size from what a window really took: unsynchronised calls pipeline on a GPU and run
         # faster than the synchronised warm-up calls suggested.
@@ -513,7 +569,7 @@ class Meter:
     ) -> Measurement:
         if not run.windows:
             raise MeasurementError("no window was measured")
-        warnings = list(_throttle_warnings(run.windows)) + list(session.notes())
+        warnings = list(_throttle_warnings(run.windows)) + list(session.notes()) + list(session.sensor_notes())
         total_j = sum(w.total_energy_j for w in run.windows)
         if total_j <= 0:
             raise MeasurementError(
@@ -534,7 +590,11 @@ class Meter:
                 f"{level * 100:.1f}% confidence, not 95% (--repeats {stats.MIN_VALUES_FOR_LEVEL} or more for 95%)")
         # In a comparison the precision asked is the ratio's (warned by `compare`); a run's own
         # interval may well be narrower than asked, and then there is nothing to warn about.
-        if stop_reason == "max-duration-reached" and achieved > self.config.precision:
+        if stop_reason == "max-duration-reached" and math.isinf(achieved):
+            warnings.append(
+                f"no 95% interval from {len(run.windows)} window(s) (6 or more give one): --max-duration "
+                f"({self.config.max_duration_s:g} s) ran out before the +-{self.config.precision * 100:g}% asked")
+        elif stop_reason == "max-duration-reached" and achieved > self.config.precision:
             warnings.append(
                 f"the 95% interval is +-{achieved * 100:.1f}%, wider than the +-{self.config.precision * 100:g}% "
                 f"asked: --max-duration ({self.config.max_duration_s:g} s) ran out first"

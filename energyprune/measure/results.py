@@ -28,6 +28,9 @@ class Window:
     energy_j: Mapping[str, float]  # per domain, edges corrected
     edge_uncertainty_j: Mapping[str, float]  # per domain, half-width from edge quantisation
     states: tuple[DeviceState, ...] = ()
+    #: Per domain, what the window's energy surely lies in (`measure.edges`: gaps at idle to
+    #: maximum power); empty for windows from before bounds were kept.
+    bounds_j: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def total_energy_j(self) -> float:
@@ -238,6 +241,7 @@ class Measurement:
                     "per_inference_j": w.per_inference_j,
                     "energy_j": dict(w.energy_j),
                     "edge_uncertainty_j": dict(w.edge_uncertainty_j),
+                    "bounds_j": {k: list(v) for k, v in w.bounds_j.items()},
                     "states": [_state_dict(s) for s in w.states],
                 }
                 for w in self.windows
@@ -272,6 +276,12 @@ class EnergySpan:
     idle_power_w: Mapping[str, float]  # empty when no idle baseline was taken
     warnings: tuple[str, ...] = ()
     power_trace: PowerTrace | None = None
+    #: Per domain, what the energy surely lies in (idle to maximum power over the gaps between the
+    #: counter's ticks and the span's edges). For a span shorter than a few counter periods, this
+    #: interval, not `total_energy_j`, is what the counter can vouch for (`below_resolution`).
+    bounds_j: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    #: The slowest counter period among the domains (learned when the meter measured idle first).
+    resolution_s: float = 0.0
 
     @property
     def provenance(self) -> Provenance:
@@ -280,6 +290,18 @@ class EnergySpan:
     @property
     def total_energy_j(self) -> float:
         return float(sum(self.energy_j.values()))
+
+    @property
+    def total_bounds_j(self) -> tuple[float, float]:
+        """The span's energy surely lies in this interval (the domains' bounds summed)."""
+        if not self.bounds_j:
+            return (self.total_energy_j, self.total_energy_j)
+        return (float(sum(b[0] for b in self.bounds_j.values())), float(sum(b[1] for b in self.bounds_j.values())))
+
+    @property
+    def below_resolution(self) -> bool:
+        """Shorter than three counter periods: the edges weigh as much as the span."""
+        return self.resolution_s > 0 and self.duration_s < 3 * self.resolution_s
 
     @property
     def dynamic_energy_j(self) -> float | None:
@@ -300,11 +322,15 @@ class EnergySpan:
             "energy_j": self.total_energy_j,
             "dynamic_energy_j": self.dynamic_energy_j,
             "uncertainty_j": float(sum(v**2 for v in self.uncertainty_j.values()) ** 0.5),
+            "bounds_j": list(self.total_bounds_j),
+            "below_resolution": self.below_resolution,
+            "resolution_s": self.resolution_s,
             "mean_power_w": self.mean_power_w,
             "domains": [
                 {"name": d.name, "backend": d.backend, "provenance": d.provenance.value,
                  "method": d.method, "energy_j": self.energy_j[d.name],
                  "uncertainty_j": self.uncertainty_j.get(d.name, 0.0),
+                 "bounds_j": list(self.bounds_j[d.name]) if d.name in self.bounds_j else None,
                  "idle_power_w": self.idle_power_w.get(d.name), "assumptions": list(d.assumptions)}
                 for d in self.domains
             ],

@@ -113,6 +113,11 @@ class PowerSampler:
             return float(np.interp(t0_s, t, p))
         return self.integrate_j(domain, t0_s, t1_s) / (t1_s - t0_s)
 
+    def samples(self, domain: str) -> tuple[list[float], list[float]]:
+        """Every (time, power) sample of a domain so far, as lists."""
+        t, p = self._series(domain)
+        return t.tolist(), p.tolist()
+
     def _series(self, domain: str) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:
             t = np.asarray(self._t_s, dtype=float)

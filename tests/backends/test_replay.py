@@ -128,8 +128,20 @@ def test_past_the_end_is_an_error_with_the_fix(tmp_path):
         backend.power_w()
 
 
-def test_before_the_first_row_is_an_error(tmp_path):
+def test_a_trace_that_starts_late_replays_from_its_first_row(tmp_path):
+    # The H200 trace starts at t_s = 2.68 s (its samplers began after warm-up): it replays as it is.
     backend, clock = opened(tmp_path, "t_s,gpu_energy_j\n0.5,0\n1,10\n", t_open=0.0)
+    clock.now = 0.4  # 0.9 s of trace time
+    assert backend.read().energy_j["replay:gpu"] == 0.0
+    clock.now = 0.5
+    assert backend.read().energy_j["replay:gpu"] == 10.0
+
+
+def test_before_the_first_row_is_an_error(tmp_path):
+    path = write(tmp_path, "t_s,gpu_energy_j\n0.5,0\n1,10\n")
+    clock = FakeClock(0.0)
+    backend = ReplayBackend(path, clock=clock, start_s=0.0)  # open() stands for t_s = 0
+    backend.open()
     clock.now = 0.4
     with pytest.raises(BackendError, match="starts at t=0.5 s"):
         backend.read()
