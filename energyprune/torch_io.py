@@ -5,13 +5,13 @@ meter, the criteria, fidelity and the benchmarks call a model the same way."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from energyprune.errors import InputShapeError
+from energyprune.errors import InputShapeError, UsageError
 
 #: What one call of a model takes: a tensor, a tuple of positional arguments, or keyword arguments.
 Inputs = torch.Tensor | tuple[Any, ...] | Mapping[str, Any]
@@ -104,6 +104,39 @@ def make_sync(model: nn.Module):
             torch.cuda.synchronize(index)
 
     return sync
+
+
+def visible_cuda_devices() -> list[int]:
+    """Every CUDA device this process sees (none without CUDA)."""
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+#: The names `sync=` takes besides a callable (as Zeus's `sync_execution_with`).
+SYNC_CHOICES = ("torch", "none")
+
+
+def sync_function(sync: str | Callable[[], Any], cuda_devices: Sequence[int] = ()) -> Callable[[], Any]:
+    """What waits for queued device work at a window's edges. "torch": every CUDA device in
+    `cuda_devices` is synchronised (the current one when none is named), and nothing happens
+    without CUDA; "none": nothing is waited for (CPU code); a callable is used as it is (a JAX or
+    CuPy synchronisation, say)."""
+    if callable(sync):
+        return sync
+    if sync == "none":
+        return lambda: None
+    if sync != "torch":
+        raise UsageError(f"sync must be one of {', '.join(map(repr, SYNC_CHOICES))} or a callable, not {sync!r}")
+    indices = list(cuda_devices)
+
+    def torch_sync() -> None:
+        if not torch.cuda.is_available():
+            return
+        if not indices:
+            torch.cuda.synchronize()
+        for index in indices:
+            torch.cuda.synchronize(index)
+
+    return torch_sync
 
 
 def check_inputs(model: nn.Module, inputs: Inputs) -> None:

@@ -43,6 +43,11 @@ def format_time(value_s: float | None) -> str:
     return _si(value_s, "s")
 
 
+def format_mass(value_kg: float | None) -> str:
+    """A mass given in kilograms (CO2e), written in grams with an SI prefix: "0.35 g", "2.1 ug"."""
+    return _si(None if value_kg is None else value_kg * 1000.0, "g")
+
+
 def _si(value: float | None, unit: str) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"

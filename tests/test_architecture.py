@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "energyprune"
 #: Lowest first. A module belongs to the layer of its longest matching prefix.
 LAYERS = (
     ("ground", ("energyprune.errors", "energyprune.units", "energyprune.stats", "energyprune.clock", "energyprune.version",
-                "energyprune.compat", "energyprune.torch_io", "energyprune.files")),
+                "energyprune.compat", "energyprune.torch_io", "energyprune.files", "energyprune.codecarbon_data")),
     ("backends", ("energyprune.backends",)),
     ("measure", ("energyprune.measure",)),
     ("surgery", ("energyprune.pruning.surgery", "energyprune.pruning.base", "energyprune.pruning.criterion_spec")),

@@ -9,6 +9,15 @@ between two reads, Δbusy / (Δwall * logical CPUs), and P_max is the power shar
 machine sees: package TDP * visible logical CPUs / logical CPUs per package. On a VM with 2 vCPUs
 of a 128-thread EPYC that is 2/128 of the TDP, not all of it. P_idle = 0.3 * P_max.
 
+Where the TDP comes from, and the band that goes with it (`energyprune.backends.cpu_database`):
+`--cpu-tdp-w` (±25%); else codecarbon's CPU power database when codecarbon is installed, matched
+as codecarbon matches it, else energyprune's table of 26 CPUs (±35% either way); else 10 W per
+logical CPU (±60%). The logical CPUs of one package: /proc/cpuinfo's `siblings` on a machine
+without a hypervisor, else the table, else twice the "N-Core" in the model name (SMT assumed);
+where none of them says (a VM of an Intel part the table lacks) no share can be taken and the
+10 W default applies. codecarbon's own fallback (4 W per thread, power growing with the cube of
+the load) is not used: the linear model above is ours, and so is its band.
+
 Whose busy time: by default (`charge="process"`) only this process's own CPU time (psutil's
 per-process user + system time, its threads and waited-for children included), so the work of
 other processes is not charged to the model, and two runs side by side do not each claim the whole
@@ -33,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from energyprune.backends.base import Availability
+from energyprune.backends.cpu_database import TDP_TABLE, CpuPowerDatabase, CpuTdp, TdpEntry, lookup_cpu_tdp, lookup_tdp
 from energyprune.errors import BackendError, BackendUnavailable, UsageError
 from energyprune.backends.base import DomainInfo, EnergyReading, Provenance
 
@@ -60,69 +70,17 @@ OTHER_LOAD_WARNING = 0.10
 #: The largest --cpu-tdp-w taken seriously: a few kilowatts is a large multi-socket server already.
 MAX_CPU_TDP_W = 100_000.0
 CHARGES = ("process", "system")
+#: Which TDP the CPU estimate used, in words, by band case (`PowerModel.band_case`).
+BAND_CASES = {
+    "user": "the TDP given with --cpu-tdp-w",
+    "database": "a TDP from codecarbon's CPU power database",
+    "table": "a TDP from energyprune's table",
+    "default": "the 10 W-per-logical-CPU default",
+}
 
 _GIB = 1024**3
-_TABLE_SOURCE = "vendor specification sheet"
-
-
-@dataclass(frozen=True)
-class TdpEntry:
-    """One row of the built-in TDP table: a CPU recognised by its `model name` in /proc/cpuinfo."""
-
-    keys: tuple[str, ...]  # substrings of the model name, each matched as a whole token
-    tdp_w: float  # rated TDP of one package (Intel: Processor Base Power)
-    threads_per_package: int  # logical CPUs of one package with SMT on
-
-    def matches(self, model: str) -> bool:
-        # A key must not run on into letters or digits, so "Platinum 8380" does not match the
-        # (different) "Platinum 8380H" and "Ryzen 9 7950X" does not match "Ryzen 9 7950X3D".
-        return any(re.search(re.escape(k) + r"(?![0-9A-Za-z])", model) for k in self.keys)
-
-
-#: TDP of common server and desktop CPUs, from the vendors' specification sheets.
-TDP_TABLE: tuple[TdpEntry, ...] = (
-    # AMD EPYC 7003 (Milan)
-    TdpEntry(("EPYC 7763",), 280.0, 128),
-    TdpEntry(("EPYC 7713",), 225.0, 128),
-    TdpEntry(("EPYC 7543",), 225.0, 64),
-    TdpEntry(("EPYC 7443",), 200.0, 48),
-    TdpEntry(("EPYC 7313",), 155.0, 32),
-    # AMD EPYC 9004 (Genoa)
-    TdpEntry(("EPYC 9654",), 360.0, 192),
-    TdpEntry(("EPYC 9554",), 360.0, 128),
-    TdpEntry(("EPYC 9454",), 290.0, 96),
-    TdpEntry(("EPYC 9354",), 280.0, 64),
-    # Intel Xeon Scalable 4th gen (Sapphire Rapids)
-    TdpEntry(("Platinum 8480+", "Platinum 8480C"), 350.0, 112),
-    TdpEntry(("Platinum 8468",), 350.0, 96),
-    TdpEntry(("Gold 6430",), 270.0, 64),
-    # Intel Xeon Scalable 3rd gen (Ice Lake)
-    TdpEntry(("Platinum 8380",), 270.0, 80),
-    TdpEntry(("Platinum 8358",), 250.0, 64),
-    TdpEntry(("Gold 6338",), 205.0, 64),
-    # Intel Core 12th-14th gen (Processor Base Power; turbo goes well above it)
-    TdpEntry(("i9-14900K", "i9-14900KF"), 125.0, 32),
-    TdpEntry(("i9-13900K", "i9-13900KF"), 125.0, 32),
-    TdpEntry(("i9-12900K", "i9-12900KF"), 125.0, 24),
-    TdpEntry(("i7-14700K", "i7-14700KF"), 125.0, 28),
-    TdpEntry(("i7-13700K", "i7-13700KF"), 125.0, 24),
-    TdpEntry(("i7-12700K", "i7-12700KF"), 125.0, 20),
-    # AMD Ryzen 5000 / 7000
-    TdpEntry(("Ryzen 9 7950X",), 170.0, 32),
-    TdpEntry(("Ryzen 9 7900X",), 170.0, 24),
-    TdpEntry(("Ryzen 9 5950X",), 105.0, 32),
-    TdpEntry(("Ryzen 9 5900X",), 105.0, 24),
-    TdpEntry(("Ryzen 7 7700X",), 105.0, 16),
-    TdpEntry(("Ryzen 7 5800X",), 105.0, 16),
-)
-
-
-def lookup_tdp(model: str) -> TdpEntry | None:
-    """The table entry for a `model name` from /proc/cpuinfo, or None when it is not known."""
-    for entry in TDP_TABLE:
-        if entry.matches(model):
-            return entry
-    return None
+__all__ = ["TDP_TABLE", "TdpEntry", "lookup_tdp", "CpuTdp", "CpuPowerDatabase", "EstimatedBackend", "PowerModel",
+           "build_power_model", "read_cpu_model", "read_cpu_topology", "CpuTopology"]
 
 
 def read_cpu_model(cpuinfo_path: str | os.PathLike[str]) -> str:
@@ -136,6 +94,47 @@ def read_cpu_model(cpuinfo_path: str | os.PathLike[str]) -> str:
     except OSError as e:
         logger.debug("cannot read %s: %s", cpuinfo_path, e)
     return "unknown CPU"
+
+
+@dataclass(frozen=True)
+class CpuTopology:
+    """What /proc/cpuinfo says about packages: logical CPUs per package (`siblings`) and whether a
+    hypervisor is there (the `hypervisor` flag), in which case `siblings` describes the virtual
+    socket, not the physical package whose TDP the database gives."""
+
+    siblings: int | None = None
+    virtual: bool = False
+
+
+def read_cpu_topology(cpuinfo_path: str | os.PathLike[str]) -> CpuTopology:
+    siblings: int | None = None
+    virtual = False
+    try:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                key = key.strip()
+                if sep and key == "siblings" and siblings is None and value.strip().isdigit():
+                    siblings = int(value.strip()) or None
+                elif sep and key == "flags" and "hypervisor" in value.split():
+                    virtual = True
+    except OSError as e:
+        logger.debug("cannot read %s: %s", cpuinfo_path, e)
+    return CpuTopology(siblings, virtual)
+
+
+def threads_per_package(cpu_model: str, tdp: CpuTdp, topology: CpuTopology) -> tuple[int, str] | None:
+    """Logical CPUs of one package and where that figure comes from, or None when unknown."""
+    if topology.siblings and not topology.virtual:
+        return topology.siblings, "/proc/cpuinfo's siblings, on a machine without a hypervisor"
+    if tdp.threads_per_package:
+        return tdp.threads_per_package, "energyprune's table of vendor specification sheets"
+    cores = re.search(r"(\d+)-Core\b", cpu_model)
+    if cores and int(cores.group(1)) > 0:
+        return 2 * int(cores.group(1)), f"twice the {cores.group(1)} cores its name gives (two threads per core assumed)"
+    return None
+
+
 
 
 def _psutil_cpu_times() -> tuple[float, float]:
@@ -183,15 +182,24 @@ class PowerModel:
     memory_total_bytes: int
     max_w: float  # full-load power of the visible CPUs
     idle_w: float
-    tdp_w: float  # the TDP used: a package's TDP from the table, or the user's / generic figure
+    tdp_w: float  # the TDP used: a package's TDP (database or table), or the user's / generic figure
     tdp_source: str
     cpu_uncertainty: float
     cpu_assumptions: tuple[str, ...]
     ram_w: float
     ram_assumptions: tuple[str, ...]
+    band_case: str = "default"  # which TDP the band is for: a key of BAND_CASES
+    tdp_matched_name: str | None = None  # the database or table name the model name matched
 
     def cpu_power_w(self, utilisation: float) -> float:
         return self.idle_w + (self.max_w - self.idle_w) * utilisation
+
+    @property
+    def band_text(self) -> str:
+        """The band and the case it is for, e.g. "±35%: a TDP from codecarbon's CPU power database
+        (AMD EPYC 7763, 280 W)"."""
+        match = f" ({self.tdp_matched_name}, {_w(self.tdp_w)} W)" if self.tdp_matched_name else ""
+        return f"±{self.cpu_uncertainty:.0%}: {BAND_CASES[self.band_case]}{match}"
 
 
 def _w(value: float) -> str:
@@ -200,38 +208,54 @@ def _w(value: float) -> str:
 
 def build_power_model(
     cpu_model: str, logical_cpus: int, memory_total_bytes: int, cpu_tdp_w: float | None,
-    charge: str = "process",
+    charge: str = "process", cpu_database: CpuPowerDatabase | str | None = "auto",
+    topology: CpuTopology | None = None,
 ) -> PowerModel:
-    """The power model for a machine; `cpu_tdp_w` is the power of the CPUs this process sees."""
+    """The power model for a machine; `cpu_tdp_w` is the power of the CPUs this process sees.
+    `cpu_database`: "auto" (codecarbon's when installed), a `CpuPowerDatabase`, or None (the
+    table only). `topology`: what /proc/cpuinfo says about packages (none known by default)."""
     n = logical_cpus
     cpus = f"{n} logical CPU{'s' if n != 1 else ''}"
-    entry = lookup_tdp(cpu_model) if cpu_tdp_w is None else None
+    topology = topology or CpuTopology()
+    found = lookup_cpu_tdp(cpu_model, cpu_database) if cpu_tdp_w is None else None
+    share = threads_per_package(cpu_model, found, topology) if found is not None else None
+    matched: str | None = None
     if cpu_tdp_w is not None:
-        max_w, tdp_w, uncertainty = float(cpu_tdp_w), float(cpu_tdp_w), UNCERTAINTY_USER_TDP
+        max_w, tdp_w, uncertainty, case = float(cpu_tdp_w), float(cpu_tdp_w), UNCERTAINTY_USER_TDP, "user"
         source = "given by the user (--cpu-tdp-w)"
         tdp_sentences = (
             f"The {cpus} this process sees were taken to draw {_w(max_w)} W at full load, as "
             f"given by the user (--cpu-tdp-w); that figure is used as it is, with no share taken.",
         )
-    elif entry is not None:
-        tdp_w, uncertainty = entry.tdp_w, UNCERTAINTY_TABLE_TDP
-        max_w = entry.tdp_w * n / entry.threads_per_package
-        source = _TABLE_SOURCE
+    elif found is not None and share is not None:
+        threads, threads_source = share
+        tdp_w, uncertainty = found.tdp_w, UNCERTAINTY_TABLE_TDP
+        case = "database" if found.from_database else "table"
+        max_w = found.tdp_w * n / threads
+        source, matched = found.source, found.matched_name
+        how = (f"matched to \"{found.matched_name}\" in {found.source}" if found.from_database
+               else f"from {found.source}")
         tdp_sentences = (
-            f"The TDP of one {cpu_model} package was taken as {_w(entry.tdp_w)} W for "
-            f"{entry.threads_per_package} logical CPUs ({_TABLE_SOURCE}); sustained power under "
-            f"boost can exceed the TDP.",
-            f"This machine sees {cpus}, so it is charged {n}/{entry.threads_per_package} of that "
-            f"TDP: {_w(max_w)} W at full load.",
+            f"The TDP of one {cpu_model} package was taken as {_w(found.tdp_w)} W ({how}); sustained "
+            f"power under boost can exceed the TDP.",
+            f"One package has {threads} logical CPUs ({threads_source}); this machine sees {cpus}, so it is "
+            f"charged {n}/{threads} of that TDP: {_w(max_w)} W at full load.",
         )
     else:
         max_w = GENERIC_W_PER_LOGICAL_CPU * n
-        tdp_w, uncertainty = max_w, UNCERTAINTY_GENERIC_TDP
+        tdp_w, uncertainty, case = max_w, UNCERTAINTY_GENERIC_TDP, "default"
         source = f"generic default of {_w(GENERIC_W_PER_LOGICAL_CPU)} W per logical CPU"
+        if found is not None:
+            why = (f"{found.source} gives {_w(found.tdp_w)} W for one package (\"{found.matched_name}\"), but how "
+                   f"many logical CPUs one package has is not known on this virtual machine, so its share "
+                   f"cannot be taken; ")
+        else:
+            searched = ("codecarbon's CPU power database nor energyprune's table" if cpu_database is not None
+                        else "energyprune's table")
+            why = f"No TDP is known for {cpu_model} (neither {searched} has it); "
         tdp_sentences = (
-            f"No TDP is known for {cpu_model}; {_w(GENERIC_W_PER_LOGICAL_CPU)} W per logical CPU "
-            f"was assumed, so {_w(max_w)} W at full load for the {cpus} visible (pass "
-            f"--cpu-tdp-w to give the real figure).",
+            f"{why}{_w(GENERIC_W_PER_LOGICAL_CPU)} W per logical CPU was assumed, so {_w(max_w)} W at full "
+            f"load for the {cpus} visible (pass --cpu-tdp-w to give the real figure).",
         )
     idle_w = IDLE_FRACTION * max_w
     cpu_assumptions = (
@@ -246,7 +270,9 @@ def build_power_model(
          "utilisation (busy time from psutil over wall time times logical CPUs), so the work of "
          "other processes is charged too, and clock boost and memory stalls are not modelled."),
         f"The CPU estimate is taken to be uncertain by ±{uncertainty:.0%} (relative, "
-        f"systematic); it is a model, not a measurement.",
+        f"systematic; the band for {BAND_CASES[case]}: ±{UNCERTAINTY_USER_TDP:.0%} with --cpu-tdp-w, "
+        f"±{UNCERTAINTY_TABLE_TDP:.0%} with a database or table TDP, ±{UNCERTAINTY_GENERIC_TDP:.0%} with the "
+        f"default); it is a model, not a measurement.",
     )
     gib = memory_total_bytes / _GIB
     ram_w = RAM_W_PER_GIB * gib
@@ -270,6 +296,8 @@ def build_power_model(
         cpu_assumptions=cpu_assumptions,
         ram_w=ram_w,
         ram_assumptions=ram_assumptions,
+        band_case=case,
+        tdp_matched_name=matched,
     )
 
 
@@ -279,6 +307,8 @@ class EstimatedBackend:
     Every input is injectable so that tests are deterministic: `cpu_times` returns
     (busy_s, total_s) summed over all CPUs, `clock` is the wall clock the utilisation is taken
     over. `cpu_tdp_w` is the full-load power of the CPUs this process sees (already the share).
+    `cpu_database` is where a TDP is looked up: "auto" (codecarbon's CPU power database when
+    codecarbon is installed, then energyprune's table), a `CpuPowerDatabase`, or None (the table).
     """
 
     name = "estimated"
@@ -294,6 +324,7 @@ class EstimatedBackend:
         clock: Callable[[], float] = time.perf_counter,
         charge: str = "process",
         process_cpu_s: Callable[[], float] | None = None,
+        cpu_database: CpuPowerDatabase | str | None = "auto",
     ) -> None:
         if charge not in CHARGES:
             raise UsageError(f"charge must be one of {', '.join(CHARGES)}, not {charge!r}")
@@ -317,6 +348,7 @@ class EstimatedBackend:
         self._logical_cpus = logical_cpus
         self._memory_total_bytes = memory_total_bytes
         self._clock = clock
+        self._cpu_database = cpu_database
         self._availability: Availability | None = None
         self._model: PowerModel | None = None
         self._open = False
@@ -371,7 +403,8 @@ class EstimatedBackend:
             mem = (self._memory_total_bytes if self._memory_total_bytes is not None
                    else _psutil_memory_total_bytes())
             self._model = build_power_model(
-                read_cpu_model(self._cpuinfo_path), n, mem, self._cpu_tdp_w, self._charge
+                read_cpu_model(self._cpuinfo_path), n, mem, self._cpu_tdp_w, self._charge,
+                cpu_database=self._cpu_database, topology=read_cpu_topology(self._cpuinfo_path),
             )
         return self._model
 
@@ -461,6 +494,8 @@ class EstimatedBackend:
             "memory_total_bytes": m.memory_total_bytes,
             "cpu_tdp_w": m.tdp_w,
             "cpu_tdp_source": m.tdp_source,
+            "cpu_tdp_matched_name": m.tdp_matched_name,
+            "cpu_band": m.band_text,
             "cpu_max_power_w": m.max_w,
             "cpu_idle_power_w": m.idle_w,
             "ram_power_w": m.ram_w,

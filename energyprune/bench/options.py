@@ -89,6 +89,7 @@ class BenchOptions:
     max_steps: int = 50
     dtype: str | None = None  # cast the models (float32 if None)
     command: str = ""  # the command line, for the provenance
+    carbon: Any = None  # a metrics.carbon.CarbonIntensity: the grid for the CO2e figures (None: none made)
 
     def resolved_models(self) -> tuple[str, ...]:
         models = self.models if self.models is not None else (("demo",) if self.quick else REFERENCE_MODELS)

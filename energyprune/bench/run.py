@@ -496,6 +496,12 @@ def run_benchmark(options: BenchOptions, *, log: Log | None = None) -> dict[str,
         "assumptions": _assumptions(options),
         "skipped": skipped,
     }
+    if options.carbon is not None:
+        from energyprune.metrics.carbon import bench_co2
+
+        bench["co2"] = bench_co2(bench, options.carbon)
+    else:
+        bench["co2"] = None
     bench, _ = write_outputs(finite_or_none(bench), out_dir, say)
     return bench
 
@@ -792,6 +798,13 @@ def render_markdown(bench: Mapping[str, Any]) -> str:
                          f"{_fmt(landauer, '.3g')} | {_fmt(floor_ratio, '.3g')} |")
     else:
         lines.append("No pruning run (see Skipped).")
+    from energyprune.reporting import carbon_text
+
+    co2_rows, co2_table = carbon_text.bench_rows(bench)
+    lines += ["", "## CO2e", ""] + [f"- {name}: {value}" for name, value in co2_rows]
+    if co2_table:
+        lines += ["", "| model | run | CO2e per million inferences | 95% interval |", "| --- | --- | --- | --- |"]
+        lines += ["| " + " | ".join(row) + " |" for row in co2_table]
     lines += ["", "## Seed table, reproduced with our measured numbers", "",
               f"Seed's claimed ranges: **not available** - {SEED_RANGES_NOTE}.", "",
               f"| model | row | criterion | reached | compression | fidelity loss | energy saving{tag} | "

@@ -48,6 +48,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     bench.add_argument("--cpu-tdp-w", type=options.positive_float, metavar="W",
                        help="the power of the CPUs this process sees, for the estimated backend")
     bench.add_argument("--json", action="store_true", help="print bench.json on standard output too")
+    options.add_carbon_options(bench)
     # `--target -30%` works because cli.main joins it into `--target=-30%` before parsing.
     return bench
 
@@ -66,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     bench_options = BenchOptions(
         out_dir=args.out_dir, device=args.device, models=models, criteria=parse_criteria(args.criteria),
         target=args.target, quick=args.quick, force=args.force, backend=args.backend,
-        cpu_tdp_w=args.cpu_tdp_w, max_steps=args.max_steps, dtype=args.dtype, command=command_line())
+        cpu_tdp_w=args.cpu_tdp_w, max_steps=args.max_steps, dtype=args.dtype, command=command_line(),
+        carbon=options.carbon_intensity(args))
 
     def say(message: str) -> None:
         print(f"bench: {message}", file=sys.stderr, flush=True)
@@ -103,6 +105,11 @@ def summary_text(bench: dict[str, Any]) -> str:
         lines.append(f"{r['model']} / {r['criterion_label']}: reached={r['reached']}, energy ratio{tag} "
                      f"{'n/a' if ratio is None else f'{ratio:.3f}'}, held-out fidelity "
                      f"{'n/a' if held_out is None else f'{held_out:.3f}'}")
+    from energyprune.reporting import carbon_text
+
+    co2_rows, co2_table = carbon_text.bench_rows(bench)
+    lines += [f"{name}: {value}" for name, value in co2_rows]
+    lines += [f"{row[0]} / {row[1]}: CO2e per million inferences {row[2]} (95% {row[3]})" for row in co2_table]
     for s in bench["skipped"]:
         lines.append(f"skipped {s['what']}: {s['reason']}")
     return "\n".join(lines) + "\n"

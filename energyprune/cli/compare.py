@@ -16,6 +16,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     options.add_model_options(parser)
     options.add_meter_options(parser)
     options.add_output_options(parser, out_help="also write the result to FILE (.json or .md)")
+    options.add_export_options(parser)
+    options.add_carbon_options(parser)
     return parser
 
 
@@ -24,16 +26,19 @@ def run(args: argparse.Namespace) -> int:
 
     config = options.meter_config(args)
     options.check_stdout(args)
+    intensity = options.carbon_intensity(args)
+    options.check_exports(args)
     if not args.out:
-        return _compare(args, config)
+        return _compare(args, config, intensity)
     check_output_file(args.out, force=args.force, extensions=OUT_EXTENSIONS)
     with OutputLock(args.out, folder=False):
-        return _compare(args, config)
+        return _compare(args, config, intensity)
 
 
-def _compare(args: argparse.Namespace, config: Any) -> int:
+def _compare(args: argparse.Namespace, config: Any, intensity: Any = None) -> int:
     from energyprune.cli.progress import ProgressBar
     from energyprune.measure.api import compare
+    from energyprune.metrics.carbon import add_co2
     from energyprune.reporting.text import render_comparison_text
 
     a = options.prepared(args.model_a, args)
@@ -47,5 +52,7 @@ def _compare(args: argparse.Namespace, config: Any) -> int:
         progress.close()
     data = result.to_dict()
     data["a"]["model"], data["b"]["model"] = a.loaded.description, b.loaded.description
+    data = options.stamp(add_co2(data, intensity))
     options.emit(args, data, render_comparison_text(data))
+    options.write_exports(args, data)
     return 0

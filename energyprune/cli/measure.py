@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from energyprune.cli import options
+from energyprune.errors import UsageError
 
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
@@ -15,6 +16,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     options.add_model_options(parser)
     options.add_meter_options(parser)
     options.add_output_options(parser, out_help="also write the result to FILE (.json or .md)")
+    options.add_export_options(parser)
+    options.add_carbon_options(parser)
     parser.add_argument("--lockstep", action="store_true",
                         help="under torchrun: every rank calls the model equally often (needed when its forward "
                              "talks to the other ranks, e.g. tensor parallel); no effect in one process")
@@ -27,22 +30,31 @@ def run(args: argparse.Namespace) -> int:
 
     info = distributed_context()
     if info is not None and info.world_size > 1:
+        given = [flag for flag, attr in (("--country", "country"), ("--region", "region"),
+                                         ("--carbon-intensity", "carbon_intensity"), ("--prometheus", "prometheus"),
+                                         ("--emissions-csv", "emissions_csv")) if getattr(args, attr, None) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: not available under torchrun yet; measure one process, or compute "
+                             "the CO2e from the JSON's per_inference_j with energyprune.metrics.carbon")
         return _run_distributed(args, info)
     config = options.meter_config(args)
     options.check_stdout(args)
+    intensity = options.carbon_intensity(args)
+    options.check_exports(args)
     if not args.out:
-        return _measure(args, config)
+        return _measure(args, config, intensity)
     check_output_file(args.out, force=args.force, extensions=OUT_EXTENSIONS)
     with OutputLock(args.out, folder=False):
-        return _measure(args, config)
+        return _measure(args, config, intensity)
 
 
 OUT_EXTENSIONS = {".json": "json", ".md": "md", ".markdown": "md"}
 
 
-def _measure(args: argparse.Namespace, config: Any) -> int:
+def _measure(args: argparse.Namespace, config: Any, intensity: Any = None) -> int:
     from energyprune.cli.progress import ProgressBar
     from energyprune.measure.api import measure
+    from energyprune.metrics.carbon import add_co2
     from energyprune.reporting.text import render_text
     from energyprune.torch_io import describe_inputs
 
@@ -57,9 +69,11 @@ def _measure(args: argparse.Namespace, config: Any) -> int:
     data["model"] = p.loaded.description
     data["device"]["torch_device"] = str(p.device)
     data["inputs"] = describe_inputs(p.inputs)
+    data = options.stamp(add_co2(data, intensity))
     title = (f"energyprune measure: {p.loaded.description} on {p.device}, batch {p.batch_size}, "
              f"inputs {data['inputs']}")
     options.emit(args, data, render_text(data, title))
+    options.write_exports(args, data)
     return 0
 
 

@@ -119,6 +119,94 @@ def add_output_options(parser: argparse.ArgumentParser, *, out_help: str) -> arg
     return out
 
 
+def add_carbon_options(parser: argparse.ArgumentParser) -> None:
+    """--country / --region / --carbon-intensity: the grid whose CO2e intensity turns joules into
+    kg CO2e (codecarbon's offline data, the `carbon` extra; see energyprune.metrics.carbon)."""
+    carbon = parser.add_argument_group("CO2e (the grid's intensity; --country and --region need the carbon extra)")
+    carbon.add_argument("--country", metavar="ISO3",
+                        help="three-letter ISO 3166-1 code of the grid, e.g. FRA (default: $ENERGYPRUNE_COUNTRY); "
+                             "from codecarbon's offline data")
+    carbon.add_argument("--region", metavar="NAME",
+                        help="a US state, a Canadian or Chinese province, or a Nordic bidding zone (SE3), for a "
+                             "regional intensity")
+    carbon.add_argument("--carbon-intensity", type=finite_float, metavar="G_PER_KWH",
+                        help="the intensity itself, in g CO2e per kWh (a supplier's figure), instead of --country")
+
+
+def carbon_intensity(args: argparse.Namespace) -> Any:
+    """The `CarbonIntensity` the options (or ENERGYPRUNE_COUNTRY) ask for, or None: resolved
+    before any measuring, so a wrong code costs nothing."""
+    from energyprune.metrics.carbon import resolve_intensity
+
+    return resolve_intensity(getattr(args, "country", None), getattr(args, "region", None),
+                             getattr(args, "carbon_intensity", None))
+
+
+def add_export_options(parser: argparse.ArgumentParser) -> None:
+    """--prometheus FILE and --emissions-csv FILE: the result where users keep their numbers."""
+    export = parser.add_argument_group("export")
+    export.add_argument("--prometheus", metavar="FILE",
+                        help="also write the result as a Prometheus text-format file (for node_exporter's textfile "
+                             "collector: name it *.prom); an earlier energyprune metrics file is replaced, any other "
+                             "file only with --force")
+    export.add_argument("--emissions-csv", metavar="FILE",
+                        help="also add the result as a row to FILE in the columns of codecarbon's emissions.csv "
+                             "(energyprune's own columns after them; a codecarbon file gets its columns only)")
+
+
+def check_exports(args: argparse.Namespace) -> None:
+    """Before any work: the export files can be written (or appended to)."""
+    from pathlib import Path
+
+    from energyprune.files import check_output_file, check_writable_folder
+    from energyprune.reporting.to_emissions_csv import existing_columns
+    from energyprune.reporting.to_prometheus import written_by_us
+
+    out = getattr(args, "out", None)
+    paths = [p for p in (out, getattr(args, "prometheus", None), getattr(args, "emissions_csv", None)) if p]
+    if len({str(Path(p).resolve()) for p in paths}) != len(paths):
+        raise UsageError("--out, --prometheus and --emissions-csv must name three different files")
+    if getattr(args, "prometheus", None):
+        check_output_file(args.prometheus, force=args.force or written_by_us(args.prometheus), option="--prometheus")
+    if getattr(args, "emissions_csv", None):
+        existing_columns(args.emissions_csv)
+        check_writable_folder(Path(args.emissions_csv).parent, f"--emissions-csv {args.emissions_csv}")
+
+
+def write_exports(args: argparse.Namespace, data: Mapping[str, Any]) -> None:
+    """Write --prometheus and add the --emissions-csv rows, once the result itself is out."""
+    from energyprune.files import OutputLock, write_atomic
+    from energyprune.reporting.to_emissions_csv import append_rows
+    from energyprune.reporting.to_prometheus import render_prometheus
+
+    for option, path in (("--prometheus", getattr(args, "prometheus", None)),
+                         ("--emissions-csv", getattr(args, "emissions_csv", None))):
+        if not path:
+            continue
+        try:
+            if option == "--prometheus":
+                write_atomic(path, render_prometheus(data))
+                say(f"wrote {path}")
+            else:
+                with OutputLock(path, folder=False):  # two runs adding rows at once must not lose one
+                    rows = append_rows(path, data)
+                say(f"added {rows} row(s) to {path}")
+        except OSError as error:
+            raise ResultNotWritten(f"{option} {path} could not be written ({error.strerror or error}); the result "
+                                   "itself was written as asked") from None
+
+
+def stamp(data: dict[str, Any]) -> dict[str, Any]:
+    """A finished result's run id and end time (UTC, ISO 8601): what codecarbon's emissions.csv
+    rows carry, so a row can be told apart and placed in time."""
+    import datetime
+    import uuid
+
+    data.setdefault("run_id", str(uuid.uuid4()))
+    data.setdefault("finished_at", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    return data
+
+
 def meter_config(args: argparse.Namespace) -> MeterConfig:
     return MeterConfig(window_s=args.duration, repeats=args.repeats, precision=args.precision,
                        max_duration_s=args.max_duration, idle_s=args.idle,

@@ -98,6 +98,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
                       help="learning rate of the recovery steps (default 1e-4)")
     options.add_model_options(parser)
     options.add_meter_options(parser)
+    options.add_carbon_options(parser)
     out = options.add_output_options(
         parser, out_help="write the pruned model, result.json, record.json, report.md and the checkpoint here")
     out.add_argument("--resume", action="store_true", help="continue the interrupted run whose checkpoint is in DIR")
@@ -115,7 +116,8 @@ RUN_FLAGS = (("--unit-kind", "unit_kind"), ("--quality-floor", "quality_floor"),
              ("--cpu-tdp-w", "cpu_tdp_w"))
 #: Options that may change on resume: how far to go and how to judge the end.
 FREE_FLAGS = (("--max-steps", "max_steps"), ("--accept-median", "accept_median"), ("--trust-code", "trust_code"),
-              ("--no-trace", "no_trace"))
+              ("--no-trace", "no_trace"), ("--country", "country"), ("--region", "region"),
+              ("--carbon-intensity", "carbon_intensity"))
 
 
 def _run_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -197,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--recovery-steps must be 0 or more, got {args.recovery_steps}")
     config = options.meter_config(args)
     options.check_stdout(args)
+    args.intensity = options.carbon_intensity(args)  # a wrong country code fails now, not after the run
     if args.out is None:
         if args.resume:
             raise UsageError("--resume needs --out DIR: the directory of the run to continue")
@@ -263,6 +266,9 @@ def _prune(args: argparse.Namespace, config: Any, directory: Path | None, replac
     data = result.to_dict()
     data["device"] = str(device)
     data["calibration"] = source
+    from energyprune.metrics.carbon import add_co2
+
+    data = add_co2(data, getattr(args, "intensity", None))
     if directory is not None:
         from energyprune.models.pruned import save_pruned
 
@@ -362,6 +368,9 @@ def render_text(data: dict[str, Any]) -> str:
     if outcome == "median-only" and data["reached"]:
         word += ", accepted with --accept-median"
     lines.append(f"  {word} ({data['stop_reason']}): {data['message']}")
+    from energyprune.reporting.carbon_text import lines as co2_lines, saving_rows
+
+    lines += co2_lines(saving_rows(data, "original", "pruned"))
     if data["warnings"]:
         lines += ["", "  warnings:"] + [f"    ! {w}" for w in data["warnings"]]
     return "\n".join(lines) + "\n"

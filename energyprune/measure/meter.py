@@ -34,6 +34,7 @@ from energyprune.backends.base import (
 from energyprune.clock import sleep_on
 from energyprune.measure.edges import COARSE_RESOLUTION_S, CounterEdge, EdgeEnergy, EdgeReader
 from energyprune.measure.periods import SensorPeriods, change_times, update_period_s
+from energyprune.measure.plan import measure_plan
 from energyprune.errors import BackendError, EnergyPruneError, ImpossibleReading, MeasurementError, UsageError
 from energyprune.backends.base import DeviceState, DomainInfo, Provenance
 from energyprune.measure.results import Measurement, PowerTrace, Window
@@ -524,10 +525,11 @@ class Meter:
                 index += 1
             done = len(runs[-1].windows) >= config.repeats
             precision = self._achieved_precision(runs)
-            fraction = min(1.0, max(len(runs[-1].windows) / config.repeats, measured_s / config.max_duration_s))
-            self.progress("measure", fraction,
-                          f"{len(runs[-1].windows)} windows, " + (f"+-{precision * 100:.1f}% (95%)" if math.isfinite(precision)
-                                                                   else "no 95% interval yet"))
+            plan = measure_plan(len(runs[-1].windows), config.repeats, precision, config.precision, measured_s,
+                                config.max_duration_s)
+            interval = f"+-{precision * 100:.1f}% (95%)" if math.isfinite(precision) else "no 95% interval yet"
+            self.progress("measure", plan.fraction, f"window {plan.done} of ~{plan.expected}, {interval}"
+                          + (f", +-{config.precision * 100:g}% asked" if config.precision else ""))
             next_s = sum(r.windows[-1].duration_s for r in runs)
             reason = None
             if done and config.precision == 0:  # no precision asked: the repeats are the plan
@@ -541,6 +543,7 @@ class Meter:
         if len(runs) == 2:
             self._window(session, runs[0], index, idle_w)  # the closing A of the bracket
         assert reason is not None  # the loop ends only once this process has a reason too
+        self.progress("measure", 1.0, f"{len(runs[-1].windows)} windows: {METER_STOP_REASONS[reason]}")
         return reason
 
     def _achieved_precision(self, runs: list[_Run]) -> float:

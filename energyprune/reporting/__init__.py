@@ -23,7 +23,7 @@ from energyprune.reporting.doc import Document
 from energyprune.reporting.pareto import pareto_front
 from energyprune.reporting.plots import PlotsUnavailable, pareto_plot, plots_available
 
-FORMATS = ("md", "html", "csv")
+FORMATS = ("md", "html", "csv", "emissions-csv", "prometheus")
 
 
 class ResultFileError(UsageError):
@@ -95,6 +95,16 @@ def render(result: Mapping[str, Any], fmt: str, source: str = "the result") -> s
             from energyprune.reporting.to_csv import render_csv
 
             return render_csv(result)
+        if fmt == "emissions-csv":
+            from energyprune.reporting.to_emissions_csv import render_emissions_csv
+
+            return render_emissions_csv(result)
+        if fmt == "prometheus":
+            if schema not in ("energyprune.measurement/1", "energyprune.comparison/1"):
+                raise UsageError(f"the Prometheus format holds a measurement or a comparison, not {schema}")
+            from energyprune.reporting.to_prometheus import render_prometheus
+
+            return render_prometheus(result)
         doc = document(result, source)
         if fmt == "html":
             from energyprune.reporting.to_html import render_html

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from energyprune.backends.base import is_estimated
-from energyprune.reporting import plots
+from energyprune.reporting import carbon_text, plots
 from energyprune.reporting.doc import (
     Banner,
     Bullets,
@@ -29,7 +29,7 @@ from energyprune.reporting.doc import (
 )
 
 KNOWN_KEYS = {"schema", "device", "floor", "models", "criteria_runs", "seed_table", "seed_table_note", "target",
-              "quick", "provenance", "assumptions", "skipped"}
+              "quick", "provenance", "assumptions", "skipped", "co2"}
 
 
 def mappings(value: Any) -> list[Mapping[str, Any]]:
@@ -265,6 +265,10 @@ def bench_document(bench: Mapping[str, Any]) -> Document:
         sections.append(Section("Every step", [_points_table(runs, provenance)]))
     else:
         sections.append(Section("Budgeted pruning", ["No pruning run in this result (see Skipped)."]))
+    co2_rows, co2_table = carbon_text.bench_rows(bench)
+    sections.append(Section("CO2e", [table(("figure", "value"), co2_rows)]
+                            + ([table(("model", "run", "CO2e per million inferences", "95% interval"), co2_table)]
+                               if co2_table else [])))
     seed = mappings(bench.get("seed_table"))
     if seed:
         sections.append(Section("Seed table, with our measured numbers",

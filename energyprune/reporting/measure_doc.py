@@ -12,7 +12,7 @@ from typing import Any
 from energyprune.backends.base import is_estimated
 from energyprune.measure.meter import METER_STOP_REASONS
 from energyprune.reporting.text import domain_rows, summary_rows
-from energyprune.reporting import plots
+from energyprune.reporting import carbon_text, plots
 from energyprune.reporting.doc import (
     Banner,
     Bullets,
@@ -167,6 +167,7 @@ def comparison_document(result: Mapping[str, Any]) -> Document:
                        f"{seconds((b.get('latency_s') or {}).get('median'))}"),
         ("provenance", str(provenance).upper()),
         ("stopped because", METER_STOP_REASONS.get(result.get("stop_reason"), str(result.get("stop_reason")))),
+        *carbon_text.saving_rows(result, "A", "B"),
     ])
     estimated = is_estimated(provenance)
     a_points = [(w["index"], w["per_inference_j"]) for w in a.get("windows") or []]

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from energyprune.reporting.text import summary_rows
-from energyprune.reporting import plots
+from energyprune.reporting import carbon_text, plots
 from energyprune.reporting.doc import (
     Banner,
     Bullets,
@@ -108,6 +108,7 @@ def prune_document(result: Mapping[str, Any]) -> Document:
         ("quality", f"{num(original.get('quality'))} -> {num(final.get('quality'))}"),
         ("steps", f"{len(steps)} ({sum(1 for s in steps if s.get('accepted') is not False)} accepted)"),
         ("duration", seconds(result.get("duration_s"))),
+        *carbon_text.saving_rows(result, "original", "pruned"),
     ])
     ratio_target = target_ratio(result)
     extra = _extra_panel(result, steps)

@@ -12,6 +12,7 @@ from typing import Any
 from energyprune.measure.meter import METER_STOP_REASONS
 from energyprune.units import format_energy, format_power, format_time
 from energyprune.backends.base import is_estimated
+from energyprune.reporting import carbon_text
 
 
 
@@ -48,6 +49,7 @@ def summary_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
                     f"{result['duration_s']:.2f} s measured"),
         ("stopped because", METER_STOP_REASONS.get(result["stop_reason"], result["stop_reason"])),
     ]
+    rows += carbon_text.measurement_rows(result)
     return rows
 
 
@@ -91,6 +93,7 @@ def render_comparison_text(result: Mapping[str, Any]) -> str:
         f"  B {b['label']}: {format_energy(b['per_inference_j'])} per inference{tag}   95% interval "
         f"{_interval(b['ci95_j'])}   latency {format_time(b['latency_s']['median'])}",
         f"  stopped because: {METER_STOP_REASONS.get(result['stop_reason'], result['stop_reason'])}",
+        *carbon_text.lines(carbon_text.saving_rows(result, "A", "B")),
     ]
     warnings = list(dict.fromkeys(a["warnings"] + b["warnings"]))
     if warnings:

@@ -130,6 +130,21 @@ def write_csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return buffer.getvalue()
 
 
+def with_co2_columns(result: Mapping[str, Any], header: list[str], rows: list[list[Any]]) -> Rows:
+    """Tables with a J-per-inference column get its CO2e and the intensity used, before the
+    provenance column (empty cells where the result has no grid: no figure is made up)."""
+    if "per_inference_j" not in header:
+        return header, rows
+    from energyprune.reporting import carbon_text
+
+    source = header.index("per_inference_j")
+    at = header.index("provenance") if "provenance" in header else len(header)
+    g_per_kwh = carbon_text.g_per_kwh(result)
+    header = header[:at] + ["co2e_per_inference_kg", "carbon_intensity_g_per_kwh"] + header[at:]
+    rows = [row[:at] + [carbon_text.per_inference_kg(result, row[source]), g_per_kwh] + row[at:] for row in rows]
+    return header, rows
+
+
 def render_csv(result: Mapping[str, Any]) -> str:
     header, rows = TABLES[str(result.get("schema"))](result)
-    return write_csv(header, rows)
+    return write_csv(*with_co2_columns(result, header, rows))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from energyprune.backends.base import Backend, DeviceFactsReporter, PowerSensor
+from energyprune.backends.cpu_database import CpuPowerDatabase, codecarbon_database
 from energyprune.backends.estimated import (
     CPU_DOMAIN,
     RAM_DOMAIN,
@@ -38,26 +39,30 @@ class FakeCpuTimes:
         return self.busy, self.total
 
 
-def cpuinfo(tmp_path, model: str | None, n: int = 2):
+def cpuinfo(tmp_path, model: str | None, n: int = 2, siblings: int | None = None, virtual: bool = False):
     path = tmp_path / "cpuinfo"
     blocks = []
     for i in range(n):
         lines = [f"processor\t: {i}", "vendor_id\t: AuthenticAMD"]
         if model is not None:
             lines.append(f"model name\t: {model}")
+        if siblings is not None:
+            lines.append(f"siblings\t: {siblings}")
+        lines.append("flags\t\t: fpu vme sse sse2 ht" + (" hypervisor" if virtual else ""))
         blocks.append("\n".join(lines))
     path.write_text("\n\n".join(blocks) + "\n")
     return path
 
 
 def make(tmp_path, model="AMD EPYC 7763 64-Core Processor", logical_cpus=2,
-         memory_total_bytes=8 * GIB, cpu_tdp_w=None):
+         memory_total_bytes=8 * GIB, cpu_tdp_w=None, cpu_database=None, siblings=None, virtual=False):
+    """A fake machine; by default the TDP comes from energyprune's table alone (cpu_database=None)."""
     clock, times = FakeClock(), FakeCpuTimes()
     # No other process runs on this fake machine: this process's busy time is the machine's.
     backend = EstimatedBackend(cpu_tdp_w=cpu_tdp_w, cpu_times=times, process_cpu_s=lambda: times.busy,
-                               cpuinfo_path=cpuinfo(tmp_path, model, logical_cpus),
+                               cpuinfo_path=cpuinfo(tmp_path, model, logical_cpus, siblings, virtual),
                                logical_cpus=logical_cpus, memory_total_bytes=memory_total_bytes,
-                               clock=clock)
+                               clock=clock, cpu_database=cpu_database)
     return backend, clock, times
 
 
@@ -94,12 +99,13 @@ def test_vm_slice_of_known_epyc_is_charged_its_share(tmp_path):
     assert m.idle_w == pytest.approx(0.3 * 4.375)
     cpu = domain(backend, CPU_DOMAIN)
     assert cpu.model_relative_uncertainty == 0.35
-    assert any("vendor specification sheet" in a for a in cpu.assumptions)
+    assert any("vendor specification sheets" in a for a in cpu.assumptions)
     assert any("2/128" in a for a in cpu.assumptions)
     assert cpu.device == "AMD EPYC 7763 64-Core Processor (2 logical CPUs visible), estimated"
     facts = backend.device_facts()
     assert facts["cpu_tdp_w"] == 280.0
-    assert facts["cpu_tdp_source"] == "vendor specification sheet"
+    assert facts["cpu_tdp_source"] == "energyprune's table of vendor specification sheets"
+    assert facts["cpu_band"].startswith("±35%: a TDP from energyprune's table")
     assert facts["logical_cpus"] == 2
     assert facts["memory_total_bytes"] == 8 * GIB
 
@@ -117,7 +123,76 @@ def test_unknown_model_gets_generic_default(tmp_path):
     assert cpu.model_relative_uncertainty == 0.6
     assert any("No TDP is known for Frobnicator 9000" in a and "10 W per logical CPU" in a
                for a in cpu.assumptions)
+    assert any("±60%" in a and "the 10 W-per-logical-CPU default" in a for a in cpu.assumptions)
     assert backend.device_facts()["cpu_tdp_source"].startswith("generic default")
+
+
+# ---- the TDP from codecarbon's CPU database ----------------------------------------------------
+SMALL_DATABASE = CpuPowerDatabase([("AMD EPYC 7763", "280.0"), ("AMD EPYC 9754", "360"),
+                                   ("Intel Xeon Gold 6448Y", "225"), ("Intel Celeron 1000A", "27.29.5")],
+                                  "a test database")
+
+
+def test_a_database_tdp_is_printed_with_its_matched_name_and_band(tmp_path):
+    backend, _, _ = make(tmp_path, cpu_database=SMALL_DATABASE)
+    m = backend.power_model()
+    assert m.max_w == pytest.approx(280.0 * 2 / 128)  # the threads per package come from the table
+    assert m.band_case == "database" and m.tdp_matched_name == "AMD EPYC 7763"
+    cpu = domain(backend, CPU_DOMAIN)
+    assert cpu.model_relative_uncertainty == 0.35
+    assert any('matched to "AMD EPYC 7763" in a test database' in a and "280 W" in a for a in cpu.assumptions)
+    assert any("a TDP from codecarbon's CPU power database" in a and "±35%" in a for a in cpu.assumptions)
+    assert backend.device_facts()["cpu_band"] == "±35%: a TDP from codecarbon's CPU power database (AMD EPYC 7763, 280 W)"
+
+
+def test_threads_per_package_from_the_cores_in_the_name(tmp_path):
+    backend, _, _ = make(tmp_path, model="AMD EPYC 9754 128-Core Processor", logical_cpus=4,
+                         cpu_database=SMALL_DATABASE, virtual=True)
+    m = backend.power_model()
+    assert m.max_w == pytest.approx(360.0 * 4 / 256)
+    assert any("twice the 128 cores" in a for a in domain(backend, CPU_DOMAIN).assumptions)
+
+
+def test_threads_per_package_from_siblings_on_bare_metal_only(tmp_path):
+    metal, _, _ = make(tmp_path, model="Intel(R) Xeon(R) Gold 6448Y", logical_cpus=128, siblings=64,
+                       cpu_database=SMALL_DATABASE)
+    assert metal.power_model().max_w == pytest.approx(2 * 225.0)  # two packages of 64 logical CPUs
+    vm, _, _ = make(tmp_path, model="Intel(R) Xeon(R) Gold 6448Y", logical_cpus=8, siblings=8, virtual=True,
+                    cpu_database=SMALL_DATABASE)
+    m = vm.power_model()
+    # A VM's siblings describe its virtual socket: 8/8 of 225 W would charge it the whole package.
+    assert m.band_case == "default" and m.max_w == 80.0 and m.cpu_uncertainty == 0.6
+    assert any("a test database gives 225 W for one package" in a and "cannot be taken" in a
+               for a in domain(vm, CPU_DOMAIN).assumptions)
+
+
+def test_a_row_whose_tdp_is_not_a_number_is_no_match(tmp_path):
+    assert SMALL_DATABASE.match("Intel Celeron 1000A") is None
+    backend, _, _ = make(tmp_path, model="Intel Celeron 1000A", logical_cpus=1, cpu_database=SMALL_DATABASE)
+    assert backend.power_model().band_case == "default"
+
+
+@pytest.mark.skipif(codecarbon_database() is None, reason="codecarbon (the carbon extra) is not installed")
+@pytest.mark.parametrize("model,matched,tdp_w", [
+    ("AMD EPYC 7763 64-Core Processor", "AMD EPYC 7763", 280.0),
+    ("Intel(R) Xeon(R) Platinum 8480+", "Intel Xeon Platinum 8480+", 350.0),
+    ("Intel(R) Xeon(R) Platinum 8380 CPU @ 2.30GHz", "Intel Xeon Platinum 8380", 270.0),
+    ("AMD EPYC 9654 96-Core Processor", "AMD EPYC 9654", 360.0),
+    ("Intel(R) Core(TM) i9-13900K", "Intel Core i9-13900K", 125.0),
+])
+def test_codecarbons_database_gives_the_tdp_of_common_cpus(tmp_path, model, matched, tdp_w):
+    backend, _, _ = make(tmp_path, model=model, cpu_database="auto")
+    m = backend.power_model()
+    assert (m.tdp_matched_name, m.tdp_w, m.band_case) == (matched, tdp_w, "database")
+
+
+@pytest.mark.skipif(codecarbon_database() is None, reason="codecarbon (the carbon extra) is not installed")
+def test_a_cpu_codecarbon_does_not_know_keeps_the_default(tmp_path):
+    backend, _, _ = make(tmp_path, model="Intel(R) Xeon(R) Processor", cpu_database="auto", virtual=True)
+    m = backend.power_model()
+    assert m.band_case == "default" and m.max_w == 20.0 and m.tdp_matched_name is None
+    assert any("neither codecarbon's CPU power database nor energyprune's table" in a
+               for a in domain(backend, CPU_DOMAIN).assumptions)
 
 
 # ---- energy -----------------------------------------------------------------------------------

@@ -56,7 +56,8 @@ def test_quick_bench_on_the_demo_writes_json_and_markdown(tmp_path, cache_dir, m
     # Pruning belongs to energyprune.budget; here its absence is the path under test.
     monkeypatch.setattr(bench_module, "_budget_api", lambda: (None, "energyprune.budget not available (test)"))
     out = tmp_path / "out"
-    assert run_bench(parse(["--quick", "--out-dir", str(out), "--backend", "estimated"])) == 0
+    assert run_bench(parse(["--quick", "--out-dir", str(out), "--backend", "estimated",
+                            "--carbon-intensity", "300"])) == 0
     data = strict_json(out / "bench.json")
     assert data["schema"] == SCHEMA and data["quick"] is True and data["target"] == "-30%"
     assert set(data) >= {"device", "floor", "models", "criteria_runs", "seed_table", "provenance", "assumptions",
@@ -87,7 +88,14 @@ def test_quick_bench_on_the_demo_writes_json_and_markdown(tmp_path, cache_dir, m
         assert "<html" in (out / "bench.html").read_text().lower()
     markdown = (out / "bench.md").read_text()
     assert "ESTIMATED" in markdown and "not available" in markdown and "| demo |" in markdown
-    assert "demo:" in capsys.readouterr().out
+    # CO2e per million inferences of each model, from the energy it measured, labelled like it.
+    [co2_model] = data["co2"]["models"]
+    assert co2_model["per_million_inferences_kg"] == pytest.approx(
+        measurement["per_inference_j"] * 1e6 / 3.6e6 * 300.0 / 1000.0, rel=1e-12)
+    assert data["co2"]["provenance"] == "estimated"
+    assert "## CO2e" in markdown and "| demo | original |" in markdown and "given by the user" in markdown
+    printed = capsys.readouterr().out
+    assert "demo:" in printed and "CO2e per million inferences" in printed
 
     # An earlier result is never overwritten without --force, and the refusal costs no work.
     before = (out / "bench.json").read_bytes()
