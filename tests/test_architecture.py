@@ -18,6 +18,7 @@ LAYERS = (
     ("metrics", ("energyprune.metrics",)),
     ("models", ("energyprune.models",)),
     ("pruning", ("energyprune.pruning",)),
+    ("levers", ("energyprune.levers",)),
     ("budget", ("energyprune.budget",)),
     ("reporting", ("energyprune.reporting",)),
     ("bench", ("energyprune.bench",)),

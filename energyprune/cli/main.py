@@ -1,4 +1,4 @@
-"""`energyprune measure | compare | score | prune | report | bench | backends`: the command line.
+"""`energyprune measure | compare | advise | score | prune | report | bench | backends`: the command line.
 
 Each command is a module of this package with `add_parser(commands)` and `run(args)`; this one
 builds the parser from them and turns every `EnergyPruneError` into one line on standard error
@@ -27,7 +27,7 @@ from energyprune.errors import EnergyPruneError
 logger = logging.getLogger("energyprune")
 
 #: The commands, in the order `--help` lists them: name -> module of this package.
-COMMANDS = ("measure", "compare", "score", "prune", "report", "bench", "backends")
+COMMANDS = ("measure", "compare", "advise", "score", "prune", "report", "bench", "backends")
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 

@@ -14,6 +14,9 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("model", nargs="?", help="a local Hugging Face folder, a pruned DIR, module:factory, "
                         "file.py:factory (runs that code), or nothing for the built-in demo")
     options.add_model_options(parser)
+    parser.add_argument("--batch-sizes", type=options.int_list, metavar="N,N,...",
+                        help="also measure at each of these batch sizes (e.g. 1,8,32) and show J per sample at each; "
+                             "the result's main figures are those of the first")
     options.add_meter_options(parser)
     options.add_output_options(parser, out_help="also write the result to FILE (.json or .md)")
     options.add_export_options(parser)
@@ -54,27 +57,46 @@ OUT_EXTENSIONS = {".json": "json", ".md": "md", ".markdown": "md"}
 def _measure(args: argparse.Namespace, config: Any, intensity: Any = None) -> int:
     from energyprune.cli.progress import ProgressBar
     from energyprune.measure.api import measure
+    from energyprune.measure.results import batch_row
     from energyprune.metrics.carbon import add_co2
     from energyprune.reporting.text import render_text
     from energyprune.torch_io import describe_inputs
 
     p = options.prepared(args.model, args)
-    progress = ProgressBar()
-    try:
-        result = measure(p.model, p.inputs, backend=args.backend, batch_size=p.batch_size, config=config,
-                         cpu_tdp_w=args.cpu_tdp_w, progress=progress, label=p.loaded.spec)
-    finally:
-        progress.close()
+    sweep = _batch_inputs(p, args) if args.batch_sizes else [(p.batch_size, p.inputs)]
+    results = []
+    for batch, inputs in sweep:
+        progress = ProgressBar()
+        try:
+            results.append(measure(p.model, inputs, backend=args.backend, batch_size=batch, config=config,
+                                   cpu_tdp_w=args.cpu_tdp_w, progress=progress, label=p.loaded.spec))
+        finally:
+            progress.close()
+    result = results[0]
     data = result.to_dict()
+    if args.batch_sizes:
+        data["batch_sweep"] = [batch_row(m) for m in results]
     data["model"] = p.loaded.description
     data["device"]["torch_device"] = str(p.device)
     data["inputs"] = describe_inputs(p.inputs)
     data = options.stamp(add_co2(data, intensity))
-    title = (f"energyprune measure: {p.loaded.description} on {p.device}, batch {p.batch_size}, "
+    title = (f"energyprune measure: {p.loaded.description} on {p.device}, batch {result.batch_size}, "
              f"inputs {data['inputs']}")
     options.emit(args, data, render_text(data, title))
     options.write_exports(args, data)
     return 0
+
+
+def _batch_inputs(p: Any, args: argparse.Namespace) -> list[tuple[int, Any]]:
+    """Inputs of each --batch-sizes batch, built before any measuring (so a batch that cannot be
+    allocated costs nothing)."""
+    from energyprune.models import build_inputs
+
+    if p.loaded.factory_inputs is not None and args.input_shape is None:
+        raise UsageError(f"{p.loaded.spec} returns its own inputs: --batch-sizes needs --input-shape to build inputs "
+                         "of other batch sizes")
+    return [(batch, build_inputs(p.loaded, p.model, batch, args.seq_len, args.input_shape, p.device))
+            for batch in dict.fromkeys(args.batch_sizes)]
 
 
 def _run_distributed(args: argparse.Namespace, info: Any) -> int:

@@ -52,6 +52,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def probability(text: str) -> float:
+    value = finite_float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -60,6 +67,17 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
     return value
+
+
+def int_list(text: str) -> list[int]:
+    """A comma-separated list of whole numbers >= 1, such as batch sizes "1,8,32"."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of whole numbers like 1,8,32") from None
+    if not values or any(n < 1 for n in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers of at least 1, like 1,8,32")
+    return values
 
 
 def shape(text: str) -> list[int]:
@@ -295,7 +313,8 @@ def emit(args: argparse.Namespace, result: Mapping[str, Any], text: str) -> None
 
     if args.out:
         try:
-            write_atomic(args.out, to_json(result) if args.out.lower().endswith(".json") else render(result, "md"))
+            suffix = args.out.lower().rsplit(".", 1)[-1]
+            write_atomic(args.out, to_json(result) if suffix == "json" else render(result, "html" if suffix == "html" else "md"))
         except OSError as error:
             print_out(to_json(result))
             raise ResultNotWritten(f"--out {args.out} could not be written ({error.strerror or error}); the result "

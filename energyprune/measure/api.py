@@ -21,12 +21,13 @@ from torch import nn
 
 from energyprune.backends import select_backends
 from energyprune.backends.base import Backend
+from energyprune.measure.anatomy import DeviceBusy, profile_busy
 from energyprune.measure.results import EnergySpan, Measurement
 from energyprune.measure.edges import COARSE_RESOLUTION_S
 from energyprune.measure.meter import Agree, Comparison, Meter, MeterConfig, MeterSession, Progress, no_agreement
 from energyprune.errors import EnergyPruneError, UsageError
 from energyprune.torch_io import check_inputs, cuda_devices_of, make_sync, sync_function, visible_cuda_devices
-from energyprune.torch_io import batch_size_of, call_model, Inputs
+from energyprune.torch_io import batch_size_of, call_model, first_line, Inputs
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ def measure(
     sync: Sync | None = None,
     cuda_devices: Sequence[int] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    busy_probe: bool = True,
 ) -> Measurement:
     """Joules per inference of `model(inputs)` (one call = one batch), with its interval.
 
@@ -101,14 +103,33 @@ def measure(
     what waits for queued device work at each window edge: "torch" (the default for a callable:
     every GPU in `cuda_devices`, all visible ones by default; nothing without CUDA), "none", or a
     callable; a model's default is its own GPUs. `clock` is injectable for tests and replays
-    (`energyprune.clock.SimulatedClock`)."""
+    (`energyprune.clock.SimulatedClock`). On a GPU, `busy_probe` profiles a few calls after the
+    energy windows for the measurement's `anatomy` (the share of time the GPU was busy)."""
     call, devices, sync_fn, is_model = _workload(model, inputs, sync, cuda_devices)
     backends, notes = resolve_backends(backend, devices, cpu_tdp_w)
     meter = Meter(backends, config, sync=sync_fn, progress=progress, clock=clock, agree=agree or no_agreement)
     size = batch_size or (batch_size_of(inputs) if inputs is not None else 1)
     with torch.inference_mode() if is_model else contextlib.nullcontext():
         result = meter.measure(call, batch_size=size, label=_label(model, label))
-    return dataclasses.replace(result, warnings=tuple(notes) + result.warnings)
+        busy, busy_note = _busy_share(call, sync_fn, devices, busy_probe)
+    return dataclasses.replace(result, warnings=tuple(notes) + result.warnings, device_busy=busy, busy_note=busy_note)
+
+
+def _busy_share(call: Callable[[], Any], sync_fn: Callable[[], Any], devices: Sequence[int],
+                enabled: bool) -> tuple[DeviceBusy | None, str]:
+    """The GPU's busy share over a few calls made after the energy windows, or why there is none."""
+    if not devices:
+        return None, "the busy share is measured on GPUs only (a CPU launches its own work)"
+    if not enabled:
+        return None, "the busy share was not asked for (busy_probe=False)"
+    if not torch.cuda.is_available():  # GPUs metered through a fake or a replay: nothing to profile
+        return None, "torch sees no CUDA device to profile for the busy share"
+    try:
+        return profile_busy(call, sync_fn), ""
+    except Exception as error:  # the profiler is optional to the figure of record, never fatal
+        logger.warning("could not profile the GPU's busy share: %s", first_line(error))
+        return None, f"the busy share could not be profiled ({first_line(error)})"
+
 
 
 def compare(

@@ -13,6 +13,7 @@ from typing import Any
 
 from energyprune import stats
 from energyprune.backends.base import DeviceState, DomainInfo, EnergyReading, PowerSample, Provenance
+from energyprune.measure.anatomy import DeviceBusy, EnergyAnatomy, anatomy_of
 
 SCHEMA = "energyprune.measurement/1"
 
@@ -71,6 +72,10 @@ class Measurement:
     device: Mapping[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     power_trace: PowerTrace | None = None
+    #: The GPU's busy share, profiled apart from the energy windows (`measure.anatomy`); None on
+    #: a CPU or where profiling failed (`busy_note` says why).
+    device_busy: DeviceBusy | None = None
+    busy_note: str = ""
 
     # ---- provenance -------------------------------------------------------------------------
     @property
@@ -179,6 +184,12 @@ class Measurement:
             "cov": stats.cov(values),
         }
 
+    @property
+    def anatomy(self) -> EnergyAnatomy:
+        """Where one call's energy went: idle power x latency, above idle, the GPU's busy share."""
+        return anatomy_of(self.per_inference_j, self.per_inference_dynamic_j, self.total_idle_power_w,
+                          self.latency_s["median"], self.device_busy, self.busy_note)
+
     def domain_summary(self, domain: DomainInfo) -> dict[str, Any]:
         per_inference = self._per_inference(domain.name)
         dynamic = self._per_inference(domain.name, dynamic=True)
@@ -225,6 +236,7 @@ class Measurement:
             "idle_power_w": self.total_idle_power_w,
             "mean_power_w": self.mean_power_w,
             "latency_s": self.latency_s,
+            "anatomy": self.anatomy.to_dict(),
             "backends": list(self.backends),
             "domains": [self.domain_summary(d) for d in self.domains],
             "stop_reason": self.stop_reason,
@@ -337,3 +349,16 @@ class EnergySpan:
             "warnings": list(self.warnings),
             "power_trace": self.power_trace.to_dict() if self.power_trace else None,
         }
+
+
+def batch_row(measurement: Measurement) -> dict[str, Any]:
+    """One row of a batch-size sweep: J per call and per sample, with the per-sample interval."""
+    batch = measurement.batch_size
+    low, high = measurement.ci95_j
+    return {"batch_size": batch, "provenance": measurement.provenance.value,
+            "per_inference_j": measurement.per_inference_j, "per_sample_j": measurement.per_sample_j,
+            "ci95_per_sample_j": [low / batch, high / batch],
+            "per_sample_dynamic_j": measurement.per_sample_dynamic_j,
+            "latency_s": measurement.latency_s["median"], "idle_share": measurement.anatomy.idle_share,
+            "busy_share": measurement.device_busy.share if measurement.device_busy else None,
+            "n_windows": len(measurement.windows)}

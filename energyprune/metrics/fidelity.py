@@ -651,3 +651,37 @@ def auto_fidelity(original: nn.Module, candidate: nn.Module, batches: Sequence[A
 def _has_token_ids(batch: Any) -> bool:
     ids = batch.get("input_ids") if isinstance(batch, Mapping) else batch
     return isinstance(ids, torch.Tensor) and ids.ndim == 2 and not ids.is_floating_point()
+
+
+def output_fidelity(original: nn.Module, candidate: nn.Module, batches: Sequence[Any]) -> dict[str, Any]:
+    """How close a transformed model's outputs are to the original's on the same inputs: the
+    fidelity that fits the output (`auto_fidelity`: exp(−KL), top-1 agreement or embedding cosine,
+    named in `metric`) and the largest absolute difference of the main output tensor, which shows
+    a change in the last bits (bf16) that a fidelity of 1.000 would hide."""
+    metric = _fidelity_metric(original, batches[0])
+    value = auto_fidelity(original, candidate, batches)
+    worst = 0.0
+    with evaluating(original, candidate):
+        for batch in batches:
+            a = _output_tensor(forward_batch(original, batch), ("logits", "last_hidden_state"), "main").float()
+            b = _output_tensor(forward_batch(candidate, batch), ("logits", "last_hidden_state"), "main").float()
+            if a.shape != b.shape:
+                raise InputShapeError(f"the outputs differ in shape: {tuple(a.shape)} against {tuple(b.shape)}")
+            worst = max(worst, float((a - b.to(a.device)).abs().max()))
+    return {"metric": metric, "fidelity": value, "max_abs_error": worst}
+
+
+def _fidelity_metric(original: nn.Module, batch: Any) -> str:
+    """The name of the figure `auto_fidelity` gives for this model (same rules)."""
+    with evaluating(original):
+        output = forward_batch(original, batch)
+    logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, Mapping):
+        logits = output.get("logits")
+    if logits is None and isinstance(output, torch.Tensor) and output.ndim == 3 and _has_token_ids(batch):
+        logits = output
+    if isinstance(logits, torch.Tensor) and logits.ndim == 3:
+        return "exp(-KL) of next-token distributions"
+    if isinstance(logits, torch.Tensor) and logits.ndim == 2:
+        return "top-1 agreement"
+    return "embedding cosine"

@@ -31,6 +31,7 @@ class ResultFileError(UsageError):
 
 
 def _builders() -> dict[str, Callable[[Mapping[str, Any]], Document]]:
+    from energyprune.reporting.advice_doc import advice_document
     from energyprune.reporting.bench_doc import bench_document
     from energyprune.reporting.measure_doc import comparison_document, measurement_document
     from energyprune.reporting.prune_doc import prune_document
@@ -42,11 +43,12 @@ def _builders() -> dict[str, Callable[[Mapping[str, Any]], Document]]:
         "energyprune.scores/1": scores_document,
         "energyprune.prune_result/1": prune_document,
         "energyprune.bench/1": bench_document,
+        "energyprune.advice/1": advice_document,
     }
 
 
 SCHEMAS = ("energyprune.measurement/1", "energyprune.comparison/1", "energyprune.scores/1",
-           "energyprune.prune_result/1", "energyprune.bench/1")
+           "energyprune.prune_result/1", "energyprune.bench/1", "energyprune.advice/1")
 
 
 def check_schema(result: Any, source: str = "the result") -> str:

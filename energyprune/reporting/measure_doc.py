@@ -11,7 +11,7 @@ from typing import Any
 
 from energyprune.backends.base import is_estimated
 from energyprune.measure.meter import METER_STOP_REASONS
-from energyprune.reporting.text import domain_rows, summary_rows
+from energyprune.reporting.text import batch_sweep_rows, domain_rows, summary_rows
 from energyprune.reporting import carbon_text, plots
 from energyprune.reporting.doc import (
     Banner,
@@ -142,6 +142,12 @@ def measurement_document(result: Mapping[str, Any]) -> Document:
         Section("Summary", [*intro, _summary_table(result)]),
         Section("Power trace", [trace_figure(result, f"Power trace: {label}")]),
         Section("Domains", [_domains_table(result)]),
+    ]
+    sweep = batch_sweep_rows(result)
+    if sweep:
+        sections.append(Section("Energy per sample by batch size", [
+            "Each batch size measured on its own (J/sample is what batching buys).", table(sweep[0], sweep[1:])]))
+    sections += [
         Section("Windows", [_window_table(result.get("windows") or [], result.get("provenance"))]),
     ]
     _assumptions_and_warnings(result, sections)

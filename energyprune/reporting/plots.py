@@ -377,3 +377,43 @@ def pareto_plot(series: Mapping[str, Sequence[tuple[float, float]]], *, title: s
                 transform=ax.transAxes)
     _title(fig, title, estimated)
     return _png(fig)
+
+
+# ---- levers --------------------------------------------------------------------------------------------
+def levers_plot(rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any], *, estimated: bool = False,
+                title: str = "Energy per sample, by lever") -> bytes:
+    """Left: J per sample of the original and of each measured lever, with their 95% intervals.
+    Right: the same levers' energy ratio to the original (per sample) against the fidelity they lose."""
+    _matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10.0, 4.4), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    names = ["original"] + [str(r["name"]) for r in rows]
+    values = [baseline["per_sample_j"]] + [r["per_sample_j"] for r in rows]
+    intervals = [baseline["ci95_per_sample_j"]] + [r["per_sample_ci95_j"] for r in rows]
+    factor, unit = _joule_scale([v for v in values if _finite(v)])
+    ys = [v / factor for v in values]
+    errors = [[max(0.0, y - lo / factor) for y, (lo, _) in zip(ys, intervals)],
+              [max(0.0, hi / factor - y) for y, (_, hi) in zip(ys, intervals)]]
+    colors = ["grey"] + [WINDOW_COLORS[0] if r.get("worth_it") else WINDOW_COLORS[1] for r in rows]
+    left.barh(range(len(names)), ys, xerr=errors, color=colors, alpha=0.8, capsize=3)
+    left.set_yticks(range(len(names)), names, fontsize=8)
+    left.invert_yaxis()
+    left.set_xlabel(f"{unit} per sample" + (" (ESTIMATED)" if estimated else "") + "; bars: 95% interval")
+    left.grid(axis="x", alpha=0.3)
+    for r in rows:
+        fidelity = (r.get("fidelity") or {}).get("fidelity")
+        if _finite(fidelity) and _finite(r.get("ratio")):
+            lost = max(1.0 - float(fidelity), 1e-9)  # near-lossless levers differ in the 6th digit: log scale
+            right.scatter([lost], [r["ratio"]], color=WINDOW_COLORS[0] if r.get("worth_it") else WINDOW_COLORS[1])
+            right.annotate(str(r["name"]), (lost, r["ratio"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    right.set_xscale("log")
+    right.axhline(1.0, color="grey", ls=":", lw=1.0)
+    right.set_xlabel("fidelity lost (1 - fidelity, log; 1e-9 = none seen)")
+    right.set_ylabel("energy ratio to the original (per sample)")
+    right.grid(alpha=0.3)
+    _title(fig, title, estimated)
+    return _png(fig)

@@ -45,11 +45,42 @@ def summary_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
                     f"{format_time(latency['min'])} .. {format_time(latency['max'])})"),
         ("power" + tag, f"{format_power(result['mean_power_w'])} mean, "
                         f"{format_power(result['idle_power_w'])} idle"),
+    ]
+    rows += anatomy_rows(result, tag)
+    rows += [
         ("windows", f"{result['n_windows']} windows, {result['n_inferences']} inferences, "
                     f"{result['duration_s']:.2f} s measured"),
         ("stopped because", METER_STOP_REASONS.get(result["stop_reason"], result["stop_reason"])),
     ]
     rows += carbon_text.measurement_rows(result)
+    return rows
+
+
+def anatomy_rows(result: Mapping[str, Any], tag: str = "") -> list[tuple[str, str]]:
+    """Where one call's energy went (`measure.anatomy`); nothing for results saved before it."""
+    anatomy = result.get("anatomy")
+    if not anatomy:
+        return []
+    busy = anatomy.get("busy")
+    split = (f"{format_energy(anatomy['idle_j'])} idle power x time ({anatomy['idle_share']:.0%}), "
+             f"{format_energy(anatomy['above_idle_j'])} above idle")
+    if busy:
+        split += f"; GPU busy {busy['busy_share']:.0%} of the time ({anatomy['bound']})"
+    return [("where it goes" + tag, split), ("so" + tag, anatomy["statement"])]
+
+
+def batch_sweep_rows(result: Mapping[str, Any]) -> list[list[str]]:
+    """The --batch-sizes table: J per call and per sample at each batch, with intervals."""
+    sweep = result.get("batch_sweep") or []
+    if not sweep:
+        return []
+    tag = " (EST.)" if is_estimated(result["provenance"]) else ""
+    rows = [["batch", "J/call" + tag, "J/sample" + tag, "95% interval / sample", "above idle / sample",
+             "latency / call", "idle share"]]
+    for row in sweep:
+        rows.append([str(row["batch_size"]), format_energy(row["per_inference_j"]), format_energy(row["per_sample_j"]),
+                     _interval(row["ci95_per_sample_j"]), format_energy(row["per_sample_dynamic_j"]),
+                     format_time(row["latency_s"]), f"{row['idle_share']:.0%}"])
     return rows
 
 
@@ -73,6 +104,9 @@ def render_text(result: Mapping[str, Any], title: str = "") -> str:
     width = max(len(k) for k, _ in summary_rows(result))
     lines += [f"  {k.ljust(width)}  {v}" for k, v in summary_rows(result)]
     lines += ["", _columns(domain_rows(result))]
+    sweep = batch_sweep_rows(result)
+    if sweep:
+        lines += ["", "  energy per sample by batch size (what batching buys):", _columns(sweep, "    ")]
     assumptions = [(d["name"], a) for d in result["domains"] for a in d["assumptions"]]
     if assumptions:
         lines += ["", "  assumptions:"] + [f"    [{name}] {text}" for name, text in assumptions]

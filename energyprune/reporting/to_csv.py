@@ -113,12 +113,37 @@ def bench_rows(result: Mapping[str, Any]) -> Rows:
     return header, rows
 
 
+def advice_rows(result: Mapping[str, Any]) -> Rows:
+    """One row per lever (the original first, the combination last), skipped ones with their reason."""
+    header = ["lever", "status", "batch_size", "per_sample_j", "per_sample_ci95_low_j", "per_sample_ci95_high_j",
+              "energy_ratio", "energy_ratio_ci95_low", "energy_ratio_ci95_high", "latency_s", "fidelity",
+              "fidelity_metric", "max_abs_error", "lossy", "worth_it", "verdict_or_reason", "provenance"]
+    base = result.get("baseline") or {}
+    batch = base.get("batch_size") or 1
+    low, high = (base.get("ci95_j") or [None, None])[:2]
+    rows: list[list[Any]] = [["original", "measured", batch, base.get("per_sample_j"),
+                              None if low is None else low / batch, None if high is None else high / batch, 1.0,
+                              None, None, (base.get("latency_s") or {}).get("median"), 1.0, "itself", 0.0, False,
+                              None, "", result.get("provenance")]]
+    levers = list(mappings(result.get("levers")))
+    if isinstance(result.get("combined"), Mapping):
+        levers.append(result["combined"])
+    for r in levers:
+        fidelity = r.get("fidelity") or {}
+        rows.append([r.get("name"), r.get("status"), r.get("batch_size"), r.get("per_sample_j"),
+                     *_ci(r.get("per_sample_ci95_j")), r.get("ratio"), *_ci(r.get("ratio_ci95")), r.get("latency_s"),
+                     fidelity.get("fidelity"), fidelity.get("metric"), fidelity.get("max_abs_error"), r.get("lossy"),
+                     r.get("worth_it"), r.get("verdict") or r.get("reason"), r.get("provenance")])
+    return header, rows
+
+
 TABLES: dict[str, Callable[[Mapping[str, Any]], Rows]] = {
     "energyprune.measurement/1": measurement_rows,
     "energyprune.comparison/1": comparison_rows,
     "energyprune.scores/1": scores_rows,
     "energyprune.prune_result/1": prune_rows,
     "energyprune.bench/1": bench_rows,
+    "energyprune.advice/1": advice_rows,
 }
 
 

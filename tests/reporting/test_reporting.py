@@ -146,9 +146,20 @@ def bench() -> dict[str, Any]:
     }
 
 
-def _all(measurement, comparison, scores, prune_result, bench) -> dict[str, dict[str, Any]]:
+@pytest.fixture(scope="module")
+def advice() -> dict[str, Any]:
+    from energyprune.levers import lever_named
+    from energyprune.levers.advise import advise
+
+    torch.manual_seed(0)
+    levers = [lever_named("threads:1"), lever_named("sdpa:efficient")]  # measured where it applies; skipped
+    return advise(nn.Linear(16, 16), torch.randn(4, 16), levers=levers, backend="estimated",
+                  config=_config(), label="linear-16").to_dict()
+
+
+def _all(measurement, comparison, scores, prune_result, bench, advice) -> dict[str, dict[str, Any]]:
     return {"measurement": measurement, "comparison": comparison, "scores": scores, "prune_result": prune_result,
-            "bench": bench}
+            "bench": bench, "advice": advice}
 
 
 def _csv(text: str) -> list[dict[str, str]]:
@@ -180,8 +191,8 @@ def test_pareto_plot_is_callable_by_others():
 
 # ---- every schema, every format ----------------------------------------------------------------------
 @pytest.mark.parametrize("fmt", ["md", "html", "csv"])
-def test_every_schema_renders_in_every_format(fmt, measurement, comparison, scores, prune_result, bench):
-    fixtures = _all(measurement, comparison, scores, prune_result, bench)
+def test_every_schema_renders_in_every_format(fmt, measurement, comparison, scores, prune_result, bench, advice):
+    fixtures = _all(measurement, comparison, scores, prune_result, bench, advice)
     assert {f["schema"] for f in fixtures.values()} == set(SCHEMAS)
     for name, result in fixtures.items():
         text = render(result, fmt)
@@ -192,15 +203,15 @@ def test_every_schema_renders_in_every_format(fmt, measurement, comparison, scor
 
 
 @needs_matplotlib
-def test_every_figure_draws_a_png(measurement, comparison, scores, prune_result, bench):
+def test_every_figure_draws_a_png(measurement, comparison, scores, prune_result, bench, advice):
     counts = {}
-    for name, result in _all(measurement, comparison, scores, prune_result, bench).items():
+    for name, result in _all(measurement, comparison, scores, prune_result, bench, advice).items():
         figures = document(result).figures()
         counts[name] = len(figures)
         for figure in figures:
             assert figure.draw().startswith(PNG), (name, figure.caption)
     # trace; windows + trace; scores and entropy; steps + final comparison + original trace; one Pareto per model
-    assert counts == {"measurement": 1, "comparison": 2, "scores": 1, "prune_result": 3, "bench": 2}
+    assert counts == {"measurement": 1, "comparison": 2, "scores": 1, "prune_result": 3, "bench": 2, "advice": 1}
 
 
 # ---- measurement ----------------------------------------------------------------------------------------
