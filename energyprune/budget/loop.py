@@ -43,11 +43,14 @@ from energyprune.budget.result import (
     PruneStep,
     format_step,
 )
+from energyprune.budget.levers_phase import LeverSpec, RunForm, levers_by_name, resolve_levers, run_lever_phase
 from energyprune.budget.target import EnergyTarget, parse_target
+from energyprune.levers.advise import DEFAULT_FIDELITY_FLOOR
+from energyprune.levers.base import Lever, LeverContext
 from energyprune.backends.base import Provenance, is_estimated
 from energyprune.errors import EnergyPruneError, MeasurementError, UsageError
 from energyprune.measure.meter import MeterConfig, Progress
-from energyprune.torch_io import Inputs, check_inputs
+from energyprune.torch_io import Inputs, batch_size_of, check_inputs, model_device
 from energyprune.pruning.base import Batch, Calibration, Criterion, Unit
 from energyprune.pruning.criteria import get_criterion
 from energyprune.pruning.kinds import eligible, remove_units, units_for
@@ -135,6 +138,16 @@ class _State:
     elapsed_s: float = 0.0  # before this process (resumed runs)
     history: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # (units, share of E0 saved)
     confirmations: int = 0
+    levers: dict[str, Any] | None = None  # LeverPhase.to_dict() of the lever phase, when levers were given
+
+    @property
+    def applied_levers(self) -> list[str]:
+        return list((self.levers or {}).get("applied") or [])
+
+    @property
+    def changed(self) -> bool:
+        """Units were removed or levers applied: the model differs from the original."""
+        return bool(self.n_removed or self.applied_levers)
 
     @property
     def energy_ratio(self) -> float:
@@ -166,7 +179,7 @@ class _State:
             "coarse_streak": self.coarse_streak, "quality": self.quality, "fidelity": self.fidelity,
             "flops": self.flops, "n_params": self.n_params, "warnings": list(self.warnings),
             "elapsed_s": self.elapsed_s, "history": [list(h) for h in self.history],
-            "confirmations": self.confirmations,
+            "confirmations": self.confirmations, "levers": self.levers,
         }
 
     @classmethod
@@ -185,6 +198,7 @@ class _State:
             warnings=[str(w) for w in d.get("warnings", [])], elapsed_s=float(d.get("elapsed_s", 0.0)),
             history=[(int(n), float(r)) for n, r in d.get("history", [])],
             confirmations=int(d.get("confirmations", 0)),
+            levers=dict(d["levers"]) if d.get("levers") else None,
         )
 
 
@@ -347,6 +361,8 @@ def prune_to_energy(
     progress: Progress | None = None,
     accept_median: bool = False,
     run_options: Mapping[str, Any] | None = None,
+    levers: LeverSpec = None,
+    lever_floor: float = DEFAULT_FIDELITY_FLOOR,
     **criterion_options: Any,
 ) -> PruneResult:
     """Prune a copy of `model` until one inference on `inputs` meets `target`, measuring every step.
@@ -367,6 +383,10 @@ def prune_to_energy(
       reaches above the goal (`result.outcome` is "median-only" either way).
     run_options: what else defines the run (inputs, device, dtype, meter settings...), JSON-able;
       kept in the checkpoint, and a resume with other values is refused, naming them.
+    levers: "auto", lever names ("compile,bf16") or lever objects (`energyprune.levers`), tried on
+      the original before any pruning, each by the judge against the original and with its fidelity
+      (at least `lever_floor`) on the calibration batches; those worth it run every later model, and
+      pruning only has to find what is still missing. `result.levers` shows their ratio apart.
 
     Returns a `PruneResult` whose `model` is the pruned copy; the caller's model is never changed.
     Ctrl-C raises `PruneInterrupted` (a KeyboardInterrupt) with the trajectory so far, checkpointed.
@@ -388,6 +408,8 @@ def prune_to_energy(
         if not isinstance(judge, EnergyJudge):
             raise UsageError(f"judge must have measure(model, inputs) and compare(a, b, inputs), "
                              f"got {type(judge).__name__}")
+    lever_list = resolve_levers(levers, model, inputs)
+    lever_floor = _as_quality(lever_floor, "lever_floor")
     if resume and checkpoint_dir is None:
         raise UsageError("resume=True needs the checkpoint_dir of the run to resume")
     checkpointer = Checkpointer(checkpoint_dir) if checkpoint_dir is not None else None
@@ -408,7 +430,8 @@ def prune_to_energy(
         original=model, goal=goal, criterion=crit, criterion_name=crit_name, kind=kind, inputs=inputs,
         calibration=calibration, quality=quality, quality_floor=quality_floor, recovery=recovery, judge=judge,
         checkpointer=checkpointer, max_steps=max_steps, report=report, started=started,
-        accept_median=bool(accept_median), run_options=dict(run_options or {})))
+        accept_median=bool(accept_median), run_options=dict(run_options or {}), levers=tuple(lever_list),
+        lever_floor=lever_floor))
     if resume:
         assert checkpointer is not None
         done = loop.restore(checkpointer.load())
@@ -419,6 +442,7 @@ def prune_to_energy(
     try:
         if not resume:
             loop.measure_original()
+            loop.apply_levers()
         return loop.run()
     except KeyboardInterrupt as interrupt:
         if isinstance(interrupt, PruneInterrupted):
@@ -448,6 +472,8 @@ class _Setup:
     started: float
     accept_median: bool = False
     run_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    levers: tuple[Lever, ...] = ()
+    lever_floor: float = DEFAULT_FIDELITY_FLOOR
 
 
 class _Loop:
@@ -479,6 +505,11 @@ class _Loop:
         self.fingerprint = fingerprint(setup.original)
         self.step_cap: int | None = None  # after a refused step: at most half of it next
         self.direct: ComparisonLike | None = None  # the last direct comparison with the original
+        self.levers_given = list(setup.levers)
+        self.lever_floor = setup.lever_floor
+        # The model as it is measured and judged: with the levers found worth it (none yet).
+        self.run_form = RunForm([], LeverContext(model_device(setup.original), setup.inputs,
+                                                 batch_size_of(setup.inputs)))
 
     # ---- figures ------------------------------------------------------------------------------
     def flops(self, model: nn.Module) -> int | None:
@@ -541,6 +572,30 @@ class _Loop:
         self.report("original", 1.0, f"original: {_fmt_j(energy_j)}/inference"
                     f"{' (ESTIMATED)' if self.estimated else ''}, {original.n_params / 1e6:.3g} M params")
 
+    def apply_levers(self) -> None:
+        """The lever phase (`budget.levers_phase`): its saving becomes the running ratio's first factor."""
+        state = self.state
+        assert state is not None
+        if not self.levers_given:
+            return
+        self.report("levers", 0.0, f"trying {len(self.levers_given)} lever(s) on the original")
+        phase, applied, comparison = run_lever_phase(
+            self.original, self.levers_given, self.inputs,
+            lambda a, b: self.judge.compare(a, b, self.inputs), self.calibration[:2], self.lever_floor,
+            lambda text: self.report("levers", 0.5, text))
+        state.levers = phase.to_dict()
+        if applied and comparison is not None:
+            self.run_form = RunForm(applied, self.run_form.context)
+            self.anchor(comparison)
+            state.fidelity = self.q.fidelity(self.run_form(self.original))
+            state.quality = self.q.quality(self.run_form(self.original), state.fidelity)
+            self.report("levers", 1.0, f"levers {', '.join(phase.applied)}: energy ratio {phase.ratio:.3f} before "
+                        "any pruning")
+        else:
+            self.report("levers", 1.0, "no lever saved energy beyond its interval with the fidelity asked: pruning "
+                        "alone")
+        self.save("running")
+
     @property
     def estimated(self) -> bool:
         return self.state is not None and is_estimated(self.state.provenance)
@@ -571,6 +626,8 @@ class _Loop:
                 return dataclasses.replace(result, model=current)
         self.state = state
         self.current = current
+        if state.applied_levers:
+            self.run_form = RunForm(levers_by_name(state.applied_levers, self.levers_given), self.run_form.context)
         self.report("original", 1.0, f"resumed after step {len(state.steps)} from {where}")
         return None
 
@@ -580,7 +637,7 @@ class _Loop:
         quantity = self.goal.quantity
         while True:
             ratio_now = state.tracked_ratio(quantity)
-            if state.n_removed and self.reached(ratio_now):
+            if state.changed and self.reached(ratio_now):
                 confirmed = self.confirm()
                 if confirmed is not None:
                     return confirmed
@@ -620,8 +677,8 @@ class _Loop:
             returned = self.recovery(candidate)
             if isinstance(returned, nn.Module):
                 candidate = returned
-        fidelity = self.q.fidelity(candidate)
-        quality = self.q.quality(candidate, fidelity)
+        fidelity = self.q.fidelity(self.run_form(candidate))
+        quality = self.q.quality(self.run_form(candidate), fidelity)
         n_params = _n_params(candidate)
         flops = self.flops(candidate)
         if flops is not None and flops == state.flops and n_params < state.n_params:
@@ -643,7 +700,7 @@ class _Loop:
             return self.finish("quality-floor",
                                f"removing even one more {self.kind} ({paths}) brings the quality to {quality:.4g}, "
                                f"below the floor {self.quality_floor:.4g}")
-        comparison = self.judge.compare(self.current, candidate, self.inputs)
+        comparison = self.judge.compare(self.run_form(self.current), self.run_form(candidate), self.inputs)
         ratio = float(comparison.ratio)
         interval = (float(comparison.ratio_ci95[0]), float(comparison.ratio_ci95[1]))
         if not (math.isfinite(ratio) and ratio > 0):
@@ -704,7 +761,7 @@ class _Loop:
         state = self.state
         assert state is not None
         self.report("final", 0.0, "confirming against the original")
-        comparison = self.judge.compare(self.original, self.current, self.inputs)
+        comparison = self.judge.compare(self.original, self.run_form(self.current), self.inputs)
         self.anchor(comparison)
         state.confirmations += 1
         ratio = state.tracked_ratio(self.goal.quantity)
@@ -739,13 +796,13 @@ class _Loop:
     def finish(self, reason: str, why: str, comparison: ComparisonLike | None = None) -> PruneResult:
         state = self.state
         assert state is not None
-        if comparison is None and reason != "interrupted" and state.n_removed and not state.anchored:
+        if comparison is None and reason != "interrupted" and state.changed and not state.anchored:
             self.report("final", 0.0, "comparing the final model with the original")
-            comparison = self.judge.compare(self.original, self.current, self.inputs)
+            comparison = self.judge.compare(self.original, self.run_form(self.current), self.inputs)
             self.anchor(comparison)
         comparison = comparison or self.direct
         ratio = state.tracked_ratio(self.goal.quantity)
-        met = bool(state.n_removed) and state.anchored and self.reached(ratio)
+        met = state.changed and state.anchored and self.reached(ratio)
         outcome = "not-reached"
         if met:
             # Energy targets have an interval: reached only when all of it is at or below the goal.
@@ -778,14 +835,14 @@ class _Loop:
         state = self.state
         assert state is not None
         o = state.original
-        e_ratio = state.energy_ratio if state.n_removed else 1.0
-        e_ci = state.energy_ratio_ci95 if state.n_removed else (1.0, 1.0)
+        e_ratio = state.energy_ratio if state.changed else 1.0
+        e_ci = state.energy_ratio_ci95 if state.changed else (1.0, 1.0)
         final = FinalFigures(
             energy_ratio=e_ratio, energy_ratio_ci95=e_ci, per_inference_j=o.per_inference_j * e_ratio,
             n_params=state.n_params, flops=state.flops, quality=state.quality, fidelity=state.fidelity,
             latency_s=(_latency(comparison.b) if comparison is not None else
                        o.latency_s * state.tracked_ratio("latency")),
-            latency_ratio=state.tracked_ratio("latency") if state.n_removed else 1.0,
+            latency_ratio=state.tracked_ratio("latency") if state.changed else 1.0,
             comparison=_strip_traces(comparison.to_dict()) if comparison is not None else None)
         message = self.message(reason, reached, why, final, outcome)
         return PruneResult(
@@ -795,22 +852,28 @@ class _Loop:
             record=state.record, duration_s=state.elapsed_s + time.perf_counter() - self.started,
             warnings=tuple(state.warnings + ([f"fidelity could not be computed: {self.q.fidelity_broken}"]
                                              if self.q.fidelity_broken else [])),
-            model=self.current, outcome=outcome or ("reached" if reached else "not-reached"))
+            model=self.current, outcome=outcome or ("reached" if reached else "not-reached"),
+            levers=state.levers)
 
     def message(self, reason: str, reached: bool, why: str, final: FinalFigures, outcome: str = "") -> str:
         state = self.state
         assert state is not None
         tag = " (ESTIMATED)" if self.estimated else ""
         quantity = self.goal.quantity
-        ratio = state.tracked_ratio(quantity) if state.n_removed else 1.0
+        ratio = state.tracked_ratio(quantity) if state.changed else 1.0
         low, high = final.energy_ratio_ci95
         figure = (f"energy {final.energy_ratio:.3f}x of the original [95% {low:.3f} .. {high:.3f}], "
                   f"{_fmt_j(state.original.per_inference_j)} -> {_fmt_j(final.per_inference_j)} per inference{tag}")
         if quantity != "energy":
             figure = f"{quantity} {ratio:.3f}x of the original, " + figure
-        basis = "" if state.anchored or not state.n_removed else " (product of step ratios, not confirmed directly)"
+        basis = "" if state.anchored or not state.changed else " (product of step ratios, not confirmed directly)"
         done = (f"{state.n_removed} {self.kind} unit(s) removed in {len(state.steps)} step(s), "
                 f"{state.original.n_params / 1e6:.3g} -> {state.n_params / 1e6:.3g} M params")
+        if state.applied_levers:
+            lever_ratio = (state.levers or {}).get("ratio")
+            pruning = final.energy_ratio / lever_ratio if lever_ratio else None
+            done = (f"levers {', '.join(state.applied_levers)} {lever_ratio:.3f}x"
+                    + (f", pruning {pruning:.3f}x (the rest of the figure)" if pruning else "") + f"; {done}")
         if state.quality is not None:
             done += f", quality {state.quality:.4g}"
         if outcome == "median-only":

@@ -255,6 +255,19 @@ class PruneResult:
     warnings: tuple[str, ...] = ()
     model: nn.Module | None = field(default=None, compare=False, repr=False)
     outcome: str = ""  # see the module docstring; derived from `reached` when left empty
+    #: The lever phase (`budget.levers_phase.LeverPhase.to_dict()`): what was tried, what runs the
+    #: model now, and its own energy ratio; None when no levers were given.
+    levers: Mapping[str, Any] | None = None
+
+    @property
+    def applied_levers(self) -> list[str]:
+        return list((self.levers or {}).get("applied") or [])
+
+    @property
+    def pruning_ratio(self) -> float | None:
+        """The share of the final ratio left to pruning: final / levers' own ratio (levers applied)."""
+        ratio = (self.levers or {}).get("ratio")
+        return self.final.energy_ratio / ratio if self.applied_levers and ratio else None
 
     def __post_init__(self) -> None:
         if self.stop_reason not in LOOP_STOP_REASONS:
@@ -288,6 +301,9 @@ class PruneResult:
             "record": self.record.to_dict(),
             "duration_s": self.duration_s,
             "warnings": list(self.warnings),
+            "levers": dict(self.levers) if self.levers else None,
+            "energy_ratio_from_levers": (self.levers or {}).get("ratio") if self.applied_levers else None,
+            "energy_ratio_from_pruning": _finite(self.pruning_ratio) if self.pruning_ratio is not None else None,
         }
 
     @classmethod
@@ -314,6 +330,7 @@ class PruneResult:
                 duration_s=float(d["duration_s"]),
                 warnings=tuple(str(w) for w in d.get("warnings", ())),
                 outcome=str(d.get("outcome") or ""),
+                levers=dict(d["levers"]) if d.get("levers") else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise UsageError(f"not a prune result: {type(error).__name__}: {error}") from None

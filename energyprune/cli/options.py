@@ -263,9 +263,11 @@ class Prepared:
     batch_size: int
 
 
-def prepared(spec: str | None, args: argparse.Namespace, *, seed: int = 0, device: str | None = None) -> Prepared:
+def prepared(spec: str | None, args: argparse.Namespace, *, seed: int = 0, device: str | None = None,
+             run_levers: bool = True) -> Prepared:
     """Load, move and feed the model `spec` names, as the command's options say. The batch is the
-    one of the inputs: a factory's own inputs set it, and a --batch-size that disagrees is refused."""
+    one of the inputs: a factory's own inputs set it, and a --batch-size that disagrees is refused.
+    A pruned folder saved with levers runs with them (`run_levers=False`: the plain model)."""
     from energyprune.models import build_inputs, load_model, prepare
     from energyprune.torch_io import batch_size_of
 
@@ -283,6 +285,12 @@ def prepared(spec: str | None, args: argparse.Namespace, *, seed: int = 0, devic
     else:
         batch = asked or 1
         inputs = build_inputs(loaded, model, batch, args.seq_len, args.input_shape, where, seed=seed)
+    if run_levers and loaded.levers:
+        from energyprune.levers import run_with_levers
+
+        model, notes = run_with_levers(model, loaded.levers, inputs)
+        for note in notes:
+            say(note)
     return Prepared(loaded, model, inputs, where, batch)
 
 

@@ -94,6 +94,12 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     loop.add_argument("--recovery-steps", type=int, default=0, metavar="N",
                       help="after each removal, N steps of distillation toward the original on the calibration "
                            "data (default 0: none)")
+    loop.add_argument("--levers", default="none", metavar="NAMES",
+                      help="lossless first: try these levers on the original before pruning (auto: every one that "
+                           "may apply here; or names such as compile,bf16; see energyprune advise), run the model "
+                           "with those worth it, and prune only for the rest (default none)")
+    loop.add_argument("--lever-floor", type=options.probability, default=0.99, metavar="F",
+                      help="the fidelity a lever must keep to be applied (default 0.99)")
     loop.add_argument("--recovery-lr", type=options.positive_float, default=1e-4, metavar="LR",
                       help="learning rate of the recovery steps (default 1e-4)")
     options.add_model_options(parser)
@@ -113,7 +119,7 @@ RUN_FLAGS = (("--unit-kind", "unit_kind"), ("--quality-floor", "quality_floor"),
              ("--input-shape", "input_shape"), ("--device", "device"), ("--dtype", "dtype"),
              ("--backend", "backend"), ("--duration", "duration"), ("--repeats", "repeats"),
              ("--precision", "precision"), ("--max-duration", "max_duration"), ("--idle", "idle"),
-             ("--cpu-tdp-w", "cpu_tdp_w"))
+             ("--cpu-tdp-w", "cpu_tdp_w"), ("--levers", "levers"), ("--lever-floor", "lever_floor"))
 #: Options that may change on resume: how far to go and how to judge the end.
 FREE_FLAGS = (("--max-steps", "max_steps"), ("--accept-median", "accept_median"), ("--trust-code", "trust_code"),
               ("--no-trace", "no_trace"), ("--country", "country"), ("--region", "region"),
@@ -221,7 +227,10 @@ def _prune(args: argparse.Namespace, config: Any, directory: Path | None, replac
     from energyprune.budget.loop import check_arguments
     from energyprune.models.calibration_data import calibration_for
 
-    p = options.prepared(args.model, args)
+    from energyprune.levers import parse_levers
+
+    parse_levers(args.levers)  # a typo costs nothing
+    p = options.prepared(args.model, args, run_levers=False)  # surgery needs the plain model
     loaded, model, inputs, device = p.loaded, p.model, p.inputs, p.device
     target = check_arguments(model, args.target, args.criterion, args.unit_kind, dict(args.criterion_option),
                              backend=args.backend, config=config)[0]
@@ -246,7 +255,8 @@ def _prune(args: argparse.Namespace, config: Any, directory: Path | None, replac
             model, target, args.criterion, inputs=inputs, calibration=calibration, unit_kind=args.unit_kind,
             quality_floor=args.quality_floor, recovery=recovery, judge=judge, checkpoint_dir=directory,
             resume=args.resume, max_steps=args.max_steps, progress=live, accept_median=args.accept_median,
-            run_options=_run_options(args), **dict(args.criterion_option))
+            run_options=_run_options(args), levers=args.levers, lever_floor=args.lever_floor,
+            **dict(args.criterion_option))
     except PruneInterrupted as interrupt:
         live.close()
         partial = interrupt.result
@@ -274,7 +284,7 @@ def _prune(args: argparse.Namespace, config: Any, directory: Path | None, replac
 
         assert result.model is not None
         try:
-            save_pruned(directory, result.model, result.record, loaded)
+            save_pruned(directory, result.model, result.record, loaded, levers=result.applied_levers)
             _write_results(directory, result, args, data)
         except OSError as error:
             from energyprune.cli.options import ResultNotWritten
@@ -357,7 +367,16 @@ def render_text(data: dict[str, Any]) -> str:
              f"  final     energy ratio {_ratio(f['energy_ratio'])} [95% {_interval(f['energy_ratio_ci95'])}], "
              f"{format_energy(f['per_inference_j'])} per inference{' ESTIMATED' if estimated else ''}, "
              f"{f['n_params']} params"
-             + ("" if f.get("comparison") else " (no direct comparison with the original)"), ""]
+             + ("" if f.get("comparison") else " (no direct comparison with the original)")]
+    levers = data.get("levers") or {}
+    if levers.get("applied"):
+        lines.append(f"  levers    {', '.join(levers['applied'])}: energy ratio {_ratio(levers['ratio'])} "
+                     f"[95% {_interval(levers['ratio_ci95'])}] before pruning{' ESTIMATED' if estimated else ''}; "
+                     f"pruning {_ratio(data.get('energy_ratio_from_pruning'))} (final / levers); re-applied at load")
+    elif levers:
+        lines.append("  levers    none applied: " + "; ".join(f"{t['name']}: {t.get('reason') or t.get('verdict')}"
+                                                              for t in levers.get("tried") or []))
+    lines.append("")
     rows = _steps_rows(data)
     if len(rows) > 1:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

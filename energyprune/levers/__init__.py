@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from energyprune.errors import UsageError
 from energyprune.levers.base import Lever, LeverContext, LeverSkipped
 from energyprune.levers.builtin import BatchSize, Compile, HfSdpa, Precision, SdpaKernel, Threads
+
+if TYPE_CHECKING:
+    from torch import nn
 
 #: Lever families by the name before ":"; each takes the part after ":" (or None).
 LEVERS: dict[str, Callable[[str | None], Lever]] = {
@@ -92,10 +96,32 @@ def parse_levers(text: str) -> list[str]:
     return names
 
 
+def run_with_levers(model: "nn.Module", names: Sequence[str], inputs: Any) -> tuple["nn.Module", list[str]]:
+    """A saved model with the levers its folder names (`LoadedModel.levers`), and one note per
+    lever: applied, or not re-applied and why (a bf16 lever on a CPU without bf16...). Names are
+    looked up in the registry; nothing from the folder runs."""
+    from energyprune.torch_io import batch_size_of, model_device
+
+    context = LeverContext(device=model_device(model), inputs=inputs, batch_size=batch_size_of(inputs))
+    levers, notes = [], []
+    for name in names:
+        lever = lever_named(name)
+        reason = lever.applies_to(model, context)
+        if reason:
+            notes.append(f"lever {name} from the saved folder not re-applied: {reason}")
+        else:
+            levers.append(lever)
+    for lever in ordered(levers):
+        model = lever.apply(model, context)
+    if levers:
+        notes.append(f"running with the folder's levers: {', '.join(lever.name for lever in ordered(levers))}")
+    return model, notes
+
+
 def ordered(levers: Sequence[Lever]) -> list[Lever]:
     """Levers in the order they combine: weights, compiler, context (see `builtin`)."""
     return sorted(levers, key=lambda lever: getattr(lever, "stage", 2))
 
 
 __all__ = ["LEVERS", "Lever", "LeverContext", "LeverSkipped", "candidate_levers", "lever_named", "ordered",
-           "parse_levers", "WORKLOAD_LEVERS"]
+           "parse_levers", "run_with_levers", "WORKLOAD_LEVERS"]

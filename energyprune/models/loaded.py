@@ -24,5 +24,8 @@ class LoadedModel:
     base: Mapping[str, Any] | None = None
     #: For a pruned folder: the pruning applied to `base` to get `module`.
     record: Any = None
+    #: For a pruned folder: the levers (names in `energyprune.levers`) it is to run with; data only,
+    #: applied by the caller (`energyprune.levers.run_with_levers`), never by the loader.
+    levers: tuple[str, ...] = ()
 
 

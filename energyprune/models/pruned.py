@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +90,11 @@ def _config_describes(model: nn.Module) -> bool:
 
 
 def save_pruned(directory: str | os.PathLike[str], model: nn.Module, record: PruneRecord,
-                loaded: LoadedModel, *, huggingface: bool = True) -> list[Path]:
+                loaded: LoadedModel, *, huggingface: bool = True, levers: Sequence[str] = ()) -> list[Path]:
     """Write the pruned model into `directory` (created when missing); returns the files written.
     `loaded` is the model the run started from (its base and any earlier record are kept).
+    `levers` are the names of the levers the model is to run with (`energyprune.levers`): a
+    compiled model cannot be saved, so its recipe is, and the loader's caller re-applies it.
     Files are replaced one by one atomically; the caller decides whether replacing is allowed."""
     from safetensors.torch import save_model
 
@@ -136,6 +138,7 @@ def save_pruned(directory: str | os.PathLike[str], model: nn.Module, record: Pru
         "weights": SAFETENSORS_FILE,
         "huggingface_copy": hf_copy,
         "record": full_record.to_dict(),
+        "levers": [str(name) for name in levers],
     }
     write_atomic(directory / PRUNED_FILE, to_json(meta))
     written.append(directory / PRUNED_FILE)
@@ -278,8 +281,14 @@ def load_pruned(directory: str | os.PathLike[str], *, trust_code: bool = False) 
         base = meta["base"]
     else:
         base = original.base if original is not None else None
+    levers = meta.get("levers") or []
+    if not isinstance(levers, list) or not all(isinstance(n, str) for n in levers):
+        raise ModelLoadError(f"{directory / PRUNED_FILE}: 'levers' must be a list of lever names")
+    if levers:
+        description += f", to run with levers {', '.join(levers)}"
     return LoadedModel(model, str(directory), "pruned", description,
-                       original.factory_inputs if original is not None else None, base=base, record=record)
+                       original.factory_inputs if original is not None else None, base=base, record=record,
+                       levers=tuple(levers))
 
 
 def _first_line(error: BaseException) -> str:
