@@ -105,5 +105,6 @@ def test_measure_batch_sizes_shows_joules_per_sample_at_each(capsys):
     from energyprune.reporting.text import render_text
 
     assert "energy per sample by batch size" in render_text(data)
-    assert main(["measure", "--batch-sizes", "1,0", *DEMO]) == 2
-    assert "give whole numbers of at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # argparse's own usage error
+        main(["measure", "--batch-sizes", "1,0", *DEMO])
+    assert exit_.value.code == 2 and "give whole numbers of at least 1" in capsys.readouterr().err
