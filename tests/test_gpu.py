@@ -69,3 +69,24 @@ def test_counter_agrees_with_integrated_instant_power():
     integrated = sum((samples[i] + samples[i + 1]) / 2 * (trace.t_s[i + 1] - trace.t_s[i])
                      for i in range(len(samples) - 1))
     assert integrated == pytest.approx(span.energy_j[name], rel=0.10)
+
+
+def test_anatomy_of_a_launch_bound_call_has_a_measured_busy_share():
+    """The demo at batch 1 launches many tiny kernels: the GPU idles between them."""
+    import torch
+
+    from energyprune.measure.api import measure
+    from energyprune.measure.meter import MeterConfig
+    from energyprune.models.demo import build_demo_model
+
+    model = build_demo_model().cuda().eval()
+    tokens = torch.randint(0, 1000, (1, 16), device="cuda")
+    m = measure(model, tokens, backend="nvml", config=MeterConfig(window_s=1.0, repeats=6, precision=0.0, idle_s=1.0))
+    anatomy = m.anatomy
+    assert anatomy.busy is not None, m.busy_note
+    assert 0.0 < anatomy.busy.share <= 1.0 and anatomy.busy.n_calls == 20
+    assert anatomy.idle_j > 0 and anatomy.bound in ("launch-bound", "partly launch-bound", "compute-bound")
+    big = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)
+    busy = measure(lambda: big @ big, backend="nvml", config=MeterConfig(window_s=1.0, repeats=6, precision=0.0,
+                                                                       idle_s=1.0)).anatomy.busy
+    assert busy is not None and busy.share > anatomy.busy.share  # large matmuls keep it busier

@@ -871,9 +871,9 @@ class _Loop:
                 f"{state.original.n_params / 1e6:.3g} -> {state.n_params / 1e6:.3g} M params")
         if state.applied_levers:
             lever_ratio = (state.levers or {}).get("ratio")
-            pruning = final.energy_ratio / lever_ratio if lever_ratio else None
-            done = (f"levers {', '.join(state.applied_levers)} {lever_ratio:.3f}x"
-                    + (f", pruning {pruning:.3f}x (the rest of the figure)" if pruning else "") + f"; {done}")
+            pruning = math.prod(s.step_ratio for s in state.steps if s.accepted and s.step_ratio is not None)
+            done = (f"levers {', '.join(state.applied_levers)} {lever_ratio:.3f}x (their own comparison), pruning "
+                    f"{pruning:.3f}x (product of its steps); {done}")
         if state.quality is not None:
             done += f", quality {state.quality:.4g}"
         if outcome == "median-only":

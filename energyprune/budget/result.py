@@ -265,9 +265,13 @@ class PruneResult:
 
     @property
     def pruning_ratio(self) -> float | None:
-        """The share of the final ratio left to pruning: final / levers' own ratio (levers applied)."""
-        ratio = (self.levers or {}).get("ratio")
-        return self.final.energy_ratio / ratio if self.applied_levers and ratio else None
+        """With levers applied: the pruning's own factor, the product of the accepted steps' ratios
+        (each step compares two levered models; 1.0 when nothing was pruned). The levers' factor is
+        `levers["ratio"]`; `final.energy_ratio` (a direct comparison) remains the figure of record,
+        and the product of the two factors agrees with it within their intervals."""
+        if not self.applied_levers:
+            return None
+        return math.prod(s.step_ratio for s in self.accepted_steps if s.step_ratio is not None)
 
     def __post_init__(self) -> None:
         if self.stop_reason not in LOOP_STOP_REASONS:

@@ -372,7 +372,7 @@ def render_text(data: dict[str, Any]) -> str:
     if levers.get("applied"):
         lines.append(f"  levers    {', '.join(levers['applied'])}: energy ratio {_ratio(levers['ratio'])} "
                      f"[95% {_interval(levers['ratio_ci95'])}] before pruning{' ESTIMATED' if estimated else ''}; "
-                     f"pruning {_ratio(data.get('energy_ratio_from_pruning'))} (final / levers); re-applied at load")
+                     f"pruning {_ratio(data.get('energy_ratio_from_pruning'))} (product of its steps); re-applied at load")
     elif levers:
         lines.append("  levers    none applied: " + "; ".join(f"{t['name']}: {t.get('reason') or t.get('verdict')}"
                                                               for t in levers.get("tried") or []))

@@ -237,6 +237,11 @@ def advise(model: nn.Module, inputs: Inputs, *, levers: Sequence[Lever] | None =
 
     device = model_device(model)
     batch = batch_size_of(inputs)
+    if isinstance(backend, str):  # chosen (and its notes said) once, not once per lever
+        from energyprune.measure.api import resolve_backends
+        from energyprune.torch_io import cuda_devices_of
+
+        backend, _ = resolve_backends(backend, cuda_devices_of(model), None)
     context = LeverContext(device=device, inputs=inputs, batch_size=batch, make_inputs=make_inputs)
     levers = list(levers) if levers is not None else candidate_levers(device.type, batch)
     baseline = measure(model, inputs, backend=backend, config=config, progress=progress, label=label, clock=clock)

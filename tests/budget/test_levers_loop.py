@@ -60,9 +60,9 @@ def test_levers_that_reach_the_target_alone_leave_the_model_unpruned():
                              judge=ScaledJudge(), levers=[ScaleLever("graphs", 0.5)])
     assert result.outcome == "reached" and result.applied_levers == ["graphs"]
     assert result.steps == () and result.final.energy_ratio == pytest.approx(0.5)
-    assert result.levers["ratio"] == pytest.approx(0.5) and result.pruning_ratio == pytest.approx(1.0)
+    assert result.levers["ratio"] == pytest.approx(0.5) and result.pruning_ratio == 1.0
     assert sum(p.numel() for p in result.model.parameters()) == sum(p.numel() for p in model.parameters())
-    assert "levers graphs 0.500x" in result.message
+    assert "levers graphs 0.500x (their own comparison), pruning 1.000x" in result.message
 
 
 def test_pruning_finds_only_what_the_levers_left_and_the_ratios_are_shown_apart():
@@ -75,8 +75,10 @@ def test_pruning_finds_only_what_the_levers_left_and_the_ratios_are_shown_apart(
     assert not tried["nothing"]["worth_it"]
     assert result.applied_levers == ["fuse"]
     assert result.reached and result.final.energy_ratio <= 0.7 + 1e-9
-    # the pruning needed only 0.7 / 0.9 of the rest, and the two factors make the figure of record
+    # the pruning needed only 0.7 / 0.9 of the rest; its steps' product and the levers' ratio make
+    # the figure of record (the scripted judge is exact)
     assert result.pruning_ratio == pytest.approx(result.final.energy_ratio / 0.9)
+    assert result.pruning_ratio == pytest.approx(math.prod(s.step_ratio for s in result.accepted_steps))
     assert result.levers["ratio"] * result.pruning_ratio == pytest.approx(result.final.energy_ratio)
     data = result.to_dict()
     assert data["energy_ratio_from_levers"] == pytest.approx(0.9)
