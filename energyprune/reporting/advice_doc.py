@@ -37,16 +37,18 @@ def _baseline_row(result: Mapping[str, Any]) -> dict[str, Any]:
 def lever_rows(result: Mapping[str, Any]) -> list[list[str]]:
     tag = " (EST.)" if is_estimated(result.get("provenance")) else ""
     base = result["baseline"]
-    rows = [["lever", "J/sample" + tag, "95% interval", "ratio", "ratio 95% interval", "latency / call",
-             "fidelity", "verdict"]]
-    rows.append(["original", format_energy(base["per_sample_j"]), _interval(_baseline_row(result)["ci95_per_sample_j"]),
-                 "1", "", format_time(base["latency_s"]["median"]), "1 (itself)", f"batch {base['batch_size']}"])
+    rows = [["lever", "J/call" + tag, "J/sample" + tag, "95% interval / sample", "ratio / sample",
+             "ratio 95% interval", "latency / call", "fidelity", "verdict"]]
+    rows.append(["original", format_energy(base["per_inference_j"]), format_energy(base["per_sample_j"]),
+                 _interval(_baseline_row(result)["ci95_per_sample_j"]), "1", "", format_time(base["latency_s"]["median"]),
+                 "1 (itself)", f"batch {base['batch_size']}"])
     measured = [r for r in result["levers"] if r["status"] == "measured"]
     if result.get("combined") and result["combined"]["status"] == "measured":
         measured.append(result["combined"])
     for r in measured:
         name = r["name"] + (" (lossy)" if r.get("lossy") else "") + (f" [batch {r['batch_size']}]" if r.get("workload") else "")
-        rows.append([name, format_energy(r["per_sample_j"]), _interval(r["per_sample_ci95_j"]), f"{r['ratio']:.3f}",
+        rows.append([name, format_energy(r["per_inference_j"]), format_energy(r["per_sample_j"]),
+                     _interval(r["per_sample_ci95_j"]), f"{r['ratio']:.3f}",
                      _interval(r["ratio_ci95"], lambda v: f"{v:.3f}"), format_time(r["latency_s"]), _fidelity(r),
                      r["verdict"]])
     return rows
