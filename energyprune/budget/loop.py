@@ -139,6 +139,7 @@ class _State:
     history: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # (units, share of E0 saved)
     confirmations: int = 0
     levers: dict[str, Any] | None = None  # LeverPhase.to_dict() of the lever phase, when levers were given
+    final_recovery: dict[str, Any] | None = None  # fidelity before and after the final recovery
 
     @property
     def applied_levers(self) -> list[str]:
@@ -179,7 +180,7 @@ class _State:
             "coarse_streak": self.coarse_streak, "quality": self.quality, "fidelity": self.fidelity,
             "flops": self.flops, "n_params": self.n_params, "warnings": list(self.warnings),
             "elapsed_s": self.elapsed_s, "history": [list(h) for h in self.history],
-            "confirmations": self.confirmations, "levers": self.levers,
+            "confirmations": self.confirmations, "levers": self.levers, "final_recovery": self.final_recovery,
         }
 
     @classmethod
@@ -199,6 +200,7 @@ class _State:
             history=[(int(n), float(r)) for n, r in d.get("history", [])],
             confirmations=int(d.get("confirmations", 0)),
             levers=dict(d["levers"]) if d.get("levers") else None,
+            final_recovery=dict(d["final_recovery"]) if d.get("final_recovery") else None,
         )
 
 
@@ -363,6 +365,7 @@ def prune_to_energy(
     run_options: Mapping[str, Any] | None = None,
     levers: LeverSpec = None,
     lever_floor: float = DEFAULT_FIDELITY_FLOOR,
+    final_recovery: Recovery | None = None,
     **criterion_options: Any,
 ) -> PruneResult:
     """Prune a copy of `model` until one inference on `inputs` meets `target`, measuring every step.
@@ -374,7 +377,9 @@ def prune_to_energy(
     evaluate: evaluate(model) -> quality, higher is better; default: semantic fidelity against the
       original on `inputs` (1.0 for the original). quality_floor bounds it from below.
     calibration: batches for data-driven criteria (default: `inputs` alone).
-    recovery: recovery(model) after each removal (fine-tune / distil in place, or return a new model).
+    recovery: recovery(model) after each removal (fine-tune / distil in place, or return a new model);
+      each step records the fidelity before and after it. final_recovery: the same once more on the
+      model the run ends with (more steps, typically), fidelity before and after in `result.recovery`.
     judge: measures and compares models; default `MeterJudge(backend, config)`, the real meter.
     checkpoint_dir / resume: checkpoint after every step; resume=True continues a saved run.
     progress: progress(phase, fraction, message); phase "step" carries one line per step, the
@@ -400,8 +405,9 @@ def prune_to_energy(
         quality_floor = _as_quality(quality_floor, "quality_floor")
     if evaluate is not None and not callable(evaluate):
         raise UsageError("evaluate must be callable as evaluate(model) -> float (higher is better)")
-    if recovery is not None and not callable(recovery):
-        raise UsageError("recovery must be callable as recovery(model)")
+    for name, hook in (("recovery", recovery), ("final_recovery", final_recovery)):
+        if hook is not None and not callable(hook):
+            raise UsageError(f"{name} must be callable as {name}(model)")
     if judge is not None:
         if config is not None or backend != "auto":
             raise UsageError("backend and config set up the default judge: give them to your judge instead")
@@ -431,7 +437,7 @@ def prune_to_energy(
         calibration=calibration, quality=quality, quality_floor=quality_floor, recovery=recovery, judge=judge,
         checkpointer=checkpointer, max_steps=max_steps, report=report, started=started,
         accept_median=bool(accept_median), run_options=dict(run_options or {}), levers=tuple(lever_list),
-        lever_floor=lever_floor))
+        lever_floor=lever_floor, final_recovery=final_recovery))
     if resume:
         assert checkpointer is not None
         done = loop.restore(checkpointer.load())
@@ -474,6 +480,7 @@ class _Setup:
     run_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     levers: tuple[Lever, ...] = ()
     lever_floor: float = DEFAULT_FIDELITY_FLOOR
+    final_recovery: Recovery | None = None
 
 
 class _Loop:
@@ -505,6 +512,7 @@ class _Loop:
         self.fingerprint = fingerprint(setup.original)
         self.step_cap: int | None = None  # after a refused step: at most half of it next
         self.direct: ComparisonLike | None = None  # the last direct comparison with the original
+        self.final_recovery = setup.final_recovery
         self.levers_given = list(setup.levers)
         self.lever_floor = setup.lever_floor
         # The model as it is measured and judged: with the levers found worth it (none yet).
@@ -673,7 +681,10 @@ class _Loop:
         t0 = time.perf_counter()
         index = len(state.steps) + 1
         candidate, record = remove_units(self.current, chosen)
+        fidelity_before = None
         if self.recovery is not None:
+            # What the removal cost before recovery wins part of it back: both go in the step.
+            fidelity_before = self.q.fidelity(self.run_form(candidate))
             returned = self.recovery(candidate)
             if isinstance(returned, nn.Module):
                 candidate = returned
@@ -689,7 +700,8 @@ class _Loop:
             note = (f"quality {quality:.4g} is below the floor {self.quality_floor:.4g}: refused, not measured")
             refused = PruneStep(index, tuple(chosen), state.n_removed, n_params, flops, None, None, None, None,
                                 None, None, quality, fidelity, False, note, time.perf_counter() - t0,
-                                removed_original=tuple(state.record.original_unit(u) for u in chosen))
+                                removed_original=tuple(state.record.original_unit(u) for u in chosen),
+                                fidelity_before_recovery=fidelity_before)
             state.steps.append(refused)
             self.emit(refused)
             if len(chosen) > 1:
@@ -743,7 +755,8 @@ class _Loop:
             energy_ratio_ci95=state.energy_ratio_ci95, per_inference_j=state.original.per_inference_j * e_ratio,
             latency_s=b_latency, quality=quality, fidelity=fidelity, accepted=True, note="; ".join(notes),
             duration_s=time.perf_counter() - t0, latency_ratio=state.tracked_ratio("latency"),
-            mean_power_w=b_power, comparison=_strip_traces(comparison.to_dict()), removed_original=removed_original)
+            mean_power_w=b_power, comparison=_strip_traces(comparison.to_dict()), removed_original=removed_original,
+            fidelity_before_recovery=fidelity_before)
         state.steps.append(accepted)
         self.save("running")
         self.emit(accepted)
@@ -815,6 +828,8 @@ class _Loop:
                            "longer windows or more repeats for a firmer figure"
                            + ("; counted as reached because of accept_median" if self.accept_median else "") + ")")
         reached = outcome == "reached" or (outcome == "median-only" and self.accept_median)
+        if reason != "interrupted":
+            self.recover_final()
         if met:
             if reason != "target-reached":
                 why = f"{why}; the direct comparison with the original shows the target met"
@@ -823,6 +838,24 @@ class _Loop:
         self.save("interrupted" if reason == "interrupted" else "done", result)
         self.report("final", 1.0, result.message)
         return result
+
+    def recover_final(self) -> None:
+        """The longer recovery at the end (`final_recovery`), on the model the run keeps. It changes
+        weights, not shapes (adapters are merged back), so the energy figures stand; the fidelity
+        before and after it is recorded."""
+        state = self.state
+        assert state is not None
+        if self.final_recovery is None or not state.n_removed or state.final_recovery is not None:
+            return
+        self.report("final", 0.5, "final recovery")
+        before = state.fidelity
+        returned = self.final_recovery(self.current)
+        if isinstance(returned, nn.Module):
+            self.current = returned
+        state.fidelity = self.q.fidelity(self.run_form(self.current))
+        state.quality = self.q.quality(self.run_form(self.current), state.fidelity)
+        state.final_recovery = {"fidelity_before": before, "fidelity_after": state.fidelity}
+        self.report("final", 0.6, f"final recovery: fidelity {_fmt_q(before)} -> {_fmt_q(state.fidelity)}")
 
     def interrupted(self) -> PruneResult | None:
         if self.state is None:
@@ -853,7 +886,7 @@ class _Loop:
             warnings=tuple(state.warnings + ([f"fidelity could not be computed: {self.q.fidelity_broken}"]
                                              if self.q.fidelity_broken else [])),
             model=self.current, outcome=outcome or ("reached" if reached else "not-reached"),
-            levers=state.levers)
+            levers=state.levers, recovery=state.final_recovery)
 
     def message(self, reason: str, reached: bool, why: str, final: FinalFigures, outcome: str = "") -> str:
         state = self.state
@@ -900,7 +933,8 @@ class _Loop:
             return
         data = self.state.to_dict()
         data["elapsed_s"] = self.state.elapsed_s + (time.perf_counter() - self.started)
-        weights = self.current.state_dict() if self.recovery is not None and self.state.n_removed else None
+        recovered = self.recovery is not None or self.state.final_recovery is not None
+        weights = self.current.state_dict() if recovered and self.state.n_removed else None
         checkpoint = Checkpoint(self.fingerprint, self.goal.to_dict(), self.criterion_name, self.kind, status, data,
                                 result.to_dict() if result is not None else None, weights is not None,
                                 {"run_options": self.run_options})
@@ -909,6 +943,10 @@ class _Loop:
 
 def quantity_is_energy(goal: EnergyTarget) -> bool:
     return goal.quantity == "energy"
+
+
+def _fmt_q(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _fmt_j(value: float) -> str:

@@ -115,6 +115,9 @@ class PruneStep:
     comparison: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
     #: `removed` as the original model numbers them (`removed` is in the model the step pruned).
     removed_original: tuple[Unit, ...] = ()
+    #: With a recovery hook: the candidate's fidelity right after the removal, before recovery
+    #: (`fidelity` is after it); None without one.
+    fidelity_before_recovery: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +140,7 @@ class PruneStep:
             "duration_s": self.duration_s,
             "latency_ratio": _finite(self.latency_ratio),
             "mean_power_w": _finite(self.mean_power_w),
+            "fidelity_before_recovery": _finite(self.fidelity_before_recovery),
             "comparison": slim_comparison(self.comparison) if self.comparison is not None else None,
         }
 
@@ -165,6 +169,7 @@ class PruneStep:
                 comparison=d.get("comparison"),
                 removed_original=tuple(Unit(str(u["kind"]), str(u["path"]), int(u["index"]))
                                        for u in d.get("removed_original") or ()),
+                fidelity_before_recovery=_opt_float(d.get("fidelity_before_recovery")),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise UsageError(f"not a prune step: {type(error).__name__}: {error}") from None
@@ -258,6 +263,8 @@ class PruneResult:
     #: The lever phase (`budget.levers_phase.LeverPhase.to_dict()`): what was tried, what runs the
     #: model now, and its own energy ratio; None when no levers were given.
     levers: Mapping[str, Any] | None = None
+    #: The final recovery's fidelity before and after (None without `final_recovery`).
+    recovery: Mapping[str, Any] | None = None
 
     @property
     def applied_levers(self) -> list[str]:
@@ -306,6 +313,7 @@ class PruneResult:
             "duration_s": self.duration_s,
             "warnings": list(self.warnings),
             "levers": dict(self.levers) if self.levers else None,
+            "final_recovery": dict(self.recovery) if self.recovery else None,
             "energy_ratio_from_levers": (self.levers or {}).get("ratio") if self.applied_levers else None,
             "energy_ratio_from_pruning": _finite(self.pruning_ratio) if self.pruning_ratio is not None else None,
         }
@@ -335,6 +343,7 @@ class PruneResult:
                 warnings=tuple(str(w) for w in d.get("warnings", ())),
                 outcome=str(d.get("outcome") or ""),
                 levers=dict(d["levers"]) if d.get("levers") else None,
+                recovery=dict(d["final_recovery"]) if d.get("final_recovery") else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise UsageError(f"not a prune result: {type(error).__name__}: {error}") from None

@@ -102,6 +102,16 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
                       help="the fidelity a lever must keep to be applied (default 0.99)")
     loop.add_argument("--recovery-lr", type=options.positive_float, default=1e-4, metavar="LR",
                       help="learning rate of the recovery steps (default 1e-4)")
+    loop.add_argument("--final-recovery-steps", type=int, default=0, metavar="N",
+                      help="N more distillation steps on the model the run ends with (default 0); the fidelity "
+                           "before and after is reported")
+    loop.add_argument("--recovery-lora-rank", type=int, default=0, metavar="R",
+                      help="distil rank-R adapters on every linear layer instead of all weights, merged back into "
+                           "the weights after each recovery (default 0: all weights)")
+    loop.add_argument("--recovery-hidden-weight", type=options.non_negative_float, default=0.0, metavar="W",
+                      help="add W x the MSE of the last hidden states to the logit KL (default 0)")
+    loop.add_argument("--recovery-temperature", type=options.positive_float, default=1.0, metavar="T",
+                      help="distillation temperature (default 1)")
     options.add_model_options(parser)
     options.add_meter_options(parser)
     options.add_carbon_options(parser)
@@ -115,7 +125,9 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 #: and the resume command printed at an interruption carries them all. (flag, attribute)
 RUN_FLAGS = (("--unit-kind", "unit_kind"), ("--quality-floor", "quality_floor"), ("--calibration", "calibration"),
              ("--calibration-batches", "calibration_batches"), ("--recovery-steps", "recovery_steps"),
-             ("--recovery-lr", "recovery_lr"), ("--batch-size", "batch_size"), ("--seq-len", "seq_len"),
+             ("--recovery-lr", "recovery_lr"), ("--final-recovery-steps", "final_recovery_steps"),
+             ("--recovery-lora-rank", "recovery_lora_rank"), ("--recovery-hidden-weight", "recovery_hidden_weight"),
+             ("--recovery-temperature", "recovery_temperature"), ("--batch-size", "batch_size"), ("--seq-len", "seq_len"),
              ("--input-shape", "input_shape"), ("--device", "device"), ("--dtype", "dtype"),
              ("--backend", "backend"), ("--duration", "duration"), ("--repeats", "repeats"),
              ("--precision", "precision"), ("--max-duration", "max_duration"), ("--idle", "idle"),
@@ -201,8 +213,10 @@ def run(args: argparse.Namespace) -> int:
     from energyprune.files import OutputLock, check_output_dir
 
     parse_target(args.target)  # a typo in the target fails before anything else
-    if args.recovery_steps < 0:
-        raise UsageError(f"--recovery-steps must be 0 or more, got {args.recovery_steps}")
+    for flag, value in (("--recovery-steps", args.recovery_steps), ("--final-recovery-steps", args.final_recovery_steps),
+                        ("--recovery-lora-rank", args.recovery_lora_rank)):
+        if value < 0:
+            raise UsageError(f"{flag} must be 0 or more, got {value}")
     config = options.meter_config(args)
     options.check_stdout(args)
     args.intensity = options.carbon_intensity(args)  # a wrong country code fails now, not after the run
@@ -239,13 +253,18 @@ def _prune(args: argparse.Namespace, config: Any, directory: Path | None, replac
     if replace:  # only now that everything is validated: a typo must not cost the earlier results
         assert directory is not None
         _remove_earlier(directory)
-    recovery = None
-    if args.recovery_steps:
+    recovery = final_recovery = None
+    if args.recovery_steps or args.final_recovery_steps:
         from energyprune.budget.recovery import Distillation
 
         # The teacher is the loaded model itself: the loop prunes copies, so it stays the original.
-        recovery = Distillation(teacher=model, batches=list(calibration), steps=args.recovery_steps,
-                                lr=args.recovery_lr)
+        settings = dict(teacher=model, batches=list(calibration), lr=args.recovery_lr,
+                        temperature=args.recovery_temperature, hidden_weight=args.recovery_hidden_weight,
+                        lora_rank=args.recovery_lora_rank)
+        if args.recovery_steps:
+            recovery = Distillation(steps=args.recovery_steps, **settings)
+        if args.final_recovery_steps:
+            final_recovery = Distillation(steps=args.final_recovery_steps, **settings)
     live = _LiveView()
     judge = MeterJudge(args.backend, config, cpu_tdp_w=args.cpu_tdp_w, progress=live)
     live.stream.write(f"energyprune: pruning {loaded.description} on {device} to {target.text} with "
@@ -256,6 +275,7 @@ def _prune(args: argparse.Namespace, config: Any, directory: Path | None, replac
             quality_floor=args.quality_floor, recovery=recovery, judge=judge, checkpoint_dir=directory,
             resume=args.resume, max_steps=args.max_steps, progress=live, accept_median=args.accept_median,
             run_options=_run_options(args), levers=args.levers, lever_floor=args.lever_floor,
+            final_recovery=final_recovery,
             **dict(args.criterion_option))
     except PruneInterrupted as interrupt:
         live.close()
@@ -346,12 +366,16 @@ def _steps_rows(data: dict[str, Any]) -> list[list[str]]:
     from energyprune.units import format_energy
 
     est = " ESTIMATED" if is_estimated(data.get("provenance")) else ""
-    rows = [["step", "removed", "params", "energy ratio", "95% interval", "J/inference", "quality", "accepted"]]
+    recovered = any(s.get("fidelity_before_recovery") is not None for s in data["steps"])
+    rows = [["step", "removed", "params", "energy ratio", "95% interval", "J/inference", "quality"]
+            + (["fidelity before -> after recovery"] if recovered else []) + ["accepted"]]
     for s in data["steps"]:
         rows.append([str(s["index"]), str(len(s["removed"])), str(s["n_params"]), _ratio(s["energy_ratio"]),
                      _interval(s["energy_ratio_ci95"]),
                      format_energy(s["per_inference_j"]) + (est if s["per_inference_j"] is not None else ""),
-                     "n/a" if s["quality"] is None else f"{s['quality']:.4g}", "yes" if s["accepted"] else "no"])
+                     "n/a" if s["quality"] is None else f"{s['quality']:.4g}"]
+                    + ([f"{_ratio(s.get('fidelity_before_recovery'))} -> {_ratio(s.get('fidelity'))}"] if recovered else [])
+                    + ["yes" if s["accepted"] else "no"])
     return rows
 
 
@@ -386,6 +410,10 @@ def render_text(data: dict[str, Any]) -> str:
             "not-reached": "NOT REACHED"}[outcome]
     if outcome == "median-only" and data["reached"]:
         word += ", accepted with --accept-median"
+    final_recovery = data.get("final_recovery")
+    if final_recovery:
+        lines.append(f"  final recovery: fidelity {_ratio(final_recovery.get('fidelity_before'))} -> "
+                     f"{_ratio(final_recovery.get('fidelity_after'))} (weights only: the energy figures stand)")
     lines.append(f"  {word} ({data['stop_reason']}): {data['message']}")
     from energyprune.reporting.carbon_text import lines as co2_lines, saving_rows
 

@@ -166,3 +166,20 @@ def test_a_target_met_by_the_median_only_exits_4_unless_accepted(tmp_path, monke
     assert "UNCONFIRMED" in captured.out and (tmp_path / "a" / "pruned.safetensors").is_file()
     assert cli([*args, "--out", str(tmp_path / "b"), "--accept-median"]) == 0
     assert "accepted with --accept-median" in capsys.readouterr().out
+
+
+def test_recovery_options_report_fidelity_before_and_after(tmp_path, judges, capsys):
+    out = tmp_path / "recovered"
+    code = cli(["prune", "--target", "-20%", "--criterion", "magnitude", "--unit-kind", "neuron", "--out", str(out),
+                "--recovery-steps", "2", "--final-recovery-steps", "4", "--recovery-lora-rank", "4",
+                "--recovery-lr", "1e-3", "--accept-median", *DEMO])
+    captured = capsys.readouterr()
+    assert code in (0, 3, 4), captured.err  # reaching the goal is not what this test is about
+    result = json.loads((out / "result.json").read_text())
+    assert all(s["fidelity_before_recovery"] is not None for s in result["steps"])
+    assert result["final_recovery"]["fidelity_after"] == result["final"]["fidelity"]
+    assert "fidelity before -> after recovery" in captured.out and "final recovery: fidelity" in captured.out
+    assert load_model(str(out)).module is not None  # adapters merged: the folder reloads strictly
+    assert cli(["prune", "--target", "-30%", "--criterion", "magnitude", "--final-recovery-steps", "-1",
+                "--out", str(tmp_path / "x"), *DEMO]) == 2
+    assert "--final-recovery-steps must be 0 or more" in capsys.readouterr().err
