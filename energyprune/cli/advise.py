@@ -56,7 +56,7 @@ def _advise(args: argparse.Namespace, config: Any, names: list[str]) -> int:
 
     if names == ["none"]:
         raise UsageError("--levers none leaves nothing to advise on: name levers or use auto")
-    p = options.prepared(args.model, args)
+    p = options.prepared(args.model, args, run_levers=False)  # advice starts from the plain model
     fixed = p.loaded.factory_inputs is not None and args.input_shape is None
 
     def make_inputs(batch: int) -> Any:

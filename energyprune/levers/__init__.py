@@ -105,7 +105,11 @@ def run_with_levers(model: "nn.Module", names: Sequence[str], inputs: Any) -> tu
     context = LeverContext(device=model_device(model), inputs=inputs, batch_size=batch_size_of(inputs))
     levers, notes = [], []
     for name in names:
-        lever = lever_named(name)
+        try:
+            lever = lever_named(name)
+        except UsageError as error:
+            raise UsageError(f"the saved model is to run with lever {name!r}, which is not built in ({error}); "
+                             "load it in Python and apply that lever yourself") from None
         reason = lever.applies_to(model, context)
         if reason:
             notes.append(f"lever {name} from the saved folder not re-applied: {reason}")

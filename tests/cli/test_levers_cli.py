@@ -62,7 +62,7 @@ def test_a_folder_naming_an_unknown_lever_is_one_clear_line(tmp_path, halving_ju
     capsys.readouterr()
     assert main(["measure", str(out), *DEMO, *QUICK]) == 2
     err = capsys.readouterr().err
-    assert "unknown lever 'import os'" in err and "Traceback" not in err
+    assert "lever 'import os', which is not built in" in err and "Traceback" not in err
     meta["levers"] = "compile"
     (out / "pruned.json").write_text(json.dumps(meta))
     assert main(["measure", str(out), *DEMO, *QUICK]) == 2
