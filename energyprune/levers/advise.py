@@ -129,12 +129,12 @@ def _first_samples(inputs: Inputs, total: int, keep: int) -> Inputs:
 def _batch_fidelity(model: nn.Module, inputs: Inputs, batch: int, base_batch: int) -> dict[str, Any]:
     """The same samples run at batch `base_batch` and inside a batch of `batch`: the largest
     difference of the main output (batched kernels may sum in another order)."""
-    from energyprune.metrics.fidelity import _output_tensor, evaluating  # the one output reader
+    from energyprune.metrics.fidelity import evaluating, main_output
 
     head = _first_samples(inputs, batch, base_batch)
     with evaluating(model):
-        whole = _output_tensor(call_model(model, inputs), ("logits", "last_hidden_state"), "main").float()
-        alone = _output_tensor(call_model(model, head), ("logits", "last_hidden_state"), "main").float()
+        whole = main_output(call_model(model, inputs)).float()
+        alone = main_output(call_model(model, head)).float()
     return {"metric": f"the first {base_batch} sample(s) alone against inside batch {batch}",
             "fidelity": None, "max_abs_error": float((whole[:base_batch] - alone).abs().max())}
 

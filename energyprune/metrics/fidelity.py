@@ -633,7 +633,21 @@ def auto_fidelity(original: nn.Module, candidate: nn.Module, batches: Sequence[A
     """The fidelity that fits the model's output, in [0, 1]: exp(−KL) of next-token distributions
     for language models (logits of shape batch x tokens x vocabulary), top-1 agreement for
     classifiers (batch x classes), embedding cosine otherwise."""
-    batch = batches[0]
+    kind = _output_kind(original, batches[0])
+    if kind == "next-token":
+        return float(next_token_fidelity(original, candidate, batches).fidelity)
+    if kind == "class":
+        return float(agreement(original, candidate, batches))
+    return float(embedding_fidelity(original, candidate, batches))
+
+
+#: What `auto_fidelity` computes for each kind of output.
+FIDELITY_METRICS = {"next-token": "exp(-KL) of next-token distributions", "class": "top-1 agreement",
+                    "embedding": "embedding cosine"}
+
+
+def _output_kind(original: nn.Module, batch: Any) -> str:
+    """"next-token" (logits batch x tokens x vocabulary), "class" (batch x classes) or "embedding"."""
     with evaluating(original):
         output = forward_batch(original, batch)
     logits = getattr(output, "logits", None)
@@ -642,10 +656,10 @@ def auto_fidelity(original: nn.Module, candidate: nn.Module, batches: Sequence[A
     if logits is None and isinstance(output, torch.Tensor) and output.ndim == 3 and _has_token_ids(batch):
         logits = output
     if isinstance(logits, torch.Tensor) and logits.ndim == 3:
-        return float(next_token_fidelity(original, candidate, batches).fidelity)
+        return "next-token"
     if isinstance(logits, torch.Tensor) and logits.ndim == 2:
-        return float(agreement(original, candidate, batches))
-    return float(embedding_fidelity(original, candidate, batches))
+        return "class"
+    return "embedding"
 
 
 def _has_token_ids(batch: Any) -> bool:
@@ -653,35 +667,24 @@ def _has_token_ids(batch: Any) -> bool:
     return isinstance(ids, torch.Tensor) and ids.ndim == 2 and not ids.is_floating_point()
 
 
+def main_output(out: Any) -> torch.Tensor:
+    """The tensor a model's output is about: its logits, its last hidden state, or itself."""
+    return _output_tensor(out, ("logits", "last_hidden_state"), "main")
+
+
 def output_fidelity(original: nn.Module, candidate: nn.Module, batches: Sequence[Any]) -> dict[str, Any]:
     """How close a transformed model's outputs are to the original's on the same inputs: the
     fidelity that fits the output (`auto_fidelity`: exp(−KL), top-1 agreement or embedding cosine,
     named in `metric`) and the largest absolute difference of the main output tensor, which shows
     a change in the last bits (bf16) that a fidelity of 1.000 would hide."""
-    metric = _fidelity_metric(original, batches[0])
+    metric = FIDELITY_METRICS[_output_kind(original, batches[0])]
     value = auto_fidelity(original, candidate, batches)
     worst = 0.0
     with evaluating(original, candidate):
         for batch in batches:
-            a = _output_tensor(forward_batch(original, batch), ("logits", "last_hidden_state"), "main").float()
-            b = _output_tensor(forward_batch(candidate, batch), ("logits", "last_hidden_state"), "main").float()
+            a = main_output(forward_batch(original, batch)).float()
+            b = main_output(forward_batch(candidate, batch)).float()
             if a.shape != b.shape:
                 raise InputShapeError(f"the outputs differ in shape: {tuple(a.shape)} against {tuple(b.shape)}")
             worst = max(worst, float((a - b.to(a.device)).abs().max()))
     return {"metric": metric, "fidelity": value, "max_abs_error": worst}
-
-
-def _fidelity_metric(original: nn.Module, batch: Any) -> str:
-    """The name of the figure `auto_fidelity` gives for this model (same rules)."""
-    with evaluating(original):
-        output = forward_batch(original, batch)
-    logits = getattr(output, "logits", None)
-    if logits is None and isinstance(output, Mapping):
-        logits = output.get("logits")
-    if logits is None and isinstance(output, torch.Tensor) and output.ndim == 3 and _has_token_ids(batch):
-        logits = output
-    if isinstance(logits, torch.Tensor) and logits.ndim == 3:
-        return "exp(-KL) of next-token distributions"
-    if isinstance(logits, torch.Tensor) and logits.ndim == 2:
-        return "top-1 agreement"
-    return "embedding cosine"
