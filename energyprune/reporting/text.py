@@ -126,6 +126,8 @@ def render_comparison_text(result: Mapping[str, Any]) -> str:
         f"{_interval(a['ci95_j'])}   latency {format_time(a['latency_s']['median'])}",
         f"  B {b['label']}: {format_energy(b['per_inference_j'])} per inference{tag}   95% interval "
         f"{_interval(b['ci95_j'])}   latency {format_time(b['latency_s']['median'])}",
+        *[f"  {side} where it goes{tag}: {value}" for side, m in (("A", a), ("B", b))
+          for key, value in anatomy_rows(m)[:1]],
         f"  stopped because: {METER_STOP_REASONS.get(result['stop_reason'], result['stop_reason'])}",
         *carbon_text.lines(carbon_text.saving_rows(result, "A", "B")),
     ]
