@@ -7,6 +7,7 @@ read this table, so a new kind is one `UnitKind` here (and its surgery module).
 | block | a whole block of the stack | `remove_blocks` | one block |
 | attention | a block's attention sub-block | `remove_attention` | one attention module |
 | neuron | one hidden unit of an MLP (or an MBConv expansion channel) | `prune_mlp_neurons` | one neuron per MLP |
+| head | one KV group of an attention module (a KV head and its query heads; one head without GQA) | `prune_heads` | one group per attention |
 | channel | one output channel of a conv / Linear in an `nn.Sequential` chain | `prune_channels` | one channel per layer |
 | activation | a foldable MLP's nonlinearity (NEPENTHE) | `fold_activation` | - |
 """
@@ -94,6 +95,29 @@ def _neurons(model: nn.Module, calibration: Calibration | None) -> list[Unit]:
     return units
 
 
+def _heads(model: nn.Module, calibration: Calibration | None) -> list[Unit]:
+    from energyprune.pruning.base import Unit
+    from energyprune.pruning.surgery.heads import attention_paths, find_attention_heads
+
+    paths = attention_paths(model)
+    if not paths:
+        raise UsageError(f"{type(model).__name__} has no block stack with attention modules: heads cannot be pruned; "
+                         f"unit kinds that apply: {', '.join(applicable_kinds(model, skip='head')) or 'none'}")
+    units = []
+    for path in paths:
+        spec = find_attention_heads(model, path)
+        if spec is None:
+            from energyprune.pruning.surgery.heads import describe_layouts
+            from energyprune.pruning.surgery.slicing import get_module
+
+            raise UsageError(
+                f"{path} ({type(get_module(model, path)).__name__}) is not an attention layout whose heads this "
+                f"library can map (known: {describe_layouts()}); unit kinds that apply to this model: "
+                f"{', '.join(applicable_kinds(model, skip='head')) or 'none'}")
+        units += [Unit("head", path, g) for g in range(spec.groups)]
+    return units
+
+
 def _channels(model: nn.Module, calibration: Calibration | None) -> list[Unit]:
     from energyprune.pruning.base import Unit
     from energyprune.pruning.surgery.channels import channel_producers
@@ -140,6 +164,12 @@ def _remove_neurons(model: nn.Module, units: Sequence[Unit], inplace: bool) -> R
     return prune_mlp_neurons(model, _by_path(units), inplace=inplace)
 
 
+def _remove_heads(model: nn.Module, units: Sequence[Unit], inplace: bool) -> Removal:
+    from energyprune.pruning.surgery import prune_heads
+
+    return prune_heads(model, _by_path(units), inplace=inplace)
+
+
 def _remove_channels(model: nn.Module, units: Sequence[Unit], inplace: bool) -> Removal:
     from energyprune.pruning.surgery import prune_channels
 
@@ -163,6 +193,8 @@ KINDS: dict[str, UnitKind] = {
         UnitKind("block", "a whole block of the block stack", _blocks, _remove_blocks),
         UnitKind("attention", "the attention sub-block of a block", _attention, _remove_attention),
         UnitKind("neuron", "one hidden unit of an MLP", _neurons, _remove_neurons, grouped=True),
+        UnitKind("head", "one KV group of attention heads (a KV head with its query heads)", _heads, _remove_heads,
+                 grouped=True),
         UnitKind("channel", "one output channel of a conv / Linear layer", _channels, _remove_channels,
                  grouped=True),
         UnitKind("activation", "a foldable MLP's nonlinearity", _activations, _fold, keep_per_group=0),
@@ -176,6 +208,21 @@ def get_kind(name: str) -> UnitKind:
     if kind is None:
         raise UsageError(f"unknown unit kind {name!r}: use one of {', '.join(KIND_NAMES)}")
     return kind
+
+
+def applicable_kinds(model: nn.Module, skip: str = "") -> list[str]:
+    """The unit kinds whose units the model offers (without calibration data), for messages that
+    must say what does apply when one kind does not."""
+    out = []
+    for name, kind in KINDS.items():
+        if name == skip:
+            continue
+        try:
+            if kind.enumerate(model, None):
+                out.append(name)
+        except UsageError:
+            continue
+    return out
 
 
 def units_for(model: nn.Module, kind: str, calibration: Calibration | None = None) -> list[Unit]:

@@ -4,7 +4,7 @@
 | --- | --- | --- | --- |
 | `entropy-block` | `entropy_block` (EntroDrop ΔH) | block, attention | yes |
 | `cosine-block` | `cosine_block` (ShortGPT Block Influence) | block, attention | yes |
-| `magnitude` | `magnitude` (L1 / L2 of the weights) | block, attention, neuron, channel | no |
+| `magnitude` | `magnitude` (L1 / L2 of the weights) | block, attention, neuron, head, channel | no |
 | `random` | `random_criterion` (seeded control) | any | no |
 | `nepenthe` | `nepenthe` (ON/OFF entropy of rectifier units; `dead_neurons`) | activation, neuron | yes |
 | `mipp` | `mipp` (information-preserving backward elimination against a null unit) | neuron | yes |
