@@ -90,7 +90,9 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     loop.add_argument("--calibration", default="auto", choices=["auto", "text", "random"],
                       help="calibration data for the criterion: real text for a Hugging Face LM with a "
                            "tokenizer, else random inputs (default auto)")
-    loop.add_argument("--calibration-batches", type=options.positive_int, default=4, metavar="N")
+    loop.add_argument("--calibration-batches", type=options.positive_int, metavar="N",
+                      help="calibration batches (default: 4, or as many as the criterion needs - mipp wants ~4 "
+                           "tokens per unit of the widest MLP)")
     loop.add_argument("--recovery-steps", type=int, default=0, metavar="N",
                       help="after each removal, N steps of distillation toward the original on the calibration "
                            "data (default 0: none)")
@@ -225,7 +227,9 @@ def _prune(args: argparse.Namespace, config: Any, directory: Path | None, replac
     loaded, model, inputs, device = p.loaded, p.model, p.inputs, p.device
     target = check_arguments(model, args.target, args.criterion, args.unit_kind, dict(args.criterion_option),
                              backend=args.backend, config=config)[0]
-    calibration, source = calibration_for(loaded, model, p.batch_size, args.seq_len, args.calibration_batches,
+    n_batches = options.calibration_batches(args.calibration_batches, model, args.criterion, args.unit_kind,
+                                            dict(args.criterion_option), p.batch_size, args.seq_len)
+    calibration, source = calibration_for(loaded, model, p.batch_size, args.seq_len, n_batches,
                                           args.calibration, device)
     if replace:  # only now that everything is validated: a typo must not cost the earlier results
         assert directory is not None
