@@ -535,11 +535,33 @@ class _Loop:
                             n_params=original.n_params)
         if self._flops_error:
             self.state.warn(self._flops_error)
+        self.preview_cost()
         for text in measurement.warnings:
             self.state.warn(f"original: {text}")
         self.save("running")
         self.report("original", 1.0, f"original: {_fmt_j(energy_j)}/inference"
                     f"{' (ESTIMATED)' if self.estimated else ''}, {original.n_params / 1e6:.3g} M params")
+
+    def preview_cost(self) -> None:
+        """Say up front when the target needs more than half of what this kind can remove (FLOPs
+        as the proxy): a warning in the result, not a refusal - the measured steps decide."""
+        from energyprune.pruning.preview import PREVIEW_KINDS, preview_cost
+
+        assert self.state is not None
+        if self.goal.quantity != "energy" or self.kind not in PREVIEW_KINDS:
+            return
+        ratio = self.goal_ratio()
+        if not 0 < ratio < 1:
+            return
+        try:
+            preview = preview_cost(self.original, self.inputs, self.kind, ratio)
+        except Exception as error:  # the preview is advice: a model FlopCounterMode cannot follow still prunes
+            logger.info("no cost preview: %s", error)
+            return
+        if preview.too_costly:
+            self.state.warn(preview.message())
+        else:
+            logger.info("%s", preview.message())
 
     @property
     def estimated(self) -> bool:

@@ -218,6 +218,31 @@ def run(args: argparse.Namespace) -> int:
         return _prune(args, config, directory, replace)
 
 
+def _say_cost(model: Any, inputs: Any, target: Any, unit_kind: str | None, criterion: str,
+              criterion_options: dict[str, Any]) -> None:
+    """Print the cost preview before anything is measured (relative energy targets only: the
+    others need the original's measurement first; the loop's result warns about them)."""
+    from energyprune.pruning.criteria import get_criterion
+    from energyprune.pruning.preview import PREVIEW_KINDS, preview_cost
+
+    if target.kind != "fraction":
+        return
+    kind = unit_kind
+    if kind is None:
+        try:
+            kind = get_criterion(criterion, **criterion_options).unit_kind
+        except Exception:  # check_arguments accepted it; a criterion object we cannot rebuild: no preview
+            return
+    if kind not in PREVIEW_KINDS:
+        return
+    try:
+        preview = preview_cost(model, inputs, kind, target.value)
+    except Exception as error:  # advice only: a model FlopCounterMode cannot follow still prunes
+        options.say(f"cost preview: not available ({str(error).splitlines()[0] if str(error) else type(error).__name__})")
+        return
+    options.say(preview.message())
+
+
 def _prune(args: argparse.Namespace, config: Any, directory: Path | None, replace: bool) -> int:
     from energyprune.budget import MeterJudge, PruneInterrupted, prune_to_energy
     from energyprune.budget.loop import check_arguments
@@ -227,6 +252,7 @@ def _prune(args: argparse.Namespace, config: Any, directory: Path | None, replac
     loaded, model, inputs, device = p.loaded, p.model, p.inputs, p.device
     target = check_arguments(model, args.target, args.criterion, args.unit_kind, dict(args.criterion_option),
                              backend=args.backend, config=config)[0]
+    _say_cost(model, inputs, target, args.unit_kind, args.criterion, dict(args.criterion_option))
     n_batches = options.calibration_batches(args.calibration_batches, model, args.criterion, args.unit_kind,
                                             dict(args.criterion_option), p.batch_size, args.seq_len)
     calibration, source = calibration_for(loaded, model, p.batch_size, args.seq_len, n_batches,

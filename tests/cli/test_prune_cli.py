@@ -166,3 +166,16 @@ def test_a_target_met_by_the_median_only_exits_4_unless_accepted(tmp_path, monke
     assert "UNCONFIRMED" in captured.out and (tmp_path / "a" / "pruned.safetensors").is_file()
     assert cli([*args, "--out", str(tmp_path / "b"), "--accept-median"]) == 0
     assert "accepted with --accept-median" in capsys.readouterr().out
+
+
+def test_prune_says_what_the_target_costs_before_pruning(tmp_path, judges, capsys):
+    code = cli(["prune", "--target", "-60%", "--criterion", "magnitude", "--unit-kind", "neuron", "--max-steps", "1",
+                *DEMO])
+    err = capsys.readouterr().err
+    assert code in (0, 3, 4), err
+    first = err.index("cost preview")
+    assert first < err.index("step 1:")  # before anything is pruned
+    line = err[first:].splitlines()[0]
+    assert "neuron units hold" in line and "Target -60% needs ~" in line and "expect a large loss of quality" in line
+    # The demo's blocks hold ~93% of its FLOPs, one must stay: -60% needs ~86% of them, no better.
+    assert "no single kind reaches it within that share" in line
