@@ -42,17 +42,39 @@ def _removable(score: float) -> bool:
     return score != math.inf and not math.isnan(score)
 
 
-#: How a fraction of a grouped kind (neurons of MLPs, heads of attentions, channels of layers) is
-#: taken: "global" ranks every unit of the model together (Minitron, LLM-Pruner: a layer that
-#: matters less gives more), "per-layer" takes the same fraction of each group (every MLP keeps
-#: the same width, so a Hugging Face config can still describe the model).
-SCOPES = ("global", "per-layer")
+#: How the units of a grouped kind (neurons of MLPs, heads of attentions, channels of layers) are
+#: ranked: "global" ranks every unit of the model together after dividing each group's scores by
+#: the group's mean |score| (Torch-Pruning's "mean" normaliser), so a layer whose activations or
+#: gradients are small overall is not emptied for it; "global-raw" ranks the scores as they are;
+#: "per-layer" takes the same count of each group (every MLP keeps the same width, so a Hugging
+#: Face config can still describe the model). On SmolLM2 at 25% of the neurons, raw global
+#: activation scores emptied one MLP to 37 neurons (perplexity ×80); normalised, they did not
+#: (benchmarks/width_benchmark.py).
+SCOPES = ("global", "global-raw", "per-layer")
+
+
+def normalised(scores: Mapping[Unit, float]) -> dict[Unit, float]:
+    """Each unit's score divided by the mean |score| of the finite scores of its group (its path):
+    order within a group unchanged, groups of different scale made comparable. Infinite and NaN
+    scores, and groups whose mean is 0, are left as they are."""
+    totals: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    for unit, score in scores.items():
+        if math.isfinite(score):
+            totals[unit.path] += abs(score)
+            counts[unit.path] += 1
+    out = {}
+    for unit, score in scores.items():
+        mean = totals[unit.path] / counts[unit.path] if counts[unit.path] else 0.0
+        out[unit] = score / mean if math.isfinite(score) and mean > 0 else score
+    return out
 
 
 def select(scores: Mapping[Unit, float], amount: int | float, kind: str, *, scope: str = "global") -> list[Unit]:
     """The units to remove: the `amount` lowest scores, +inf (protected) and NaN excluded, within
     what the surgery lets go (one unit of each MLP / attention / layer stays). A float in (0, 1)
-    is a fraction of all units; with `scope="per-layer"`, of each group's units."""
+    is a fraction of all units; with `scope="per-layer"`, of each group's units. Grouped kinds are
+    ranked on `normalised` scores with `scope="global"` (see `SCOPES`)."""
     if scope not in SCOPES:
         raise UsageError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
     finite = sorted((s, u) for u, s in scores.items() if _removable(s))
@@ -79,6 +101,8 @@ def select(scores: Mapping[Unit, float], amount: int | float, kind: str, *, scop
     count = amount if isinstance(amount, int) else int(round(amount * len(scores)))
     if count < 1:
         raise UsageError(f"amount {amount} of {len(scores)} units removes nothing")
+    if grouped and scope == "global":
+        finite = sorted((s, u) for u, s in normalised(scores).items() if _removable(s))
     ranked = [u for _, u in finite]
     candidates = KINDS[kind].eligible(ranked, list(scores)) if grouped else ranked
     if count > len(candidates):

@@ -110,11 +110,13 @@ def test_fraction_of_neurons_is_ranked_globally_by_default():
     # MLP "a" has the four smallest scores: a global 50% takes three of them (one must stay), then b's lowest.
     units = [Unit("neuron", p, i) for p in ("a", "b") for i in range(4)]
     scores = dict(zip(units, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]))
+    assert select(scores, 0.5, "neuron", scope="global-raw") == [units[0], units[1], units[2], units[4]]
+    # Normalised by each MLP's mean (0.25 and 0.65): a 0.4, 0.8, 1.2, 1.6; b 0.77, 0.92, 1.08, 1.23.
     chosen = select(scores, 0.5, "neuron")
-    assert chosen == [units[0], units[1], units[2], units[4]]
+    assert chosen == [units[0], units[4], units[1], units[5]]
     per_layer = select(scores, 0.5, "neuron", scope="per-layer")
     assert sorted(per_layer) == sorted([units[0], units[1], units[4], units[5]])
-    with pytest.raises(UsageError, match="scope must be one of global, per-layer"):
+    with pytest.raises(UsageError, match="scope must be one of global, global-raw, per-layer"):
         select(scores, 0.5, "neuron", scope="layer")
 
 
