@@ -266,9 +266,10 @@ class _Quality:
     measurement inputs (`metrics.fidelity.auto_fidelity`: exp(-KL) of next-token
     distributions for language models, top-1 agreement for classifiers, embedding cosine else)."""
 
-    def __init__(self, original: nn.Module, inputs: Inputs, evaluate: Evaluate | None) -> None:
+    def __init__(self, original: nn.Module, inputs: Inputs, evaluate: Evaluate | None,
+                 batches: Sequence[Batch] | None = None) -> None:
         self.original = original
-        self.batches: list[Batch] = [inputs]  # type: ignore[list-item]
+        self.batches: list[Batch] = list(batches) if batches else [inputs]  # type: ignore[list-item]
         self.evaluate = evaluate
         self.fidelity_broken: str | None = None
 
@@ -347,6 +348,7 @@ def prune_to_energy(
     progress: Progress | None = None,
     accept_median: bool = False,
     run_options: Mapping[str, Any] | None = None,
+    fidelity_batches: Iterable[Batch] | None = None,
     **criterion_options: Any,
 ) -> PruneResult:
     """Prune a copy of `model` until one inference on `inputs` meets `target`, measuring every step.
@@ -365,6 +367,8 @@ def prune_to_energy(
       meter's own phases ("idle", "warmup", "measure") come through the default judge.
     accept_median: count a target met by the median ratio as reached even where its 95% interval
       reaches above the goal (`result.outcome` is "median-only" either way).
+    fidelity_batches: the batches the default fidelity is measured on (default: `inputs`); give
+      held-out real text here, not the calibration data, so that quality means something.
     run_options: what else defines the run (inputs, device, dtype, meter settings...), JSON-able;
       kept in the checkpoint, and a resume with other values is refused, naming them.
 
@@ -401,7 +405,7 @@ def prune_to_energy(
 
     # Everything that can fail on the user's arguments fails here, before any measuring.
     check_inputs(model, inputs)
-    quality = _Quality(model, inputs, evaluate)
+    quality = _Quality(model, inputs, evaluate, list(fidelity_batches) if fidelity_batches is not None else None)
     if evaluate is None:
         quality.check()  # the default fidelity must be able to read the outputs: fail now, not after measuring
     loop = _Loop(_Setup(

@@ -218,6 +218,10 @@ def run(args: argparse.Namespace) -> int:
         return _prune(args, config, directory, replace)
 
 
+#: Held-out sequences the default quality is measured on, where the model has a tokenizer.
+HELDOUT_SEQUENCES = 4
+
+
 def _say_cost(model: Any, inputs: Any, target: Any, unit_kind: str | None, criterion: str,
               criterion_options: dict[str, Any]) -> None:
     """Print the cost preview before anything is measured (relative energy targets only: the
@@ -246,7 +250,7 @@ def _say_cost(model: Any, inputs: Any, target: Any, unit_kind: str | None, crite
 def _prune(args: argparse.Namespace, config: Any, directory: Path | None, replace: bool) -> int:
     from energyprune.budget import MeterJudge, PruneInterrupted, prune_to_energy
     from energyprune.budget.loop import check_arguments
-    from energyprune.models.calibration_data import calibration_for
+    from energyprune.models.calibration_data import calibration_for, heldout_text_for
 
     p = options.prepared(args.model, args)
     loaded, model, inputs, device = p.loaded, p.model, p.inputs, p.device
@@ -257,6 +261,9 @@ def _prune(args: argparse.Namespace, config: Any, directory: Path | None, replac
                                             dict(args.criterion_option), p.batch_size, args.seq_len)
     calibration, source = calibration_for(loaded, model, p.batch_size, args.seq_len, n_batches,
                                           args.calibration, device)
+    heldout = heldout_text_for(loaded, args.seq_len, HELDOUT_SEQUENCES, device) if args.calibration != "random" else None
+    fidelity_batches, quality_on = (heldout if heldout is not None else
+                                    (None, "the measurement inputs (no tokenizer and text for held-out data)"))
     if replace:  # only now that everything is validated: a typo must not cost the earlier results
         assert directory is not None
         _remove_earlier(directory)
@@ -270,13 +277,13 @@ def _prune(args: argparse.Namespace, config: Any, directory: Path | None, replac
     live = _LiveView()
     judge = MeterJudge(args.backend, config, cpu_tdp_w=args.cpu_tdp_w, progress=live)
     live.stream.write(f"energyprune: pruning {loaded.description} on {device} to {target.text} with "
-                      f"{args.criterion}; calibration: {source}\n")
+                      f"{args.criterion}; calibration: {source}; quality measured on {quality_on}\n")
     try:
         result = prune_to_energy(
             model, target, args.criterion, inputs=inputs, calibration=calibration, unit_kind=args.unit_kind,
             quality_floor=args.quality_floor, recovery=recovery, judge=judge, checkpoint_dir=directory,
             resume=args.resume, max_steps=args.max_steps, progress=live, accept_median=args.accept_median,
-            run_options=_run_options(args), **dict(args.criterion_option))
+            run_options=_run_options(args), fidelity_batches=fidelity_batches, **dict(args.criterion_option))
     except PruneInterrupted as interrupt:
         live.close()
         partial = interrupt.result
@@ -296,6 +303,7 @@ def _prune(args: argparse.Namespace, config: Any, directory: Path | None, replac
     data = result.to_dict()
     data["device"] = str(device)
     data["calibration"] = source
+    data["quality_measured_on"] = quality_on
     from energyprune.metrics.carbon import add_co2
 
     data = add_co2(data, getattr(args, "intensity", None))
@@ -398,6 +406,8 @@ def render_text(data: dict[str, Any]) -> str:
     if outcome == "median-only" and data["reached"]:
         word += ", accepted with --accept-median"
     lines.append(f"  {word} ({data['stop_reason']}): {data['message']}")
+    if data.get("quality_measured_on"):
+        lines.append(f"  quality (fidelity to the original) measured on {data['quality_measured_on']}")
     from energyprune.reporting.carbon_text import lines as co2_lines, saving_rows
 
     lines += co2_lines(saving_rows(data, "original", "pruned"))

@@ -179,3 +179,15 @@ def test_prune_says_what_the_target_costs_before_pruning(tmp_path, judges, capsy
     assert "neuron units hold" in line and "Target -60% needs ~" in line and "expect a large loss of quality" in line
     # The demo's blocks hold ~93% of its FLOPs, one must stay: -60% needs ~86% of them, no better.
     assert "no single kind reaches it within that share" in line
+
+
+def test_the_result_says_what_quality_was_measured_on(tmp_path, judges, capsys):
+    out = tmp_path / "q"
+    code = cli(["prune", "--target", "-20%", "--criterion", "magnitude", "--out", str(out), *DEMO])
+    captured = capsys.readouterr()
+    assert code in (0, 3, 4), captured.err
+    result = json.loads((out / "result.json").read_text())
+    # The demo has no tokenizer: quality is fidelity on the measurement inputs, and it says so.
+    assert result["quality_measured_on"].startswith("the measurement inputs")
+    assert "quality (fidelity to the original) measured on the measurement inputs" in captured.out
+    assert "measured on the measurement inputs" in (out / "report.md").read_text()
