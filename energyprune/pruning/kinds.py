@@ -8,6 +8,7 @@ read this table, so a new kind is one `UnitKind` here (and its surgery module).
 | attention | a block's attention sub-block | `remove_attention` | one attention module |
 | neuron | one hidden unit of an MLP (or an MBConv expansion channel) | `prune_mlp_neurons` | one neuron per MLP |
 | head | one KV group of an attention module (a KV head and its query heads; one head without GQA) | `prune_heads` | one group per attention |
+| hidden | one channel of the hidden size (embedding channel), through every norm, projection, embedding and a tied lm_head | `prune_hidden` | one channel |
 | channel | one output channel of a conv / Linear in an `nn.Sequential` chain | `prune_channels` | one channel per layer |
 | activation | a foldable MLP's nonlinearity (NEPENTHE) | `fold_activation` | - |
 """
@@ -118,6 +119,18 @@ def _heads(model: nn.Module, calibration: Calibration | None) -> list[Unit]:
     return units
 
 
+def _hidden(model: nn.Module, calibration: Calibration | None) -> list[Unit]:
+    from energyprune.pruning.base import Unit
+    from energyprune.pruning.surgery.hidden import find_hidden
+
+    try:
+        spec = find_hidden(model)
+    except UsageError as error:
+        raise UsageError(f"{error}".split("; unit kinds that may apply")[0] + "; unit kinds that apply to this model: "
+                         f"{', '.join(applicable_kinds(model, skip='hidden')) or 'none'}") from None
+    return [Unit("hidden", "", c) for c in range(spec.size)]
+
+
 def _channels(model: nn.Module, calibration: Calibration | None) -> list[Unit]:
     from energyprune.pruning.base import Unit
     from energyprune.pruning.surgery.channels import channel_producers
@@ -170,6 +183,12 @@ def _remove_heads(model: nn.Module, units: Sequence[Unit], inplace: bool) -> Rem
     return prune_heads(model, _by_path(units), inplace=inplace)
 
 
+def _remove_hidden(model: nn.Module, units: Sequence[Unit], inplace: bool) -> Removal:
+    from energyprune.pruning.surgery.hidden import prune_hidden
+
+    return prune_hidden(model, sorted(u.index for u in units), inplace=inplace)
+
+
 def _remove_channels(model: nn.Module, units: Sequence[Unit], inplace: bool) -> Removal:
     from energyprune.pruning.surgery import prune_channels
 
@@ -195,6 +214,7 @@ KINDS: dict[str, UnitKind] = {
         UnitKind("neuron", "one hidden unit of an MLP", _neurons, _remove_neurons, grouped=True),
         UnitKind("head", "one KV group of attention heads (a KV head with its query heads)", _heads, _remove_heads,
                  grouped=True),
+        UnitKind("hidden", "one channel of the hidden size (embedding channel)", _hidden, _remove_hidden),
         UnitKind("channel", "one output channel of a conv / Linear layer", _channels, _remove_channels,
                  grouped=True),
         UnitKind("activation", "a foldable MLP's nonlinearity", _activations, _fold, keep_per_group=0),

@@ -4,10 +4,10 @@
 | --- | --- | --- | --- |
 | `entropy-block` | `entropy_block` (EntroDrop ΔH) | block, attention | yes |
 | `cosine-block` | `cosine_block` (ShortGPT Block Influence) | block, attention | yes |
-| `magnitude` | `magnitude` (L1 / L2 of the weights) | block, attention, neuron, head, channel | no |
+| `magnitude` | `magnitude` (L1 / L2 of the weights) | block, attention, neuron, head, hidden, channel | no |
 | `random` | `random_criterion` (seeded control) | any | no |
-| `activation` | `activation` (Minitron: mean absolute activation on calibration data) | neuron, head | yes |
-| `taylor` | `taylor` (first-order Taylor, abs(w · ∂L/∂w), LM loss or output norm; per-kind scorers) | neuron, head | yes |
+| `activation` | `activation` (Minitron: mean absolute activation on calibration data) | neuron, head, hidden | yes |
+| `taylor` | `taylor` (first-order Taylor, abs(w · ∂L/∂w), LM loss or output norm; per-kind scorers) | neuron, head, hidden | yes |
 | `nepenthe` | `nepenthe` (ON/OFF entropy of rectifier units; `dead_neurons`) | activation, neuron | yes |
 | `mipp` | `mipp` (information-preserving backward elimination against a null unit) | neuron | yes |
 | `thermodynamic` | `thermodynamic` (gradient temperature, free energy E − T·S) | neuron, channel | yes (≥ 2 batches) |

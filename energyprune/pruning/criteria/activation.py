@@ -5,6 +5,7 @@ data. Lowest first: units that are nearly silent on real inputs go first.
 | --- | --- |
 | "neuron" | mean over calibration tokens of \\|a_j\\|, a_j the neuron's value where the consumer reads it (`act(gate x) * up x` for a gated MLP; conv maps: every position) |
 | "head" | mean over tokens of the L2 norm of the KV group's slice of the output projection's input (its query heads' attention outputs) |
+| "hidden" | Σ over the model's norms (LayerNorm / RMSNorm of the hidden size) of the mean \\|output\\| of channel c: the normalised residual stream every sub-block reads |
 
 One forward pass per batch, no gradient; forward pre-hooks on the layer that reads the units
 (the MLP's consumer, the attention's output projection), padding tokens left out. Scores of
@@ -29,7 +30,7 @@ from energyprune.pruning.surgery.neurons import require_mlp
 from energyprune.pruning.surgery.slicing import get_module
 from energyprune.torch_io import call_model, model_device, to_device
 
-UNIT_KINDS = ("neuron", "head")
+UNIT_KINDS = ("neuron", "head", "hidden")
 
 
 def reader_of(model: nn.Module, kind: str, path: str) -> tuple[str, int]:
@@ -68,6 +69,8 @@ class ActivationCriterion:
         units = check_units(units, self.unit_kind, self.name)
         if not units:
             return {}
+        if self.unit_kind == "hidden":
+            return self._score_hidden(model, units, calibration)
         paths = list(dict.fromkeys(u.path for u in units))
         heads = {p: require_attention_heads(model, p) for p in paths} if self.unit_kind == "head" else {}
         sums: dict[str, torch.Tensor] = {}
@@ -111,4 +114,38 @@ class ActivationCriterion:
                 raise UsageError(f"{self.name}: {unit.kind} index {unit.index} of {unit.path} is out of range "
                                  f"(it has {values.numel()})")
             out[unit] = float(values[unit.index])
+        return out
+
+    def _score_hidden(self, model: nn.Module, units: Sequence[Unit], calibration: Calibration) -> dict[Unit, float]:
+        from energyprune.pruning.surgery.hidden import find_hidden
+
+        spec = find_hidden(model)
+        total = torch.zeros(spec.size, dtype=torch.float64)
+        mask_holder: list[torch.Tensor | None] = [None]
+
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if isinstance(output, torch.Tensor) and output.shape[-1] == spec.size:
+                rows = valid_rows(output, mask_holder[0]).double()
+                if rows.shape[0]:
+                    total.add_(rows.abs().mean(dim=0).cpu() / n_batches[0])
+
+        n_batches = [1]
+        batches = list(batches_of(calibration, self.max_batches, self.name))
+        n_batches[0] = len(batches)
+        handles = [get_module(model, name).register_forward_hook(hook) for name in spec.norms]
+        device = model_device(model)
+        try:
+            with observing(model):
+                for batch in batches:
+                    batch = to_device(batch, device)
+                    mask_holder[0] = attention_mask_of(batch)
+                    call_model(model, batch)
+        finally:
+            for handle in handles:
+                handle.remove()
+        out = {}
+        for unit in units:
+            if not 0 <= unit.index < spec.size:
+                raise UsageError(f"{self.name}: hidden channel {unit.index} is out of range (hidden size {spec.size})")
+            out[unit] = float(total[unit.index])
         return out

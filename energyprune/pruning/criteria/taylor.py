@@ -14,6 +14,7 @@ What a unit owns is the kind's business, one scorer per kind in `TAYLOR_SCORERS`
 | --- | --- |
 | "neuron" | its rows of every producer (gate_proj + up_proj, c_fc, ...), per-channel conv filters, its columns of the consumer and readers (as `magnitude` counts them) |
 | "head" | its KV group's rows of q/k/v (GPT-2: of c_attn) and columns of the output projection |
+| "hidden" | its embedding columns, norm gains, reader input columns, writer output rows (`hidden.per_channel_sum`) |
 
 A new kind is one entry: a function `(model, path) -> tensor of per-unit scores`, reading each
 parameter's `.grad` (filled here) beside its weight. Gradients are accumulated on the model's own
@@ -80,10 +81,17 @@ def head_taylor(model: nn.Module, path: str) -> torch.Tensor:
     return total
 
 
+def hidden_taylor(model: nn.Module, path: str) -> torch.Tensor:
+    from energyprune.pruning.surgery.hidden import find_hidden, per_channel_sum
+
+    return per_channel_sum(model, find_hidden(model), _salience)
+
+
 #: Per unit kind, the per-unit scores of the module at a path from weights and their gradients.
 TAYLOR_SCORERS: dict[str, Callable[[nn.Module, str], torch.Tensor]] = {
     "neuron": neuron_taylor,
     "head": head_taylor,
+    "hidden": hidden_taylor,
 }
 
 
