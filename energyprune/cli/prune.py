@@ -78,7 +78,9 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
                            "latency<=10ms, power<=150W (quote the last two in a shell)")
     loop.add_argument("--criterion", required=True,
                       help="cosine-block, entropy-block, magnitude, random, nepenthe, mipp, thermodynamic, energy-aware")
-    loop.add_argument("--unit-kind", choices=KIND_NAMES, help="what to remove (default: the criterion's own)")
+    loop.add_argument("--unit-kind", "--unit", type=_unit_kinds, metavar="KIND[,KIND...]",
+                      help=f"what to remove: {', '.join(KIND_NAMES)}; several (neuron,head) let every step take "
+                           "the kind that loses the least fidelity per FLOP saved (default: the criterion's own)")
     loop.add_argument("--criterion-option", type=_criterion_option, action="append", default=[],
                       metavar="KEY=VALUE", help="an option of the criterion, e.g. estimator=bucket (repeatable)")
     loop.add_argument("--quality-floor", type=options.finite_float, metavar="Q",
@@ -222,6 +224,18 @@ def run(args: argparse.Namespace) -> int:
 HELDOUT_SEQUENCES = 4
 
 
+def _unit_kinds(text: str) -> str:
+    """`--unit-kind neuron,head`: known kinds, comma-separated, each once."""
+    from energyprune.pruning.kinds import KIND_NAMES
+
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KIND_NAMES]
+    if not kinds or unknown:
+        raise argparse.ArgumentTypeError(f"unknown unit kind {', '.join(unknown) or repr(text)}: use one or more of "
+                                         f"{', '.join(KIND_NAMES)}, comma-separated")
+    return ",".join(dict.fromkeys(kinds))
+
+
 def _say_cost(model: Any, inputs: Any, target: Any, unit_kind: str | None, criterion: str,
               criterion_options: dict[str, Any]) -> None:
     """Print the cost preview before anything is measured (relative energy targets only: the
@@ -238,7 +252,7 @@ def _say_cost(model: Any, inputs: Any, target: Any, unit_kind: str | None, crite
         except Exception:  # check_arguments accepted it; a criterion object we cannot rebuild: no preview
             return
     if kind not in PREVIEW_KINDS:
-        return
+        return  # several kinds (neuron,head) or one whose FLOPs are not previewed
     try:
         preview = preview_cost(model, inputs, kind, target.value)
     except Exception as error:  # advice only: a model FlopCounterMode cannot follow still prunes

@@ -12,6 +12,7 @@ FlopCounterMode (`metrics.flops`), attention counted as its matrix products.
 | attention | each block's attention module (projections and attention products) |
 | head | each attention module, (groups − 1) / groups of it (one group stays) |
 | neuron | each MLP's producers, consumer and per-channel layers, (h − 1) / h of them (one neuron stays) |
+| hidden | every layer reading or writing the hidden size (q/k/v/o, MLP, lm_head), (H − 1) / H of them |
 
 `channel` and `activation` are not previewed (their FLOPs depend on what follows each layer).
 Removing a unit is assumed to save its FLOPs in proportion: true for the matrix products of MLP
@@ -37,7 +38,7 @@ from energyprune.torch_io import Inputs
 logger = logging.getLogger(__name__)
 
 #: Kinds whose removable FLOPs can be previewed, in the order suggestions are listed.
-PREVIEW_KINDS = ("neuron", "head", "attention", "block")
+PREVIEW_KINDS = ("neuron", "head", "hidden", "attention", "block")
 #: A target that needs more than this share of the removable units' FLOPs is flagged.
 WARN_SHARE = 0.5
 
@@ -140,6 +141,11 @@ def _regions(model: nn.Module, kind: str) -> tuple[list[tuple[list[str], int]], 
     """(module paths of each group's FLOPs, units in the group) and the units that must stay per
     group, for the kinds of `PREVIEW_KINDS`."""
     units = units_for(model, kind)
+    if kind == "hidden":
+        from energyprune.pruning.surgery.hidden import find_hidden
+
+        spec = find_hidden(model)
+        return [(list(dict.fromkeys((*spec.readers, *spec.writers))), spec.size)], 1
     if kind in ("block", "attention"):
         return [([u.path], 1) for u in units], 1
     groups: dict[str, int] = {}

@@ -38,7 +38,7 @@ def test_a_target_beyond_half_the_removable_units_is_flagged_with_kinds_that_rea
     assert preview.needed_share > 1  # heads hold less than 30% of the FLOPs
     assert preview.too_costly and "block" in preview.suggestions
     text = preview.message()
-    assert "more than all of them" in text and "kinds that could reach it: block" in text
+    assert "more than all of them" in text and "kinds that could reach it: hidden (~" in text and "block (~" in text
     assert preview.to_dict()["too_costly"] is True
 
 
@@ -55,3 +55,38 @@ def test_the_loop_warns_in_its_result_when_the_target_is_costly():
     result = prune_to_energy(model, "-30%", "magnitude", unit_kind="head", inputs=inputs(), judge=FlopsJudge(),
                              max_steps=1)
     assert any(w.startswith("cost preview") and "head units" in w for w in result.warnings)
+
+
+def test_the_loop_chooses_among_several_kinds_by_fidelity_lost_per_flop_saved():
+    from energyprune.budget import prune_to_energy
+    from tests.budget.scripted import FlopsJudge
+
+    model = tiny("llama")
+    result = prune_to_energy(model, "-30%", "magnitude", unit_kind="neuron,head", inputs=inputs(),
+                             judge=FlopsJudge(), accept_median=True, max_steps=8)
+    assert result.unit_kind == "neuron,head"
+    accepted = [s for s in result.steps if s.accepted]
+    assert accepted and all("chosen by fidelity lost per FLOP saved" in s.note for s in accepted)
+    for step in accepted:
+        kinds = {u.kind for u in step.removed}
+        assert len(kinds) == 1 and kinds <= {"neuron", "head"}
+        assert f"kind {kinds.pop()} chosen" in step.note
+    assert result.final.energy_ratio < 1
+    ids = inputs()["input_ids"]
+    assert result.model(input_ids=ids).logits.shape == (1, 16, 128)
+
+
+def test_several_kinds_need_a_criterion_by_name_and_known_kinds():
+    from energyprune.budget import prune_to_energy
+    from energyprune.pruning.criteria import MagnitudeCriterion
+
+    with pytest.raises(UsageError, match="several unit kinds need a criterion given by name"):
+        prune_to_energy(tiny("llama"), "-30%", MagnitudeCriterion("neuron"), unit_kind="neuron,head",
+                        inputs=inputs())
+    with pytest.raises(UsageError, match="unit_kind must be one of .*got 'bogus'"):
+        prune_to_energy(tiny("llama"), "-30%", "magnitude", unit_kind="neuron,bogus", inputs=inputs())
+
+
+def test_hidden_channels_hold_nearly_every_flop():
+    preview = preview_cost(tiny("llama"), inputs(), "hidden", 0.7)
+    assert preview.cost.removable_share > 0.9 and not preview.too_costly
