@@ -230,18 +230,27 @@ def get_kind(name: str) -> UnitKind:
     return kind
 
 
+_probing: list[bool] = []  # non-empty while applicable_kinds runs: its enumerations must not call it again
+
+
 def applicable_kinds(model: nn.Module, skip: str = "") -> list[str]:
     """The unit kinds whose units the model offers (without calibration data), for messages that
     must say what does apply when one kind does not."""
+    if _probing:
+        return []
     out = []
-    for name, kind in KINDS.items():
-        if name == skip:
-            continue
-        try:
-            if kind.enumerate(model, None):
-                out.append(name)
-        except UsageError:
-            continue
+    _probing.append(True)
+    try:
+        for name, kind in KINDS.items():
+            if name == skip:
+                continue
+            try:
+                if kind.enumerate(model, None):
+                    out.append(name)
+            except UsageError:
+                continue
+    finally:
+        _probing.pop()
     return out
 
 

@@ -112,3 +112,13 @@ def test_a_module_sized_by_the_hidden_size_that_the_surgery_does_not_know_is_nam
         units_for(model, "hidden")
     with pytest.raises(UsageError, match="cannot remove all 32 hidden channels"):
         prune_hidden(tiny("llama"), range(32))
+
+
+def test_a_model_where_neither_heads_nor_hidden_apply_says_what_does() -> None:
+    from energyprune.models import load_model
+
+    demo = load_model(None).module  # nn.TransformerEncoderLayer: MultiheadAttention's fused in_proj
+    for kind in ("head", "hidden"):
+        with pytest.raises(UsageError, match=r"layers\.0\.self_attn \(MultiheadAttention\).*unit kinds that apply "
+                                             r"to this model: block, attention, neuron, activation"):
+            units_for(demo, kind)
