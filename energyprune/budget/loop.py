@@ -282,9 +282,10 @@ class _Quality:
     measurement inputs (`metrics.fidelity.auto_fidelity`: exp(-KL) of next-token
     distributions for language models, top-1 agreement for classifiers, embedding cosine else)."""
 
-    def __init__(self, original: nn.Module, inputs: Inputs, evaluate: Evaluate | None) -> None:
+    def __init__(self, original: nn.Module, inputs: Inputs, evaluate: Evaluate | None,
+                 batches: Sequence[Batch] | None = None) -> None:
         self.original = original
-        self.batches: list[Batch] = [inputs]  # type: ignore[list-item]
+        self.batches: list[Batch] = list(batches) if batches else [inputs]  # type: ignore[list-item]
         self.evaluate = evaluate
         self.fidelity_broken: str | None = None
 
@@ -323,11 +324,32 @@ def check_arguments(model: nn.Module, target: str | float | EnergyTarget, criter
     (goal, criterion, its name, the unit kind). The CLI calls it before it replaces an earlier
     run's files, so that a typo never costs them."""
     goal = parse_target(target)
-    crit, name = _resolve_criterion(criterion, unit_kind, dict(criterion_options or {}), backend, config)
+    kinds = split_kinds(unit_kind)
+    if len(kinds) > 1:
+        if not isinstance(criterion, str):
+            raise UsageError("several unit kinds need a criterion given by name (one is built per kind)")
+        for kind in kinds:
+            crit, name = _resolve_criterion(criterion, kind, dict(criterion_options or {}), backend, config)
+            if not units_for(model, kind):
+                raise UsageError(f"the model has no {kind} units for {name} to remove")
+        return goal, crit, name, ",".join(kinds)
+    crit, name = _resolve_criterion(criterion, kinds[0] if kinds else None, dict(criterion_options or {}),
+                                    backend, config)
     kind = crit.unit_kind
     if not units_for(model, kind):
         raise UsageError(f"the model has no {kind} units for {name} to remove")
     return goal, crit, name, kind
+
+
+def split_kinds(unit_kind: str | Sequence[str] | None) -> list[str]:
+    """`"neuron,head"` or ["neuron", "head"] as a list of distinct kinds; [] for None."""
+    if unit_kind is None:
+        return []
+    parts = unit_kind.split(",") if isinstance(unit_kind, str) else list(unit_kind)
+    kinds = list(dict.fromkeys(p.strip() for p in parts if p.strip()))
+    if not kinds:
+        raise UsageError(f"unit_kind {unit_kind!r} names no kind")
+    return kinds
 
 
 def _check_same_run(saved: Mapping[str, Any], given: Mapping[str, Any], where: str) -> None:
@@ -366,6 +388,7 @@ def prune_to_energy(
     levers: LeverSpec = None,
     lever_floor: float = DEFAULT_FIDELITY_FLOOR,
     final_recovery: Recovery | None = None,
+    fidelity_batches: Iterable[Batch] | None = None,
     **criterion_options: Any,
 ) -> PruneResult:
     """Prune a copy of `model` until one inference on `inputs` meets `target`, measuring every step.
@@ -386,6 +409,8 @@ def prune_to_energy(
       meter's own phases ("idle", "warmup", "measure") come through the default judge.
     accept_median: count a target met by the median ratio as reached even where its 95% interval
       reaches above the goal (`result.outcome` is "median-only" either way).
+    fidelity_batches: the batches the default fidelity is measured on (default: `inputs`); give
+      held-out real text here, not the calibration data, so that quality means something.
     run_options: what else defines the run (inputs, device, dtype, meter settings...), JSON-able;
       kept in the checkpoint, and a resume with other values is refused, naming them.
     levers: "auto", lever names ("compile,bf16") or lever objects (`energyprune.levers`), tried on
@@ -429,11 +454,16 @@ def prune_to_energy(
 
     # Everything that can fail on the user's arguments fails here, before any measuring.
     check_inputs(model, inputs)
-    quality = _Quality(model, inputs, evaluate)
+    quality = _Quality(model, inputs, evaluate, list(fidelity_batches) if fidelity_batches is not None else None)
     if evaluate is None:
         quality.check()  # the default fidelity must be able to read the outputs: fail now, not after measuring
+    criteria = {kind: crit}
+    if "," in kind:
+        criteria = {k: _resolve_criterion(criterion, k, dict(criterion_options), backend, config)[0]
+                    for k in kind.split(",")}
     loop = _Loop(_Setup(
         original=model, goal=goal, criterion=crit, criterion_name=crit_name, kind=kind, inputs=inputs,
+        criteria=criteria,
         calibration=calibration, quality=quality, quality_floor=quality_floor, recovery=recovery, judge=judge,
         checkpointer=checkpointer, max_steps=max_steps, report=report, started=started,
         accept_median=bool(accept_median), run_options=dict(run_options or {}), levers=tuple(lever_list),
@@ -481,6 +511,7 @@ class _Setup:
     levers: tuple[Lever, ...] = ()
     lever_floor: float = DEFAULT_FIDELITY_FLOOR
     final_recovery: Recovery | None = None
+    criteria: dict[str, Criterion] = dataclasses.field(default_factory=dict)  # per kind, with several kinds
 
 
 class _Loop:
@@ -492,6 +523,9 @@ class _Loop:
         self.criterion = setup.criterion
         self.criterion_name = setup.criterion_name
         self.kind = setup.kind
+        self.criteria = setup.criteria or {setup.kind: setup.criterion}
+        self._kind_scores: dict[str, tuple[list[Unit], dict[Unit, float]]] = {}
+        self._kind_totals: dict[str, int] = {}
         self.inputs = setup.inputs
         self.calibration = setup.calibration
         self.q = setup.quality
@@ -534,7 +568,66 @@ class _Loop:
                 self.state.warn(self._flops_error)
             return None
 
+    def scores_of(self, kind: str) -> tuple[list[Unit], dict[Unit, float]]:
+        """Units and scores of one of several kinds on the current model (cached until a step)."""
+        if kind not in self._kind_scores:
+            units = _scorable_units(self.current, kind, self.calibration)
+            scores = self.criteria[kind].score(self.current, units, self.calibration) if units else {}
+            self._kind_scores[kind] = (units, dict(scores))
+        return self._kind_scores[kind]
+
+    def choose_kind(self, ratio_now: float) -> tuple[str, list[Unit], str] | None:
+        """With several kinds: for each, the units the schedule would take next, removed on a copy;
+        the kind whose candidate loses the least fidelity per FLOP saved (FLOPs as the proxy of the
+        joules saved: measuring every candidate would cost a comparison each) is this step's. None
+        when no kind has a unit left to remove."""
+        state = self.state
+        assert state is not None
+        options = []
+        base_fidelity = state.fidelity if state.fidelity is not None else 1.0
+        if state.applied_levers:  # candidates are compared plain (compiling each would cost minutes)
+            plain = self.q.fidelity(self.current)
+            base_fidelity = plain if plain is not None else base_fidelity
+        base_flops = state.flops
+        for kind in self.criteria:
+            try:
+                units, scores = self.scores_of(kind)
+            except UsageError:
+                continue
+            eligible_units = _eligible(scores, units, kind)
+            if not eligible_units:
+                continue
+            if kind not in self._kind_totals:
+                self._kind_totals[kind] = len(units_for(self.original, kind))
+            n = next_step_size(n_available=len(eligible_units), n_total=self._kind_totals[kind] * len(self.criteria),
+                               ratio_now=ratio_now, ratio_goal=self.goal_ratio())
+            if self.step_cap is not None:
+                n = min(n, self.step_cap)
+            chosen = eligible_units[:n]
+            candidate, _ = remove_units(self.current, chosen)
+            fidelity = self.q.fidelity(candidate)
+            flops = self.flops(candidate)
+            saved = (base_flops - flops) if (base_flops is not None and flops is not None) else None
+            lost = base_fidelity - fidelity if fidelity is not None else None
+            if saved is None or saved <= 0 or lost is None:
+                cost = math.inf
+            else:
+                cost = max(lost, 0.0) / saved
+            options.append((cost, -(saved or 0), kind, chosen, lost, saved))
+            del candidate
+        if not options:
+            return None
+        options.sort(key=lambda o: (o[0], o[1]))
+        cost, _, kind, chosen, lost, saved = options[0]
+        why = "; ".join(f"{k}: {len(c)} units, fidelity -{ls:.4f} for {sv / 1e6:.4g} MFLOPs"
+                        if ls is not None and sv is not None else f"{k}: {len(c)} units, not comparable"
+                        for _, _, k, c, ls, sv in options)
+        return kind, chosen, f"kind {kind} chosen by fidelity lost per FLOP saved ({why})"
+
     def scores_now(self) -> tuple[list[Unit], dict[Unit, float]]:
+        if "," in self.kind:
+            # Several kinds: the first one stands for the checks made before measuring.
+            return self.scores_of(next(iter(self.criteria)))
         if self._scores is None:
             units = _scorable_units(self.current, self.kind, self.calibration)
             scores = self.criterion.score(self.current, units, self.calibration) if units else {}
@@ -567,13 +660,17 @@ class _Loop:
         data = measurement.to_dict()
         original = OriginalFigures(energy_j, tuple(measurement.ci95_j), latency, power, _n_params(self.original),
                                    self.flops(self.original), q0, data)
-        units, scores = self.scores_now()
-        n_total = len(_eligible(scores, units, self.kind))
+        if "," in self.kind:
+            n_total = sum(len(units_for(self.original, k)) for k in self.criteria)
+        else:
+            units, scores = self.scores_now()
+            n_total = len(_eligible(scores, units, self.kind))
         self.state = _State(original=original, provenance=Provenance(measurement.provenance).value,
                             n_total=n_total, quality=q0, fidelity=1.0, flops=original.flops,
                             n_params=original.n_params)
         if self._flops_error:
             self.state.warn(self._flops_error)
+        self.preview_cost()
         for text in measurement.warnings:
             self.state.warn(f"original: {text}")
         self.save("running")
@@ -603,6 +700,27 @@ class _Loop:
             self.report("levers", 1.0, "no lever saved energy beyond its interval with the fidelity asked: pruning "
                         "alone")
         self.save("running")
+
+    def preview_cost(self) -> None:
+        """Say up front when the target needs more than half of what this kind can remove (FLOPs
+        as the proxy): a warning in the result, not a refusal - the measured steps decide."""
+        from energyprune.pruning.preview import PREVIEW_KINDS, preview_cost
+
+        assert self.state is not None
+        if self.goal.quantity != "energy" or self.kind not in PREVIEW_KINDS:
+            return
+        ratio = self.goal_ratio()
+        if not 0 < ratio < 1:
+            return
+        try:
+            preview = preview_cost(self.original, self.inputs, self.kind, ratio)
+        except Exception as error:  # the preview is advice: a model FlopCounterMode cannot follow still prunes
+            logger.info("no cost preview: %s", error)
+            return
+        if preview.too_costly:
+            self.state.warn(preview.message())
+        else:
+            logger.info("%s", preview.message())
 
     @property
     def estimated(self) -> bool:
@@ -652,6 +770,14 @@ class _Loop:
                 continue
             if len(state.steps) >= self.max_steps:
                 return self.finish("max-steps", f"the step limit ({self.max_steps}) was reached")
+            if "," in self.kind:
+                picked = self.choose_kind(ratio_now)
+                if picked is None:
+                    return self.finish("nothing-left", f"no unit of {self.kind} is left that may be removed")
+                stop = self.step(picked[1], note=picked[2])
+                if stop is not None:
+                    return stop
+                continue
             try:
                 units, scores = self.scores_now()
             except UsageError:
@@ -674,10 +800,12 @@ class _Loop:
             if stop is not None:
                 return stop
 
-    def step(self, chosen: list[Unit]) -> PruneResult | None:
+    def step(self, chosen: list[Unit], note: str = "") -> PruneResult | None:
         """Try removing `chosen` from the current model; returns a result when the loop stops."""
         state = self.state
         assert state is not None
+        if note:
+            logger.info("%s", note)
         t0 = time.perf_counter()
         index = len(state.steps) + 1
         candidate, record = remove_units(self.current, chosen)
@@ -745,7 +873,10 @@ class _Loop:
         removed_original = tuple(state.record.original_unit(u) for u in chosen)
         self.current = candidate
         self._scores = None
+        self._kind_scores = {}
         self.step_cap = None
+        if note:
+            notes.insert(0, note)
         state.record = state.record + record
         state.quality, state.fidelity, state.flops, state.n_params = quality, fidelity, flops, n_params
         e_ratio = state.energy_ratio

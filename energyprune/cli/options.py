@@ -337,3 +337,30 @@ def check_stdout(args: argparse.Namespace) -> None:
     if not stdout_usable() and not getattr(args, "out", None):
         raise UsageError("standard output is closed and no --out was given: the result would be lost; "
                          "pass --out FILE")
+
+
+#: Calibration batches when the criterion asks for no particular number of tokens.
+DEFAULT_CALIBRATION_BATCHES = 4
+#: At most this many batches are drawn for a criterion's wish (the corpus and the patience end).
+MAX_CALIBRATION_BATCHES = 256
+
+
+def calibration_batches(requested: int | None, model: Any, criterion: str, unit_kind: str | None,
+                        criterion_options: Mapping[str, Any], batch_size: int, seq_len: int | None) -> int:
+    """`--calibration-batches` as given, else enough batches of batch_size × seq_len tokens for
+    what the criterion says it needs (`calibration_tokens(model)`: mipp wants ~4 tokens per unit
+    of its widest MLP), never fewer than 4."""
+    if requested is not None:
+        return requested
+    from energyprune.pruning.criteria import get_criterion
+
+    options = dict(criterion_options)
+    if unit_kind is not None:
+        options["unit_kind"] = unit_kind
+    try:
+        wanted = getattr(get_criterion(criterion, **options), "calibration_tokens", None)
+        tokens = int(wanted(model)) if callable(wanted) else 0
+    except (EnergyPruneError, TypeError, ValueError):
+        return DEFAULT_CALIBRATION_BATCHES  # the run itself reports what is wrong with the criterion
+    per_batch = max(1, batch_size * (seq_len or 128))
+    return max(DEFAULT_CALIBRATION_BATCHES, min(MAX_CALIBRATION_BATCHES, math.ceil(tokens / per_batch)))

@@ -78,7 +78,9 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
                            "latency<=10ms, power<=150W (quote the last two in a shell)")
     loop.add_argument("--criterion", required=True,
                       help="cosine-block, entropy-block, magnitude, random, nepenthe, mipp, thermodynamic, energy-aware")
-    loop.add_argument("--unit-kind", choices=KIND_NAMES, help="what to remove (default: the criterion's own)")
+    loop.add_argument("--unit-kind", "--unit", type=_unit_kinds, metavar="KIND[,KIND...]",
+                      help=f"what to remove: {', '.join(KIND_NAMES)}; several (neuron,head) let every step take "
+                           "the kind that loses the least fidelity per FLOP saved (default: the criterion's own)")
     loop.add_argument("--criterion-option", type=_criterion_option, action="append", default=[],
                       metavar="KEY=VALUE", help="an option of the criterion, e.g. estimator=bucket (repeatable)")
     loop.add_argument("--quality-floor", type=options.finite_float, metavar="Q",
@@ -90,7 +92,9 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     loop.add_argument("--calibration", default="auto", choices=["auto", "text", "random"],
                       help="calibration data for the criterion: real text for a Hugging Face LM with a "
                            "tokenizer, else random inputs (default auto)")
-    loop.add_argument("--calibration-batches", type=options.positive_int, default=4, metavar="N")
+    loop.add_argument("--calibration-batches", type=options.positive_int, metavar="N",
+                      help="calibration batches (default: 4, or as many as the criterion needs - mipp wants ~4 "
+                           "tokens per unit of the widest MLP)")
     loop.add_argument("--recovery-steps", type=int, default=0, metavar="N",
                       help="after each removal, N steps of distillation toward the original on the calibration "
                            "data (default 0: none)")
@@ -236,10 +240,51 @@ def run(args: argparse.Namespace) -> int:
         return _prune(args, config, directory, replace)
 
 
+#: Held-out sequences the default quality is measured on, where the model has a tokenizer.
+HELDOUT_SEQUENCES = 4
+
+
+def _unit_kinds(text: str) -> str:
+    """`--unit-kind neuron,head`: known kinds, comma-separated, each once."""
+    from energyprune.pruning.kinds import KIND_NAMES
+
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KIND_NAMES]
+    if not kinds or unknown:
+        raise argparse.ArgumentTypeError(f"unknown unit kind {', '.join(unknown) or repr(text)}: use one or more of "
+                                         f"{', '.join(KIND_NAMES)}, comma-separated")
+    return ",".join(dict.fromkeys(kinds))
+
+
+def _say_cost(model: Any, inputs: Any, target: Any, unit_kind: str | None, criterion: str,
+              criterion_options: dict[str, Any]) -> None:
+    """Print the cost preview before anything is measured (relative energy targets only: the
+    others need the original's measurement first; the loop's result warns about them)."""
+    from energyprune.pruning.criteria import get_criterion
+    from energyprune.pruning.preview import PREVIEW_KINDS, preview_cost
+
+    if target.kind != "fraction":
+        return
+    kind = unit_kind
+    if kind is None:
+        try:
+            kind = get_criterion(criterion, **criterion_options).unit_kind
+        except Exception:  # check_arguments accepted it; a criterion object we cannot rebuild: no preview
+            return
+    if kind not in PREVIEW_KINDS:
+        return  # several kinds (neuron,head) or one whose FLOPs are not previewed
+    try:
+        preview = preview_cost(model, inputs, kind, target.value)
+    except Exception as error:  # advice only: a model FlopCounterMode cannot follow still prunes
+        options.say(f"cost preview: not available ({str(error).splitlines()[0] if str(error) else type(error).__name__})")
+        return
+    options.say(preview.message())
+
+
 def _prune(args: argparse.Namespace, config: Any, directory: Path | None, replace: bool) -> int:
     from energyprune.budget import MeterJudge, PruneInterrupted, prune_to_energy
     from energyprune.budget.loop import check_arguments
-    from energyprune.models.calibration_data import calibration_for
+    from energyprune.models.calibration_data import calibration_for, heldout_text_for
 
     from energyprune.levers import parse_levers
 
@@ -248,8 +293,14 @@ def _prune(args: argparse.Namespace, config: Any, directory: Path | None, replac
     loaded, model, inputs, device = p.loaded, p.model, p.inputs, p.device
     target = check_arguments(model, args.target, args.criterion, args.unit_kind, dict(args.criterion_option),
                              backend=args.backend, config=config)[0]
-    calibration, source = calibration_for(loaded, model, p.batch_size, args.seq_len, args.calibration_batches,
+    _say_cost(model, inputs, target, args.unit_kind, args.criterion, dict(args.criterion_option))
+    n_batches = options.calibration_batches(args.calibration_batches, model, args.criterion, args.unit_kind,
+                                            dict(args.criterion_option), p.batch_size, args.seq_len)
+    calibration, source = calibration_for(loaded, model, p.batch_size, args.seq_len, n_batches,
                                           args.calibration, device)
+    heldout = heldout_text_for(loaded, args.seq_len, HELDOUT_SEQUENCES, device) if args.calibration != "random" else None
+    fidelity_batches, quality_on = (heldout if heldout is not None else
+                                    (None, "the measurement inputs (no tokenizer and text for held-out data)"))
     if replace:  # only now that everything is validated: a typo must not cost the earlier results
         assert directory is not None
         _remove_earlier(directory)
@@ -268,14 +319,14 @@ def _prune(args: argparse.Namespace, config: Any, directory: Path | None, replac
     live = _LiveView()
     judge = MeterJudge(args.backend, config, cpu_tdp_w=args.cpu_tdp_w, progress=live)
     live.stream.write(f"energyprune: pruning {loaded.description} on {device} to {target.text} with "
-                      f"{args.criterion}; calibration: {source}\n")
+                      f"{args.criterion}; calibration: {source}; quality measured on {quality_on}\n")
     try:
         result = prune_to_energy(
             model, target, args.criterion, inputs=inputs, calibration=calibration, unit_kind=args.unit_kind,
             quality_floor=args.quality_floor, recovery=recovery, judge=judge, checkpoint_dir=directory,
             resume=args.resume, max_steps=args.max_steps, progress=live, accept_median=args.accept_median,
             run_options=_run_options(args), levers=args.levers, lever_floor=args.lever_floor,
-            final_recovery=final_recovery,
+            final_recovery=final_recovery, fidelity_batches=fidelity_batches,
             **dict(args.criterion_option))
     except PruneInterrupted as interrupt:
         live.close()
@@ -296,6 +347,7 @@ def _prune(args: argparse.Namespace, config: Any, directory: Path | None, replac
     data = result.to_dict()
     data["device"] = str(device)
     data["calibration"] = source
+    data["quality_measured_on"] = quality_on
     from energyprune.metrics.carbon import add_co2
 
     data = add_co2(data, getattr(args, "intensity", None))
@@ -415,6 +467,8 @@ def render_text(data: dict[str, Any]) -> str:
         lines.append(f"  final recovery: fidelity {_ratio(final_recovery.get('fidelity_before'))} -> "
                      f"{_ratio(final_recovery.get('fidelity_after'))} (weights only: the energy figures stand)")
     lines.append(f"  {word} ({data['stop_reason']}): {data['message']}")
+    if data.get("quality_measured_on"):
+        lines.append(f"  quality (fidelity to the original) measured on {data['quality_measured_on']}")
     from energyprune.reporting.carbon_text import lines as co2_lines, saving_rows
 
     lines += co2_lines(saving_rows(data, "original", "pruned"))

@@ -22,7 +22,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
                         help="entropy-block's stage rule (default increase: only blocks before the entropy peak)")
     parser.add_argument("--calibration", default="auto", choices=["auto", "text", "random"],
                         help="calibration data: real text for a Hugging Face LM with a tokenizer, else random")
-    parser.add_argument("--calibration-batches", type=options.positive_int, default=4)
+    parser.add_argument("--calibration-batches", type=options.positive_int,
+                        help="default: 4, or as many as the criterion needs (mipp: ~4 tokens per unit)")
     parser.add_argument("--batch-size", type=options.positive_int, default=4)
     parser.add_argument("--seq-len", type=options.positive_int)
     parser.add_argument("--device")
@@ -41,8 +42,10 @@ def run(args: argparse.Namespace) -> int:
     options.check_stdout(args)
     loaded = load_model(args.model, trust_code=args.trust_code)
     model, device = prepare(loaded.module, args.device, None)
-    calibration, source = calibration_for(loaded, model, args.batch_size, args.seq_len,
-                                          args.calibration_batches, args.calibration, device)
+    n_batches = options.calibration_batches(args.calibration_batches, model, args.criterion, args.unit_kind, {},
+                                            args.batch_size, args.seq_len)
+    calibration, source = calibration_for(loaded, model, args.batch_size, args.seq_len, n_batches,
+                                          args.calibration, device)
     extra = {"stage": args.stage} if args.stage else {}
     result = score_model(model, args.criterion, calibration, args.unit_kind, args.estimator, **extra)
     result["model"] = loaded.description

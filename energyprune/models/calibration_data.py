@@ -32,9 +32,11 @@ def calibration_for(loaded: LoadedModel, model: nn.Module, batch_size: int, seq_
             tokenizer = AutoTokenizer.from_pretrained(Path(loaded.spec), local_files_only=True,
                                                       trust_remote_code=False)
             texts = text_corpus("lee_background")
-            batches = calibration_batches(tokenizer, texts, seq_len or 128, batch_size, n_batches)
+            half = len(texts) // 2  # the second half is held out for quality (`heldout_text_for`)
+            batches = calibration_batches(tokenizer, texts[:half], seq_len or 128, batch_size, n_batches)
             moved = [{k: v.to(device) for k, v in b.items()} for b in batches]
-            return moved, f"text: gensim lee_background, {n_batches} x {batch_size} x {seq_len or 128} tokens"
+            return moved, (f"text: gensim lee_background documents 0-{half - 1}, {n_batches} x {batch_size} x "
+                           f"{seq_len or 128} tokens")
         except Exception as error:  # no tokenizer in the folder, or gensim missing
             if source == "text":
                 raise UsageError(f"--calibration text needs a tokenizer in the model folder and gensim "
@@ -44,3 +46,30 @@ def calibration_for(loaded: LoadedModel, model: nn.Module, batch_size: int, seq_
     return batches, f"random inputs, {n_batches} batches of {batch_size}"
 
 
+
+
+def heldout_text_for(loaded: LoadedModel, seq_len: int | None, n_sequences: int, device: Any
+                     ) -> tuple[list[Any], str] | None:
+    """Held-out real text for quality, through the model's own tokenizer: the second half of
+    gensim's Lee news corpus (the calibration data come from the first half), packed into
+    `n_sequences` rows of `seq_len` tokens; None (with the reason logged) where the model is not
+    a Hugging Face folder with a tokenizer or gensim is missing - the caller then says that quality
+    was measured on its measurement inputs."""
+    if loaded.kind != "huggingface":
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        from energyprune.models.zoo import calibration_batches, text_corpus
+
+        tokenizer = AutoTokenizer.from_pretrained(Path(loaded.spec), local_files_only=True, trust_remote_code=False)
+        texts = text_corpus("lee_background")
+        half = len(texts) // 2
+        length = seq_len or 128
+        batches = calibration_batches(tokenizer, texts[half:], length, 1, n_sequences)
+    except Exception as error:  # no tokenizer in the folder, gensim missing, too little text
+        logger.info("no held-out text for quality (%s)", error)
+        return None
+    moved = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    return moved, (f"held-out text: gensim lee_background documents {half}-{len(texts) - 1}, {n_sequences} x "
+                   f"{length} tokens")

@@ -7,6 +7,8 @@ read this table, so a new kind is one `UnitKind` here (and its surgery module).
 | block | a whole block of the stack | `remove_blocks` | one block |
 | attention | a block's attention sub-block | `remove_attention` | one attention module |
 | neuron | one hidden unit of an MLP (or an MBConv expansion channel) | `prune_mlp_neurons` | one neuron per MLP |
+| head | one KV group of an attention module (a KV head and its query heads; one head without GQA) | `prune_heads` | one group per attention |
+| hidden | one channel of the hidden size (embedding channel), through every norm, projection, embedding and a tied lm_head | `prune_hidden` | one channel |
 | channel | one output channel of a conv / Linear in an `nn.Sequential` chain | `prune_channels` | one channel per layer |
 | activation | a foldable MLP's nonlinearity (NEPENTHE) | `fold_activation` | - |
 """
@@ -94,6 +96,41 @@ def _neurons(model: nn.Module, calibration: Calibration | None) -> list[Unit]:
     return units
 
 
+def _heads(model: nn.Module, calibration: Calibration | None) -> list[Unit]:
+    from energyprune.pruning.base import Unit
+    from energyprune.pruning.surgery.heads import attention_paths, find_attention_heads
+
+    paths = attention_paths(model)
+    if not paths:
+        raise UsageError(f"{type(model).__name__} has no block stack with attention modules: heads cannot be pruned; "
+                         f"unit kinds that apply: {', '.join(applicable_kinds(model, skip='head')) or 'none'}")
+    units = []
+    for path in paths:
+        spec = find_attention_heads(model, path)
+        if spec is None:
+            from energyprune.pruning.surgery.heads import describe_layouts
+            from energyprune.pruning.surgery.slicing import get_module
+
+            raise UsageError(
+                f"{path} ({type(get_module(model, path)).__name__}) is not an attention layout whose heads this "
+                f"library can map (known: {describe_layouts()}); unit kinds that apply to this model: "
+                f"{', '.join(applicable_kinds(model, skip='head')) or 'none'}")
+        units += [Unit("head", path, g) for g in range(spec.groups)]
+    return units
+
+
+def _hidden(model: nn.Module, calibration: Calibration | None) -> list[Unit]:
+    from energyprune.pruning.base import Unit
+    from energyprune.pruning.surgery.hidden import find_hidden
+
+    try:
+        spec = find_hidden(model)
+    except UsageError as error:
+        raise UsageError(f"{error}".split("; unit kinds that may apply")[0] + "; unit kinds that apply to this model: "
+                         f"{', '.join(applicable_kinds(model, skip='hidden')) or 'none'}") from None
+    return [Unit("hidden", "", c) for c in range(spec.size)]
+
+
 def _channels(model: nn.Module, calibration: Calibration | None) -> list[Unit]:
     from energyprune.pruning.base import Unit
     from energyprune.pruning.surgery.channels import channel_producers
@@ -140,6 +177,18 @@ def _remove_neurons(model: nn.Module, units: Sequence[Unit], inplace: bool) -> R
     return prune_mlp_neurons(model, _by_path(units), inplace=inplace)
 
 
+def _remove_heads(model: nn.Module, units: Sequence[Unit], inplace: bool) -> Removal:
+    from energyprune.pruning.surgery import prune_heads
+
+    return prune_heads(model, _by_path(units), inplace=inplace)
+
+
+def _remove_hidden(model: nn.Module, units: Sequence[Unit], inplace: bool) -> Removal:
+    from energyprune.pruning.surgery.hidden import prune_hidden
+
+    return prune_hidden(model, sorted(u.index for u in units), inplace=inplace)
+
+
 def _remove_channels(model: nn.Module, units: Sequence[Unit], inplace: bool) -> Removal:
     from energyprune.pruning.surgery import prune_channels
 
@@ -163,6 +212,9 @@ KINDS: dict[str, UnitKind] = {
         UnitKind("block", "a whole block of the block stack", _blocks, _remove_blocks),
         UnitKind("attention", "the attention sub-block of a block", _attention, _remove_attention),
         UnitKind("neuron", "one hidden unit of an MLP", _neurons, _remove_neurons, grouped=True),
+        UnitKind("head", "one KV group of attention heads (a KV head with its query heads)", _heads, _remove_heads,
+                 grouped=True),
+        UnitKind("hidden", "one channel of the hidden size (embedding channel)", _hidden, _remove_hidden),
         UnitKind("channel", "one output channel of a conv / Linear layer", _channels, _remove_channels,
                  grouped=True),
         UnitKind("activation", "a foldable MLP's nonlinearity", _activations, _fold, keep_per_group=0),
@@ -176,6 +228,30 @@ def get_kind(name: str) -> UnitKind:
     if kind is None:
         raise UsageError(f"unknown unit kind {name!r}: use one of {', '.join(KIND_NAMES)}")
     return kind
+
+
+_probing: list[bool] = []  # non-empty while applicable_kinds runs: its enumerations must not call it again
+
+
+def applicable_kinds(model: nn.Module, skip: str = "") -> list[str]:
+    """The unit kinds whose units the model offers (without calibration data), for messages that
+    must say what does apply when one kind does not."""
+    if _probing:
+        return []
+    out = []
+    _probing.append(True)
+    try:
+        for name, kind in KINDS.items():
+            if name == skip:
+                continue
+            try:
+                if kind.enumerate(model, None):
+                    out.append(name)
+            except UsageError:
+                continue
+    finally:
+        _probing.pop()
+    return out
 
 
 def units_for(model: nn.Module, kind: str, calibration: Calibration | None = None) -> list[Unit]:

@@ -105,7 +105,8 @@ def prune_document(result: Mapping[str, Any]) -> Document:
         (f"final per inference{t}", energy(final.get("per_inference_j"))),
         ("parameters", f"{num(original.get('n_params'), ',')} -> {num(final.get('n_params'), ',')}"),
         ("FLOPs per inference", f"{num(original.get('flops'), '.4g')} -> {num(final.get('flops'), '.4g')}"),
-        ("quality", f"{num(original.get('quality'))} -> {num(final.get('quality'))}"),
+        ("quality", f"{num(original.get('quality'))} -> {num(final.get('quality'))}"
+                    + (f" (measured on {result['quality_measured_on']})" if result.get("quality_measured_on") else "")),
         ("steps", f"{len(steps)} ({sum(1 for s in steps if s.get('accepted') is not False)} accepted)"),
         ("duration", seconds(result.get("duration_s"))),
         *carbon_text.saving_rows(result, "original", "pruned"),

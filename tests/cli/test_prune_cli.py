@@ -183,3 +183,28 @@ def test_recovery_options_report_fidelity_before_and_after(tmp_path, judges, cap
     assert cli(["prune", "--target", "-30%", "--criterion", "magnitude", "--final-recovery-steps", "-1",
                 "--out", str(tmp_path / "x"), *DEMO]) == 2
     assert "--final-recovery-steps must be 0 or more" in capsys.readouterr().err
+
+
+def test_prune_says_what_the_target_costs_before_pruning(tmp_path, judges, capsys):
+    code = cli(["prune", "--target", "-60%", "--criterion", "magnitude", "--unit-kind", "neuron", "--max-steps", "1",
+                *DEMO])
+    err = capsys.readouterr().err
+    assert code in (0, 3, 4), err
+    first = err.index("cost preview")
+    assert first < err.index("step 1:")  # before anything is pruned
+    line = err[first:].splitlines()[0]
+    assert "neuron units hold" in line and "Target -60% needs ~" in line and "expect a large loss of quality" in line
+    # The demo's blocks hold ~93% of its FLOPs, one must stay: -60% needs ~86% of them, no better.
+    assert "no single kind reaches it within that share" in line
+
+
+def test_the_result_says_what_quality_was_measured_on(tmp_path, judges, capsys):
+    out = tmp_path / "q"
+    code = cli(["prune", "--target", "-20%", "--criterion", "magnitude", "--out", str(out), *DEMO])
+    captured = capsys.readouterr()
+    assert code in (0, 3, 4), captured.err
+    result = json.loads((out / "result.json").read_text())
+    # The demo has no tokenizer: quality is fidelity on the measurement inputs, and it says so.
+    assert result["quality_measured_on"].startswith("the measurement inputs")
+    assert "quality (fidelity to the original) measured on the measurement inputs" in captured.out
+    assert "measured on the measurement inputs" in (out / "report.md").read_text()

@@ -33,7 +33,7 @@ def logits(model, ids):
 
 def test_a_config_that_describes_the_pruned_model_gives_a_hugging_face_copy(llama_dir, tmp_path):
     loaded = load_model(str(llama_dir))
-    pruned, record = prune(loaded.module, "magnitude", 0.25, unit_kind="neuron")
+    pruned, record = prune(loaded.module, "magnitude", 0.25, unit_kind="neuron", scope="per-layer")
     out = tmp_path / "out"
     save_pruned(out, pruned, record, loaded)
     meta = json.loads((out / "pruned.json").read_text())

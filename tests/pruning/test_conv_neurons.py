@@ -295,7 +295,7 @@ def test_every_neuron_criterion_prunes_the_conv_model(name: str, se: bool) -> No
     model = TinyEfficientNet(se=se)
     before = copy.deepcopy(model.state_dict())
     calibration = images(4)
-    outcome = prune(model, name, 0.25, calibration, unit_kind="neuron")
+    outcome = prune(model, name, 0.25, calibration, unit_kind="neuron", scope="per-layer")
     units = neuron_units(model)
     assert set(outcome.scores) == set(units) and len(units) == 64
     assert all(isinstance(v, float) for v in outcome.scores.values())
@@ -402,7 +402,7 @@ def test_efficientnet_lite0() -> None:
     with torch.no_grad():
         torch.testing.assert_close(pruned(x), expected, atol=1e-4, rtol=1e-4)
 
-    outcome = prune(model, "magnitude", 0.25, unit_kind="neuron")
+    outcome = prune(model, "magnitude", 0.25, unit_kind="neuron", scope="per-layer")
     with torch.no_grad():
         out = outcome.model(x)
     assert out.shape == (1, 1000) and torch.isfinite(out).all()

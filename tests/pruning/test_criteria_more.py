@@ -436,3 +436,34 @@ def test_damage_per_joule_refuses_savings_that_are_not_positive():
     for saved in (0.0, -0.1, math.nan):
         value, note = damage_per_joule(0.2, saved)
         assert value == math.inf and "not positive" in note
+
+
+def test_mipp_default_sample_fits_the_width_and_a_wide_mlp_matches_brute_force_order():
+    from energyprune.pruning.criteria.mipp import tokens_for_width
+
+    net = planted_mlp()
+    assert MippCriterion().calibration_tokens(net) == tokens_for_width(16) == 2048
+    assert tokens_for_width(2048) == 4 * 2049  # wide MLPs get 4 tokens per unit
+    assert MippCriterion(max_tokens=500).calibration_tokens(net) == 500
+    # The Gram-matrix elimination gives the losses of a direct re-solve after every removal.
+    generator = torch.Generator().manual_seed(5)
+    n, h, d = 300, 24, 10
+    A = torch.randn(n, h, generator=generator, dtype=torch.float64).relu()
+    Y = A @ torch.randn(h, d, generator=generator, dtype=torch.float64)
+    result = eliminate(A, Y, max_steps=h)  # one unit per step: exact greedy order
+    Ac, Yc = A - A.mean(0), Y - Y.mean(0)
+    var = float(Ac.square().mean(0)[Ac.square().mean(0) > 0].mean())
+    z = torch.randn(n, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * math.sqrt(var)
+    X = torch.cat([Ac, z - z.mean()], dim=1)
+    Sxx, Sxy, Syy = X.T @ X / n, X.T @ Yc / n, Yc.T @ Yc / n
+    N = 1e-3 * float(torch.trace(Syy)) / d * torch.eye(d, dtype=torch.float64)
+
+    def info(subset: list[int]) -> float:
+        inner = Sxx[subset][:, subset] + 1e-8 * var * torch.eye(len(subset), dtype=torch.float64)
+        R = Syy - Sxy[subset].T @ torch.linalg.solve(inner, Sxy[subset])
+        return 0.5 * float(torch.logdet(Syy + N) - torch.logdet(R + N))
+
+    remaining = list(range(h + 1))
+    for unit, loss in zip(result.order[:12], result.losses[:12]):
+        assert loss == pytest.approx(info(remaining) - info([r for r in remaining if r != unit]), rel=1e-5, abs=1e-10)
+        remaining.remove(unit)

@@ -51,7 +51,7 @@ def test_outcome_names_what_was_removed_and_why(llama, batches):
 
 
 def test_fraction_of_neurons_is_taken_per_mlp(llama, batches):
-    pruned, _ = prune(llama, "magnitude", 0.25, batches, unit_kind="neuron")
+    pruned, _ = prune(llama, "magnitude", 0.25, batches, unit_kind="neuron", scope="per-layer")
     widths = {layer.mlp.down_proj.in_features for layer in pruned.model.layers}
     assert widths == {48}
     assert pruned.config.intermediate_size == 48
@@ -102,3 +102,28 @@ def test_original_unit_undoes_the_renumbering_of_earlier_removals():
     pruned, r3 = prune_mlp_neurons(second, {mlp: list(range(10))})
     unit = (record + r3).original_unit(Unit("neuron", mlp, 0))
     assert unit == Unit("neuron", "layers.3", 10)
+
+
+def test_fraction_of_neurons_is_ranked_globally_by_default():
+    from energyprune.pruning import Unit, select
+
+    # MLP "a" has the four smallest scores: a global 50% takes three of them (one must stay), then b's lowest.
+    units = [Unit("neuron", p, i) for p in ("a", "b") for i in range(4)]
+    scores = dict(zip(units, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]))
+    assert select(scores, 0.5, "neuron", scope="global-raw") == [units[0], units[1], units[2], units[4]]
+    # Normalised by each MLP's mean (0.25 and 0.65): a 0.4, 0.8, 1.2, 1.6; b 0.77, 0.92, 1.08, 1.23.
+    chosen = select(scores, 0.5, "neuron")
+    assert chosen == [units[0], units[4], units[1], units[5]]
+    per_layer = select(scores, 0.5, "neuron", scope="per-layer")
+    assert sorted(per_layer) == sorted([units[0], units[1], units[4], units[5]])
+    with pytest.raises(UsageError, match="scope must be one of global, global-raw, per-layer"):
+        select(scores, 0.5, "neuron", scope="layer")
+
+
+def test_global_neuron_pruning_gives_uneven_widths_that_still_run(llama, batches):
+    pruned, record = prune(llama, "magnitude", 0.25, batches, unit_kind="neuron")
+    widths = [layer.mlp.down_proj.in_features for layer in pruned.model.layers]
+    assert sum(widths) == round(0.75 * 64 * len(widths))
+    assert record.ops[0].detail["layer_sizes"] == {f"model.layers.{i}.mlp": w for i, w in enumerate(widths)}
+    generated = pruned.generate(batches[0]["input_ids"][:1, :4], max_new_tokens=3, do_sample=False)
+    assert generated.shape == (1, 7)

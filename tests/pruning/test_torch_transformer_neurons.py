@@ -78,7 +78,7 @@ def test_pruned_neurons_equal_zeroed_neurons_on_both_paths(demo, tokens, fast):
 @pytest.mark.parametrize("criterion", ["magnitude", "mipp", "thermodynamic", "nepenthe", "random"])
 def test_every_neuron_criterion_scores_the_demo(demo, tokens, criterion):
     calibration = [demo.example_inputs(2, seq_len=16, seed=s) for s in range(2)]
-    outcome = prune(demo, criterion, 0.25, calibration, unit_kind="neuron")
+    outcome = prune(demo, criterion, 0.25, calibration, unit_kind="neuron", scope="per-layer")
     specs = find_mlps(outcome.model)
     assert all(s.hidden_size == find_mlps(demo)[0].hidden_size * 3 // 4 for s in specs)
     out = _run(outcome.model, tokens, fast=True)

@@ -4,8 +4,10 @@
 | --- | --- | --- | --- |
 | `entropy-block` | `entropy_block` (EntroDrop ΔH) | block, attention | yes |
 | `cosine-block` | `cosine_block` (ShortGPT Block Influence) | block, attention | yes |
-| `magnitude` | `magnitude` (L1 / L2 of the weights) | block, attention, neuron, channel | no |
+| `magnitude` | `magnitude` (L1 / L2 of the weights) | block, attention, neuron, head, hidden, channel | no |
 | `random` | `random_criterion` (seeded control) | any | no |
+| `activation` | `activation` (Minitron: mean absolute activation on calibration data) | neuron, head, hidden | yes |
+| `taylor` | `taylor` (first-order Taylor, abs(w · ∂L/∂w), LM loss or output norm; per-kind scorers) | neuron, head, hidden | yes |
 | `nepenthe` | `nepenthe` (ON/OFF entropy of rectifier units; `dead_neurons`) | activation, neuron | yes |
 | `mipp` | `mipp` (information-preserving backward elimination against a null unit) | neuron | yes |
 | `thermodynamic` | `thermodynamic` (gradient temperature, free energy E − T·S) | neuron, channel | yes (≥ 2 batches) |
@@ -24,6 +26,7 @@ from typing import Any
 from energyprune.errors import UsageError
 from energyprune.pruning.base import Criterion
 from energyprune.pruning.criterion_spec import CriterionSpec
+from energyprune.pruning.criteria.activation import ActivationCriterion
 from energyprune.pruning.criteria.cosine_block import CosineBlockCriterion
 from energyprune.pruning.criteria.energy_aware import EnergyAwareCriterion, EnergyAwareDetail
 from energyprune.pruning.criteria.entropy_block import EntropyBlockCriterion, EntropyProfile
@@ -31,6 +34,7 @@ from energyprune.pruning.criteria.magnitude import MagnitudeCriterion
 from energyprune.pruning.criteria.mipp import MippCriterion, MippResult
 from energyprune.pruning.criteria.nepenthe import NepentheCriterion, OnOffStats, activation_units, dead_neurons
 from energyprune.pruning.criteria.random_criterion import RandomCriterion
+from energyprune.pruning.criteria.taylor import TAYLOR_SCORERS, TaylorCriterion
 from energyprune.pruning.criteria.thermodynamic import ThermodynamicCriterion
 from energyprune.pruning.criteria.units import block_units, neuron_units
 
@@ -44,6 +48,8 @@ CRITERIA: dict[str, type] = {
     "mipp": MippCriterion,
     "thermodynamic": ThermodynamicCriterion,
     "energy-aware": EnergyAwareCriterion,
+    "activation": ActivationCriterion,
+    "taylor": TaylorCriterion,
 }
 
 
@@ -89,7 +95,10 @@ def specs_for_kind(kind: str, known: Mapping[str, Sequence[CriterionSpec]]) -> t
 
 
 __all__ = [
+    "ActivationCriterion",
     "CRITERIA",
+    "TAYLOR_SCORERS",
+    "TaylorCriterion",
     "CriterionSpec",
     "CosineBlockCriterion",
     "EnergyAwareCriterion",

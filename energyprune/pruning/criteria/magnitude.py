@@ -4,6 +4,8 @@
 | --- | --- |
 | "block", "attention" | per-parameter magnitude of the module's weight matrices (parameters with ≥ 2 dims; norms' gains and biases excluded): p=1 mean |w|, p=2 root-mean-square w - a sum of norms normalised by the parameter count, so blocks of different sizes compare |
 | "neuron" | norm of everything the neuron owns: its row in each producer (Llama gate_proj + up_proj, GPT-2 c_fc, BERT intermediate.dense, ...) and its column in the consumer (down_proj, c_proj, output.dense, ...); HF Conv1D weights are read transposed; biases excluded. MBConv expansion channel c: filter c of `_expand_conv` (and of `_se_expand`), the depthwise filter c, and the input-c weights of `_project_conv` (and `_se_reduce`); BatchNorm gains and shifts excluded, like biases |
+| "head" | norm of everything one KV group owns: its rows of the query, key and value projections (GPT-2: of the fused `c_attn`) and its columns of the output projection; biases excluded |
+| "hidden" | norm of everything a hidden channel owns: its embedding columns, norm gains, the input weights of every reader (q/k/v, MLP producers, lm_head once if tied) and output rows of every writer (o_proj, down_proj) |
 | "channel" | norm of the output channel's filter: `weight[c]` of a conv, row c of a Linear (column c of a Conv1D) |
 
 Lowest first: the smallest weights are removed first. Neuron units name their MLP as
@@ -32,6 +34,7 @@ from energyprune.pruning.criteria.units import (
     require_stack,
     resolve_protected,
 )
+from energyprune.pruning.surgery.heads import require_attention_heads
 from energyprune.pruning.surgery.neurons import require_mlp
 from energyprune.pruning.surgery.slicing import (
     get_module,
@@ -41,7 +44,7 @@ from energyprune.pruning.surgery.slicing import (
     weight_by_output,
 )
 
-UNIT_KINDS = ("block", "attention", "neuron", "channel")
+UNIT_KINDS = ("block", "attention", "neuron", "head", "hidden", "channel")
 
 
 def _per_element(values: torch.Tensor, p: int) -> torch.Tensor:
@@ -102,6 +105,23 @@ class MagnitudeCriterion:
             total += _per_element(weight.detach().double(), self.p).sum(dim=1).cpu()
         return total
 
+    def head_magnitudes(self, model: nn.Module, path: str) -> torch.Tensor:
+        """Per-group sums of |w|^p (before the final root for p = 2) of the attention at `path`."""
+        spec = require_attention_heads(model, path)
+        total = torch.zeros(spec.groups, dtype=torch.float64)
+        for group in range(spec.groups):
+            for layer, side, indices in spec.parts(group):
+                module = get_module(model, spec.full(layer))
+                view = weight_by_output(module) if side == "out" else weight_by_input(module)
+                total[group] += float(_per_element(view.detach()[indices].double(), self.p).sum())
+        return total
+
+    def hidden_magnitudes(self, model: nn.Module, path: str) -> torch.Tensor:
+        """Per hidden channel sums of |w|^p (before the final root for p = 2); `path` is ""."""
+        from energyprune.pruning.surgery.hidden import find_hidden, per_channel_sum
+
+        return per_channel_sum(model, find_hidden(model), lambda m: _per_element(m.weight.detach().double(), self.p))
+
     def channel_magnitudes(self, model: nn.Module, path: str) -> torch.Tensor:
         module = get_module(model, path)
         if isinstance(module, nn.modules.conv._ConvNd):
@@ -136,7 +156,8 @@ class MagnitudeCriterion:
                 scores[unit] = float("inf") if unit.index in protected else self.module_magnitude(block)
             return scores
         per_path: dict[str, torch.Tensor] = {}
-        measure = self.neuron_magnitudes if self.unit_kind == "neuron" else self.channel_magnitudes
+        measure = {"neuron": self.neuron_magnitudes, "head": self.head_magnitudes,
+                   "hidden": self.hidden_magnitudes}.get(self.unit_kind, self.channel_magnitudes)
         scores = {}
         for unit in units:
             if unit.path not in per_path:

@@ -31,8 +31,11 @@ determinant lemma, with P = (Σ_SS + λI)⁻¹ and β = P Σ_SY the regression c
     loss_j = ½ log(1 + β_jᵀ (Σ_{Y|A_S} + N)⁻¹ β_j / P_jj)
 
 (β_j β_jᵀ / P_jj is exactly how much the residual covariance grows without j), so one step scores
-every remaining unit at once, and removing units updates P, β and the residual by Schur
-complements (a full re-solve every 16 steps stops rounding drift).
+every remaining unit at once. The elimination never works in the output dimension d after the
+start: it keeps the Gram matrix G = β (Σ_{Y|A_S} + N)⁻¹ βᵀ, whose diagonal gives every loss
+(loss_j = ½ log(1 + G_jj / P_jj)), and removing units updates P by a Schur complement and G by a
+Woodbury identity in the span of the removed units' rows (a full re-solve every 16 steps stops
+rounding drift). A step therefore costs O(h² k), not O(h d² + d³).
 
 **Null unit.** A column of Gaussian noise z (variance = the mean unit variance, seeded) is
 appended to A and never eliminated. Each step also computes its loss: what removing a unit that
@@ -41,7 +44,7 @@ carries nothing but chance correlation would lose.
 **Elimination.** Repeatedly remove the remaining real unit of smallest loss until every unit is
 gone. For h ≤ `max_steps` this is exact one-by-one greedy elimination. Wider MLPs are eliminated in
 chunks to bound the cost to `max_steps` full scorings: each step scores every remaining unit, takes
-the k = ⌈h / max_steps⌉ of smallest loss, and removes them one at a time in that order, each loss
+the k = ⌈h / max_steps⌉ of smallest loss (default 32 steps), and removes them one at a time in that order, each loss
 recomputed exactly given the units already gone (so the only approximation is the order within a
 chunk: two duplicates picked together do not both count as free - the second one's loss is its
 real one). A unit is **prunable** when it is eliminated before the stop: walking the eliminations
@@ -56,12 +59,17 @@ r / h for a prunable unit (in [0, 1)), 1 + r / h otherwise (in [1, 2)), so every
 units go before any unit that carries information above the null.
 
 Cost: one calibration pass storing n × (h + d) float32 values per MLP (n ≤ `max_tokens`), then per
-MLP O(n (h + d)²) for the covariances and O(max_steps · (h d² + h² k + d³) + h (k² + d²)) float64
-work for the elimination (k the chunk size), on the model's device. On one CPU core with n = 2048
-and the default 128 steps that was ~7 s for h = 1536, d = 576 (SmolLM2-135M) and ~100 s for h = 4096,
-d = 1024; a GPU does it in a fraction of that. MLPs wider than `max_width` (default 4096) are
-refused. With n not well above h the in-sample regression overfits and every loss shrinks toward
-the null's: use `max_tokens` ≥ a few times h (a warning says so).
+MLP O(n (h + d)²) for the covariances, O(h³ + h d² + h² d) per re-solve and O(max_steps · h² k)
+for the elimination (k the chunk size), float64 on the model's device. Profiled on this project's
+2-core CPU machine (shared, load ~5) for h = 2048, d = 640: the former per-step (B (R+N)⁻¹, a d×d
+inverse per step, a d×d Sherman-Morrison per unit) took 70 s at 128 steps; the Gram form takes
+28 s at 128 steps and ~9 s at the default 32 (`benchmarks/width_benchmark.py` times it on
+SmolLM2). MLPs wider than `max_width` (default 4096) are refused.
+
+**Sample size.** With n not well above h the in-sample regression overfits and every loss shrinks
+toward the null's; the default `max_tokens=None` samples max(2048, 4 (h + 1)) tokens for the
+widest MLP scored, and `calibration_tokens(model)` tells a caller (the CLI) how many to provide; fewer than
+2 (h + 1) gets a warning.
 """
 
 from __future__ import annotations
@@ -82,6 +90,7 @@ from energyprune.pruning.observe.hooks import (
     attention_mask_of,
     batches_of,
     check_max_batches,
+    mlp_specs,
     observing,
     specs_of_units,
     valid_rows,
@@ -148,6 +157,18 @@ def _inverse_spd(matrix: torch.Tensor) -> torch.Tensor:
     return (inverse + inverse.T) / 2
 
 
+def _cholesky(matrix: torch.Tensor) -> torch.Tensor:
+    """Lower Cholesky factor of a symmetric positive definite matrix; a tiny diagonal jitter,
+    raised until it factors, where rounding made it indefinite."""
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    jitter = 1e-12 * float(torch.diagonal(matrix).abs().mean().clamp_min(1e-300))
+    while int(info) != 0:
+        eye = torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
+        factor, info = torch.linalg.cholesky_ex(matrix + jitter * eye)
+        jitter *= 10
+    return factor
+
+
 def _logdet(matrix: torch.Tensor) -> float:
     sign, value = torch.linalg.slogdet(matrix)
     return float(value) if float(sign) > 0 else -math.inf
@@ -160,7 +181,7 @@ def eliminate(
     ridge: float = 1e-8,
     noise: float = 1e-3,
     tolerance: float = 1e-4,
-    max_steps: int = 128,
+    max_steps: int = 32,
     seed: int = 0,
     path: str = "",
 ) -> MippResult:
@@ -195,16 +216,20 @@ def eliminate(
     eye_cache: dict[int, torch.Tensor] = {}
 
     def solve(active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """P, the Gram matrix G = B (R + N)⁻¹ Bᵀ of the regression coefficients, and R."""
         m = active.numel()
         if m not in eye_cache:
             eye_cache[m] = torch.eye(m, dtype=torch.float64, device=device)
         P = _inverse_spd(Sxx[active][:, active] + lam * eye_cache[m])
         B = P @ Sxy[active]
         R = Syy - Sxy[active].T @ B
-        return P, B, (R + R.T) / 2
+        R = (R + R.T) / 2
+        W = torch.linalg.solve_triangular(_cholesky(R + N), B.T, upper=False)  # L⁻¹ Bᵀ, (R + N) = L Lᵀ
+        G = W.T @ W
+        return P, (G + G.T) / 2, R
 
     active = torch.arange(h + 1, device=device)  # positions into X; the null unit stays last
-    P, B, R = solve(active)
+    P, G, R = solve(active)
     information = 0.5 * (_logdet(Syy + N) - _logdet(R + N))
     chunk = max(1, math.ceil(h / max_steps))
     order: list[int] = []
@@ -214,26 +239,24 @@ def eliminate(
     stopped = False
     step = 0
 
-    def loss_of(b: torch.Tensor, p_jj: torch.Tensor, Rn_inv: torch.Tensor) -> float:
-        return 0.5 * math.log1p(max(0.0, float(b @ Rn_inv @ b) / float(p_jj)))
-
     while active.numel() > 1:
         if step and step % REFRESH_STEPS == 0:
-            P, B, R = solve(active)  # a full re-solve stops the rounding drift of the downdates
-        Rn_inv = _inverse_spd(R + N)
-        q = ((B @ Rn_inv) * B).sum(dim=1) / torch.diagonal(P)
+            P, G, _ = solve(active)  # a full re-solve stops the rounding drift of the downdates
+        # loss_j = ½ log(1 + b_jᵀ (R + N)⁻¹ b_j / P_jj) = ½ log(1 + G_jj / P_jj): every unit at once.
+        q = torch.diagonal(G) / torch.diagonal(P)
         real = 0.5 * torch.log1p(q[:-1].clamp_min(0.0))
         k = min(chunk, real.numel())
         picked = torch.argsort(real, stable=True)[:k]  # positions in `active`, lowest loss first
         # Eliminate the chunk one unit at a time, in the order of the step's losses, each loss exact
-        # given the units already gone (two duplicates in one chunk are not both free). Only the
-        # chunk's and the null unit's rows are needed for that: rank-one downdates of a small copy.
+        # given the units already gone (two duplicates in one chunk are not both free). Removing unit
+        # t changes B by a combination of its rows and (R + N)⁻¹ by a rank-one update in their span,
+        # so the chunk's and the null unit's (k+1)×(k+1) blocks of P and G carry everything needed.
         sub = torch.cat([picked, torch.tensor([active.numel() - 1], device=device)])
-        Ps, Bs, Rs_inv = P[sub][:, sub].clone(), B[sub].clone(), Rn_inv.clone()
+        Ps, Gs = P[sub][:, sub].clone(), G[sub][:, sub].clone()
         for t, position in enumerate(picked.tolist()):
             index = int(active[position])
-            value = loss_of(Bs[t], Ps[t, t], Rs_inv)
-            null_loss = loss_of(Bs[-1], Ps[-1, -1], Rs_inv)
+            value = 0.5 * math.log1p(max(0.0, float(Gs[t, t] / Ps[t, t])))
+            null_loss = 0.5 * math.log1p(max(0.0, float(Gs[-1, -1] / Ps[-1, -1])))
             order.append(index)
             losses.append(value)
             null_losses.append(null_loss)
@@ -242,25 +265,29 @@ def eliminate(
             else:
                 stopped = True
             if t + 1 < k:
-                p_col, p_tt, b_t = Ps[:, t].clone(), Ps[t, t].clone(), Bs[t].clone()
-                Bs -= torch.outer(p_col, b_t) / p_tt
+                p_col, p_tt = Ps[:, t].clone(), Ps[t, t].clone()
+                g_col = Gs[:, t].clone()
+                Gs -= torch.outer(g_col, g_col) / (p_tt + g_col[t])  # (R + N + b bᵀ/p)⁻¹, Sherman-Morrison
+                lift = torch.eye(Gs.shape[0], dtype=torch.float64, device=device)
+                lift[:, t] -= p_col / p_tt  # B ← B − p_col b_tᵀ / p_tt
+                Gs = lift @ Gs @ lift.T
                 Ps -= torch.outer(p_col, p_col) / p_tt
-                u = b_t / torch.sqrt(p_tt)
-                v = Rs_inv @ u
-                Rs_inv -= torch.outer(v, v) / (1.0 + u @ v)  # Sherman-Morrison: (R + N + u u^T)^-1
-        # Schur-complement downdate of the whole regression, the chunk at once.
+        # The whole chunk at once: Woodbury for (R + N + B_kᵀ P_kk⁻¹ B_k)⁻¹, Schur complement for P.
         keep_mask = torch.ones(active.numel(), dtype=torch.bool, device=device)
         keep_mask[picked] = False
         keep = torch.nonzero(keep_mask).flatten()
-        P_kk_inv = _inverse_spd(P[picked][:, picked])
-        P_rk = P[keep][:, picked]
-        coupling = P_rk @ P_kk_inv
-        B_k = B[picked]
-        R = R + B_k.T @ P_kk_inv @ B_k
-        R = (R + R.T) / 2
-        B = B[keep] - coupling @ B_k
-        P = P[keep][:, keep] - coupling @ P_rk.T
-        P = (P + P.T) / 2
+        P_k = P.index_select(1, picked)
+        P_kk, P_rk = P_k.index_select(0, picked), P_k.index_select(0, keep)
+        P_kk_inv = _inverse_spd(P_kk)
+        coupling = P_rk @ P_kk_inv  # B_new = B[keep] − coupling B_k
+        G_all_k = G[:, picked]
+        G = G - G_all_k @ torch.linalg.solve(P_kk + G_all_k[picked], G_all_k.T)
+        G_k = G.index_select(1, picked)
+        G_kk, G_rk = G_k.index_select(0, picked), G_k.index_select(0, keep)
+        mixed = coupling @ G_rk.T
+        # Symmetric by construction; the re-solve every REFRESH_STEPS steps removes rounding drift.
+        G = G.index_select(0, keep).index_select(1, keep) - mixed - mixed.T + coupling @ G_kk @ coupling.T
+        P = P.index_select(0, keep).index_select(1, keep) - coupling @ P_rk.T
         active = active[keep]
         step += 1
     return MippResult(
@@ -381,16 +408,27 @@ def collect_mlp_io(
     return {path: (a.clone(), y.clone()) for path, (a, y) in kept.items()}  # normal tensors, outside inference mode
 
 
+#: Tokens sampled per unit of the widest MLP by default: enough that the regression does not overfit.
+TOKENS_PER_UNIT = 4
+#: ...and never fewer than this: conv positions and neighbouring tokens are correlated, so a narrow
+#: MLP still needs a sample well above its width.
+MIN_TOKENS = 2048
+
+
+def tokens_for_width(width: int) -> int:
+    return max(MIN_TOKENS, TOKENS_PER_UNIT * (width + 1))
+
+
 class MippCriterion:
     """MIPP's information-preserving elimination of MLP neurons (see the module note); for conv
     blocks the consumer must be a 1×1 convolution (a UsageError otherwise).
 
     unit_kind: "neuron" (the only kind).
-    max_tokens: tokens sampled for the estimator (default 2048).
+    max_tokens: tokens sampled for the estimator (default None: max(2048, 4 (h + 1)) for the widest MLP).
     ridge: regularisation of Σ_SS, relative to the mean unit variance (default 1e-8).
     noise: output noise floor, relative to the mean output variance (default 1e-3).
     tolerance: a loss up to this many nats counts as none (default 1e-4).
-    max_steps: elimination steps at most; wider MLPs eliminate ⌈h / max_steps⌉ units per step.
+    max_steps: elimination steps at most (default 32); wider MLPs eliminate ⌈h / max_steps⌉ units per step.
     max_width: MLPs wider than this are refused (default 4096).
     max_batches, seed: calibration batches used; seeds the token sample and the null unit.
     """
@@ -401,11 +439,11 @@ class MippCriterion:
         self,
         unit_kind: str = "neuron",
         *,
-        max_tokens: int = 2048,
+        max_tokens: int | None = None,
         ridge: float = 1e-8,
         noise: float = 1e-3,
         tolerance: float = 1e-4,
-        max_steps: int = 128,
+        max_steps: int = 32,
         max_width: int = 4096,
         max_batches: int | None = None,
         seed: int = 0,
@@ -413,7 +451,7 @@ class MippCriterion:
         if unit_kind != "neuron":
             raise UsageError(f"{self.name}: unit_kind must be one of neuron, got {unit_kind!r}")
         self.unit_kind = unit_kind
-        self.max_tokens = _positive_int(max_tokens, "max_tokens", self.name, minimum=2)
+        self.max_tokens = None if max_tokens is None else _positive_int(max_tokens, "max_tokens", self.name, minimum=2)
         self.ridge = _positive(ridge, "ridge", self.name)
         self.noise = _positive(noise, "noise", self.name)
         self.tolerance = _positive(tolerance, "tolerance", self.name, allow_zero=True)
@@ -429,6 +467,14 @@ class MippCriterion:
     def __repr__(self) -> str:
         return f"MippCriterion(max_tokens={self.max_tokens}, noise={self.noise}, max_steps={self.max_steps})"
 
+    def calibration_tokens(self, model: nn.Module) -> int:
+        """Calibration tokens this criterion wants for `model`: `max_tokens`, or max(2048, 4 (h + 1))
+        for its widest MLP (the CLI sizes its calibration data by this)."""
+        if self.max_tokens is not None:
+            return self.max_tokens
+        specs = mlp_specs(model)
+        return tokens_for_width(max((s.hidden_size for s in specs), default=1))
+
     def score(self, model: nn.Module, units: Sequence[Unit], calibration: Calibration) -> dict[Unit, float]:
         units = check_units(units, self.unit_kind, self.name)
         if not units:
@@ -439,7 +485,8 @@ class MippCriterion:
             raise UsageError(
                 f"{self.name}: MLP(s) wider than max_width={self.max_width}: {', '.join(wide)}; raise max_width "
                 "(the elimination costs O(h^2) memory and O(max_steps * h * d^2) time per MLP)")
-        data = collect_mlp_io(model, calibration, list(specs.values()), max_tokens=self.max_tokens,
+        max_tokens = self.max_tokens or tokens_for_width(max(s.hidden_size for s in specs.values()))
+        data = collect_mlp_io(model, calibration, list(specs.values()), max_tokens=max_tokens,
                               max_batches=self.max_batches, seed=self.seed)
         results: dict[str, MippResult] = {}
         for number, (path, spec) in enumerate(specs.items()):

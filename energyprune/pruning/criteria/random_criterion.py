@@ -17,7 +17,7 @@ from energyprune.errors import UsageError
 from energyprune.pruning.base import Calibration, Unit
 from energyprune.pruning.criteria.units import check_units
 
-UNIT_KINDS = ("block", "attention", "neuron", "channel", "activation")
+UNIT_KINDS = ("block", "attention", "neuron", "head", "hidden", "channel", "activation")
 
 
 class RandomCriterion:

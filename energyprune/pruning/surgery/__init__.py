@@ -11,6 +11,8 @@ replays them on the original model.
 | `prune_mlp_neurons(model, {mlp_path: indices})` | MLP hidden neurons | `neurons` |
 | `remove_dead_neurons(model, {mlp_path: indices})` | the same, for always-OFF units (NEPENTHE) | `neurons` |
 | `prune_channels(model, {producer_path: indices})` | conv/linear output channels in Sequential chains | `channels` |
+| `prune_heads(model, {attention_path: groups})` | attention heads, one KV group at a time | `heads` |
+| `prune_hidden(model, channels)` | hidden-size (embedding) channels, through every layer | `hidden` |
 | `fold_activation(model, mlp_path)` | an MLP's activation, folding its two maps into one | `fold` |
 
 Indices are always those of the model passed in (after earlier removals): block 3 becomes block 2
@@ -22,12 +24,21 @@ from __future__ import annotations
 from energyprune.pruning.surgery.blocks import RemovedAttention, find_attention, remove_attention, remove_blocks
 from energyprune.pruning.surgery.channels import prune_channels
 from energyprune.pruning.surgery.fold import fold_activation
+from energyprune.pruning.surgery.heads import AttentionSpec, find_attention_heads, find_attentions, prune_heads
+from energyprune.pruning.surgery.hidden import HiddenSpec, find_hidden, prune_hidden
 from energyprune.pruning.surgery.neurons import MLPSpec, find_mlp, find_mlps, prune_mlp_neurons, remove_dead_neurons
 from energyprune.pruning.surgery.record import PruneOp, PruneRecord
 from energyprune.pruning.surgery.replay import apply_record
 from energyprune.pruning.surgery.slicing import count_parameters
 
 __all__ = [
+    "HiddenSpec",
+    "find_hidden",
+    "prune_hidden",
+    "AttentionSpec",
+    "find_attention_heads",
+    "find_attentions",
+    "prune_heads",
     "MLPSpec",
     "PruneOp",
     "PruneRecord",

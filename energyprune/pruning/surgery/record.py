@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 FORMAT = "energyprune.prune-record/1"
 
 #: The operation kinds, each the name of the surgery function that performs it.
-KINDS = ("remove_blocks", "remove_attention", "prune_mlp_neurons", "prune_channels", "fold_activation")
+KINDS = ("remove_blocks", "remove_attention", "prune_mlp_neurons", "prune_channels", "fold_activation",
+         "prune_heads", "prune_hidden")
 
 
 @dataclass(frozen=True)
@@ -163,8 +164,9 @@ class PruneRecord:
                         path = prefix + str(survivors[int(head)]) + ("." + tail if tail else "")
                 if kind in ("block", "attention") and path.startswith(prefix) and 0 <= index < len(survivors):
                     index = survivors[index]
-            elif op.kind in ("prune_mlp_neurons", "prune_channels"):
-                wanted = "neuron" if op.kind == "prune_mlp_neurons" else "channel"
+            elif op.kind in ("prune_mlp_neurons", "prune_channels", "prune_heads", "prune_hidden"):
+                wanted = {"prune_mlp_neurons": "neuron", "prune_channels": "channel", "prune_heads": "head",
+                          "prune_hidden": "hidden"}[op.kind]
                 if kind != wanted or path not in op.paths:
                     continue
                 k = op.paths.index(path)

@@ -200,29 +200,33 @@ def shrink_per_channel(module: nn.Module, keep: Sequence[int]) -> None:
             "groups == in_channels == out_channels)")
 
 
-def weight_by_output(module: nn.Module) -> torch.Tensor:
+def weight_by_output(module: nn.Module, values: torch.Tensor | None = None) -> torch.Tensor:
     """The weight as (output units, elements): row j holds every weight that makes output j. Linear
-    (out, in); HF Conv1D transposed; a conv's (out, in / groups, *kernel) flattened per channel."""
+    (out, in); HF Conv1D transposed; a conv's (out, in / groups, *kernel) flattened per channel.
+    `values`, shaped like the weight (its gradient, weight × gradient), is arranged the same way."""
+    weight = module.weight if values is None else values
     if isinstance(module, nn.Linear):
-        return module.weight
+        return weight
     if is_conv1d_hf(module):
-        return module.weight.t()
+        return weight.t()
     if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
-        return module.weight.reshape(module.weight.shape[0], -1)
+        return weight.reshape(weight.shape[0], -1)
     raise UsageError(f"{type(module).__name__} is not a Linear, Conv1D or convolution")
 
 
-def weight_by_input(module: nn.Module) -> torch.Tensor:
+def weight_by_input(module: nn.Module, values: torch.Tensor | None = None) -> torch.Tensor:
     """The weight as (input units, elements): row j holds every weight that reads input j. Linear
-    columns; HF Conv1D rows; for a conv with groups == 1, (out, in, *kernel) -> (in, out · kernel)."""
+    columns; HF Conv1D rows; for a conv with groups == 1, (out, in, *kernel) -> (in, out · kernel).
+    `values`, shaped like the weight, is arranged the same way."""
+    weight = module.weight if values is None else values
     if isinstance(module, nn.Linear):
-        return module.weight.t()
+        return weight.t()
     if is_conv1d_hf(module):
-        return module.weight
+        return weight
     if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
         if module.groups != 1:
             raise UsageError(f"the inputs of a grouped convolution ({module}) do not each own whole filters")
-        return module.weight.transpose(0, 1).reshape(module.weight.shape[1], -1)
+        return weight.transpose(0, 1).reshape(weight.shape[1], -1)
     raise UsageError(f"{type(module).__name__} is not a Linear, Conv1D or convolution")
 
 

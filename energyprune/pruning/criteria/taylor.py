@@ -1,0 +1,198 @@
+"""First-order Taylor importance (LLM-Pruner arXiv 2305.11627, Torch-Pruning's TaylorImportance):
+the loss change a unit's removal would cause to first order, |Σ w · ∂L/∂w| taken element by
+element and summed over every weight the unit owns:
+
+    score(unit) = Σ_{w ∈ unit} |w · g_w|,   g = ∂L/∂w summed over the calibration batches
+
+The loss is the language-model loss (next-token cross-entropy, padding excluded) for a causal LM
+called with `input_ids`, else the mean squared norm of the output (an encoder's hidden states, a
+classifier's logits): a model without labels still has a first-order sensitivity of what it says.
+
+What a unit owns is the kind's business, one scorer per kind in `TAYLOR_SCORERS`:
+
+| unit kind | elements summed |
+| --- | --- |
+| "neuron" | its rows of every producer (gate_proj + up_proj, c_fc, ...), per-channel conv filters, its columns of the consumer and readers (as `magnitude` counts them) |
+| "head" | its KV group's rows of q/k/v (GPT-2: of c_attn) and columns of the output projection |
+| "hidden" | its embedding columns, norm gains, reader input columns, writer output rows (`hidden.per_channel_sum`) |
+
+A new kind is one entry: a function `(model, path) -> tensor of per-unit scores`, reading each
+parameter's `.grad` (filled here) beside its weight. Gradients are accumulated on the model's own
+parameters and cleared afterwards; each parameter's `requires_grad` and `.grad` are restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from energyprune.errors import UsageError
+from energyprune.metrics.flops import fused_kernels_visible
+from energyprune.pruning.base import Calibration, Unit
+from energyprune.pruning.criteria.units import check_units
+from energyprune.pruning.observe.hooks import batches_of, check_max_batches
+from energyprune.pruning.surgery.heads import require_attention_heads
+from energyprune.pruning.surgery.neurons import require_mlp
+from energyprune.pruning.surgery.slicing import get_module, weight_by_input, weight_by_output
+from energyprune.torch_io import call_model, model_device, to_device
+
+
+def _salience(module: nn.Module) -> torch.Tensor:
+    """|w · g| of a layer's weight (zeros where no gradient reached it)."""
+    weight = module.weight
+    grad = weight.grad
+    if grad is None:
+        return torch.zeros_like(weight, dtype=torch.float64)
+    return (weight.detach().double() * grad.double()).abs()
+
+
+def neuron_taylor(model: nn.Module, path: str) -> torch.Tensor:
+    spec = require_mlp(model, path)
+    total = torch.zeros(spec.hidden_size, dtype=torch.float64)
+    for name in spec.producers:
+        module = get_module(model, spec.full(name))
+        total += weight_by_output(module, _salience(module)).sum(dim=1).cpu()
+    for name in spec.per_channel:
+        module = get_module(model, spec.full(name))
+        if isinstance(module, nn.modules.conv._ConvNd):
+            total += weight_by_output(module, _salience(module)).sum(dim=1).cpu()
+    for name in (*spec.readers, spec.consumer):
+        module = get_module(model, spec.full(name))
+        total += weight_by_input(module, _salience(module)).sum(dim=1).cpu()
+    return total
+
+
+def head_taylor(model: nn.Module, path: str) -> torch.Tensor:
+    spec = require_attention_heads(model, path)
+    total = torch.zeros(spec.groups, dtype=torch.float64)
+    salience: dict[str, torch.Tensor] = {}
+    for group in range(spec.groups):
+        for layer, side, indices in spec.parts(group):
+            module = get_module(model, spec.full(layer))
+            if layer not in salience:
+                salience[layer] = _salience(module)
+            view = (weight_by_output if side == "out" else weight_by_input)(module, salience[layer])
+            total[group] += float(view[indices].sum())
+    return total
+
+
+def hidden_taylor(model: nn.Module, path: str) -> torch.Tensor:
+    from energyprune.pruning.surgery.hidden import find_hidden, per_channel_sum
+
+    return per_channel_sum(model, find_hidden(model), _salience)
+
+
+#: Per unit kind, the per-unit scores of the module at a path from weights and their gradients.
+TAYLOR_SCORERS: dict[str, Callable[[nn.Module, str], torch.Tensor]] = {
+    "neuron": neuron_taylor,
+    "head": head_taylor,
+    "hidden": hidden_taylor,
+}
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    config = getattr(model, "config", None)
+    name = type(model).__name__
+    return name.endswith("ForCausalLM") or name.endswith("LMHeadModel") or bool(getattr(config, "is_decoder", False))
+
+
+def calibration_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    """Next-token cross-entropy for a causal LM given `input_ids`, else the mean squared output."""
+    if isinstance(batch, Mapping):
+        batch = {k: v for k, v in batch.items() if k != "labels"}
+    output = call_model(model, batch)
+    ids = batch.get("input_ids") if isinstance(batch, Mapping) else None
+    logits = getattr(output, "logits", None)
+    if is_causal_lm(model) and isinstance(ids, torch.Tensor) and isinstance(logits, torch.Tensor) \
+            and logits.shape[:2] == ids.shape and ids.shape[1] > 1:
+        targets = ids[:, 1:].clone()
+        mask = batch.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.shape == ids.shape:
+            targets[mask[:, 1:] == 0] = -100
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                               ignore_index=-100)
+    tensor = output
+    if not isinstance(tensor, torch.Tensor):
+        tensor = getattr(output, "last_hidden_state", None)
+        if tensor is None:
+            tensor = logits
+        if tensor is None and isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+            tensor = output[0]
+    if not isinstance(tensor, torch.Tensor):
+        raise UsageError(f"taylor: the model returned {type(output).__name__}, with no logits, hidden states or "
+                         "tensor to take a loss of")
+    return tensor.float().square().mean()
+
+
+@contextlib.contextmanager
+def gradients_on(model: nn.Module) -> Iterator[None]:
+    """Every parameter requires grad and starts from no gradient; flags, gradients and train
+    modes are given back afterwards."""
+    params = list(model.parameters())
+    saved = [(p, p.requires_grad, p.grad) for p in params]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()  # dropout off: the gradient of the model that will be deployed
+        for p in params:
+            p.requires_grad_(True)
+            p.grad = None
+        with fused_kernels_visible(), torch.enable_grad():
+            yield
+    finally:
+        for p, flag, grad in saved:
+            p.grad = grad
+            p.requires_grad_(flag)
+        for module, flag in modes:
+            module.training = flag
+
+
+class TaylorCriterion:
+    """First-order Taylor importance |w · ∂L/∂w| for neurons and head groups (module note).
+
+    unit_kind: any kind of `TAYLOR_SCORERS`. max_batches: calibration batches used (default all).
+    """
+
+    name = "taylor"
+
+    def __init__(self, unit_kind: str = "neuron", *, max_batches: int | None = None) -> None:
+        if unit_kind not in TAYLOR_SCORERS:
+            raise UsageError(f"{self.name}: unit_kind must be one of {', '.join(TAYLOR_SCORERS)}, got {unit_kind!r}")
+        self.unit_kind = unit_kind
+        self.max_batches = check_max_batches(max_batches, self.name)
+        self.last_loss: float | None = None
+
+    def __repr__(self) -> str:
+        return f"TaylorCriterion(unit_kind={self.unit_kind!r})"
+
+    def score(self, model: nn.Module, units: Sequence[Unit], calibration: Calibration) -> dict[Unit, float]:
+        units = check_units(units, self.unit_kind, self.name)
+        if not units:
+            return {}
+        scorer = TAYLOR_SCORERS[self.unit_kind]
+        paths = list(dict.fromkeys(u.path for u in units))
+        device = model_device(model)
+        per_path: dict[str, torch.Tensor] = {}
+        total, n = 0.0, 0
+        with gradients_on(model):
+            for batch in batches_of(calibration, self.max_batches, self.name):
+                loss = calibration_loss(model, to_device(batch, device))
+                if not torch.isfinite(loss):
+                    raise UsageError(f"{self.name}: the calibration loss is {float(loss)}: scores would be meaningless")
+                loss.backward()
+                total += float(loss.detach())
+                n += 1
+            per_path = {path: scorer(model, path) for path in paths}
+        self.last_loss = total / n
+        out = {}
+        for unit in units:
+            values = per_path[unit.path]
+            if not 0 <= unit.index < values.numel():
+                raise UsageError(f"{self.name}: {unit.kind} index {unit.index} of {unit.path} is out of range "
+                                 f"(it has {values.numel()})")
+            out[unit] = float(values[unit.index])
+        return out
