@@ -50,7 +50,7 @@ from energyprune.measure.meter import MeterConfig, Progress
 from energyprune.torch_io import Inputs, check_inputs
 from energyprune.pruning.base import Batch, Calibration, Criterion, Unit
 from energyprune.pruning.criteria import get_criterion
-from energyprune.pruning.kinds import eligible, remove_units, units_for
+from energyprune.pruning.kinds import eligible, has_units, remove_units, units_for
 from energyprune.pruning.surgery.record import PruneRecord
 from energyprune.pruning.surgery.replay import apply_record
 
@@ -309,7 +309,7 @@ def check_arguments(model: nn.Module, target: str | float | EnergyTarget, criter
     goal = parse_target(target)
     crit, name = _resolve_criterion(criterion, unit_kind, dict(criterion_options or {}), backend, config)
     kind = crit.unit_kind
-    if not units_for(model, kind):
+    if not has_units(model, kind):
         raise UsageError(f"the model has no {kind} units for {name} to remove")
     return goal, crit, name, kind
 
@@ -615,7 +615,7 @@ class _Loop:
         assert state is not None
         t0 = time.perf_counter()
         index = len(state.steps) + 1
-        candidate, record = remove_units(self.current, chosen)
+        candidate, record = remove_units(self.current, chosen, calibration=self.calibration)
         if self.recovery is not None:
             returned = self.recovery(candidate)
             if isinstance(returned, nn.Module):

@@ -44,14 +44,15 @@ def _removable(score: float) -> bool:
 
 def select(scores: Mapping[Unit, float], amount: int | float, kind: str) -> list[Unit]:
     """The units to remove: the `amount` lowest scores, +inf (protected) and NaN excluded. A float
-    in (0, 1) is a fraction — of all units, or for neurons of each MLP, so that every MLP keeps the
-    same width."""
+    in (0, 1) is a fraction — of all units, or for neurons of each MLP and channels of each layer
+    (or group of coupled layers), so that every one keeps the same share of its width (torch-pruning's
+    default, uniform ratio, too)."""
     finite = sorted((s, u) for u, s in scores.items() if _removable(s))
     if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount <= 0:
         raise UsageError(f"amount must be a positive count or a fraction in (0, 1), got {amount!r}")
     if isinstance(amount, float) and amount >= 1:
         raise UsageError(f"a fractional amount must lie in (0, 1), got {amount}")
-    if kind == "neuron" and isinstance(amount, float):
+    if kind in ("neuron", "channel") and isinstance(amount, float):
         per_path: dict[str, list[tuple[float, Unit]]] = defaultdict(list)
         sizes: dict[str, int] = defaultdict(int)
         for unit, score in scores.items():
@@ -63,7 +64,8 @@ def select(scores: Mapping[Unit, float], amount: int | float, kind: str) -> list
             count = int(round(amount * size))
             ranked = sorted(per_path[path])
             if count > len(ranked):
-                raise UsageError(f"{path}: {count} neurons asked but only {len(ranked)} are candidates")
+                raise UsageError(f"{path}: {count} {kind}s asked but only {len(ranked)} are candidates")
+            count = min(count, size - 1)  # a layer never loses its last unit
             chosen += [u for _, u in ranked[:count]]
         return chosen
     count = amount if isinstance(amount, int) else int(round(amount * len(scores)))
@@ -105,5 +107,5 @@ def prune(
     units = units_for(model, criterion.unit_kind, calibration)
     scores = criterion.score(model, units, calibration)
     chosen = select(scores, amount, criterion.unit_kind)
-    pruned, record = remove_units(model, chosen, inplace=inplace)
+    pruned, record = remove_units(model, chosen, inplace=inplace, calibration=calibration)
     return PruneOutcome(pruned, record, dict(scores), tuple(sorted(chosen)))

@@ -9,6 +9,7 @@
 | `nepenthe` | `nepenthe` (ON/OFF entropy of rectifier units; `dead_neurons`) | activation, neuron | yes |
 | `mipp` | `mipp` (information-preserving backward elimination against a null unit) | neuron | yes |
 | `thermodynamic` | `thermodynamic` (gradient temperature, free energy E − T·S) | neuron, channel | yes (≥ 2 batches) |
+| `taylor` | `taylor_channels` (first-order Taylor \|w x g\| on calibration data, pseudo-labels from the model's own top-1) | channel | yes |
 | `energy-aware` | `energy_aware` (damage per measured joule saved) | block, attention | yes, and the meter |
 
     criterion = get_criterion("entropy-block", estimator="bucket", unit_kind="block")
@@ -31,6 +32,7 @@ from energyprune.pruning.criteria.magnitude import MagnitudeCriterion
 from energyprune.pruning.criteria.mipp import MippCriterion, MippResult
 from energyprune.pruning.criteria.nepenthe import NepentheCriterion, OnOffStats, activation_units, dead_neurons
 from energyprune.pruning.criteria.random_criterion import RandomCriterion
+from energyprune.pruning.criteria.taylor_channels import ChannelTaylorCriterion, channel_taylor_scores
 from energyprune.pruning.criteria.thermodynamic import ThermodynamicCriterion
 from energyprune.pruning.criteria.units import block_units, neuron_units
 
@@ -44,6 +46,7 @@ CRITERIA: dict[str, type] = {
     "mipp": MippCriterion,
     "thermodynamic": ThermodynamicCriterion,
     "energy-aware": EnergyAwareCriterion,
+    "taylor": ChannelTaylorCriterion,
 }
 
 
@@ -90,6 +93,7 @@ def specs_for_kind(kind: str, known: Mapping[str, Sequence[CriterionSpec]]) -> t
 
 __all__ = [
     "CRITERIA",
+    "ChannelTaylorCriterion",
     "CriterionSpec",
     "CosineBlockCriterion",
     "EnergyAwareCriterion",
@@ -105,6 +109,7 @@ __all__ = [
     "ThermodynamicCriterion",
     "activation_units",
     "block_units",
+    "channel_taylor_scores",
     "dead_neurons",
     "get_criterion",
     "neuron_units",

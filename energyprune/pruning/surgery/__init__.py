@@ -11,6 +11,7 @@ replays them on the original model.
 | `prune_mlp_neurons(model, {mlp_path: indices})` | MLP hidden neurons | `neurons` |
 | `remove_dead_neurons(model, {mlp_path: indices})` | the same, for always-OFF units (NEPENTHE) | `neurons` |
 | `prune_channels(model, {producer_path: indices})` | conv/linear output channels in Sequential chains | `channels` |
+| `prune_channel_groups(model, {root_path: indices}, example)` | coupled channels of any CNN (residuals, depthwise, SE gates), traced with torch-pruning | `graph_channels` |
 | `fold_activation(model, mlp_path)` | an MLP's activation, folding its two maps into one | `fold` |
 
 Indices are always those of the model passed in (after earlier removals): block 3 becomes block 2
@@ -22,22 +23,26 @@ from __future__ import annotations
 from energyprune.pruning.surgery.blocks import RemovedAttention, find_attention, remove_attention, remove_blocks
 from energyprune.pruning.surgery.channels import prune_channels
 from energyprune.pruning.surgery.fold import fold_activation
+from energyprune.pruning.surgery.graph_channels import ChannelGroup, channel_groups, prune_channel_groups
 from energyprune.pruning.surgery.neurons import MLPSpec, find_mlp, find_mlps, prune_mlp_neurons, remove_dead_neurons
 from energyprune.pruning.surgery.record import PruneOp, PruneRecord
 from energyprune.pruning.surgery.replay import apply_record
 from energyprune.pruning.surgery.slicing import count_parameters
 
 __all__ = [
+    "ChannelGroup",
     "MLPSpec",
     "PruneOp",
     "PruneRecord",
     "RemovedAttention",
     "apply_record",
+    "channel_groups",
     "count_parameters",
     "find_attention",
     "find_mlp",
     "find_mlps",
     "fold_activation",
+    "prune_channel_groups",
     "prune_channels",
     "prune_mlp_neurons",
     "remove_attention",

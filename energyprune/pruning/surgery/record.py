@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 FORMAT = "energyprune.prune-record/1"
 
 #: The operation kinds, each the name of the surgery function that performs it.
-KINDS = ("remove_blocks", "remove_attention", "prune_mlp_neurons", "prune_channels", "fold_activation")
+KINDS = ("remove_blocks", "remove_attention", "prune_mlp_neurons", "prune_channels", "fold_activation",
+         "prune_channel_groups")
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class PruneOp:
 
     kind: one of `KINDS`. paths: the modules acted on (the block stack for remove_blocks and
     remove_attention, the MLP containers for prune_mlp_neurons and fold_activation, the producer
-    layers for prune_channels). indices: per path, what was removed (block indices, neuron or
+    layers for prune_channels, the groups' root layers for prune_channel_groups). indices: per path, what was removed (block indices, neuron or
     channel indices; empty for fold_activation), as numbered in the model at that moment.
     sizes_before / sizes_after: per path, the size that changed (blocks in the stack, attention
     sub-blocks present, hidden neurons, output channels). params_before / params_after: parameter
@@ -163,7 +164,7 @@ class PruneRecord:
                         path = prefix + str(survivors[int(head)]) + ("." + tail if tail else "")
                 if kind in ("block", "attention") and path.startswith(prefix) and 0 <= index < len(survivors):
                     index = survivors[index]
-            elif op.kind in ("prune_mlp_neurons", "prune_channels"):
+            elif op.kind in ("prune_mlp_neurons", "prune_channels", "prune_channel_groups"):
                 wanted = "neuron" if op.kind == "prune_mlp_neurons" else "channel"
                 if kind != wanted or path not in op.paths:
                     continue

@@ -8,7 +8,7 @@ import logging
 from torch import nn
 
 from energyprune.errors import UsageError
-from energyprune.pruning.surgery import blocks, channels, fold, neurons
+from energyprune.pruning.surgery import blocks, channels, fold, graph_channels, neurons
 from energyprune.pruning.surgery.record import PruneRecord
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ def apply_record(original_model: nn.Module, record: PruneRecord, *, inplace: boo
             model, replay = neurons.prune_mlp_neurons(model, dict(zip(op.paths, op.indices)), inplace=True)
         elif op.kind == "prune_channels":
             model, replay = channels.prune_channels(model, dict(zip(op.paths, op.indices)), inplace=True)
+        elif op.kind == "prune_channel_groups":  # traced again on zeros of the recorded input shapes
+            model, replay = graph_channels.replay_channel_groups(model, op)
         else:  # fold_activation
             model, replay = fold.fold_activation(model, op.paths[0], inplace=True)
         if len(replay.ops) != 1 or not replay.ops[0].same_structure(op):
