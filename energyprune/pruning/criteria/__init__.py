@@ -9,7 +9,7 @@
 | `nepenthe` | `nepenthe` (ON/OFF entropy of rectifier units; `dead_neurons`) | activation, neuron | yes |
 | `mipp` | `mipp` (information-preserving backward elimination against a null unit) | neuron | yes |
 | `thermodynamic` | `thermodynamic` (gradient temperature, free energy E − T·S) | neuron, channel | yes (≥ 2 batches) |
-| `taylor` | `taylor_channels` (first-order Taylor \|w x g\| on calibration data, pseudo-labels from the model's own top-1) | channel | yes |
+| `taylor` | `taylor_channels` (first-order Taylor: absolute w x g on calibration data, pseudo-labels from the model's own top-1) | channel | yes |
 | `energy-aware` | `energy_aware` (damage per measured joule saved) | block, attention | yes, and the meter |
 
     criterion = get_criterion("entropy-block", estimator="bucket", unit_kind="block")

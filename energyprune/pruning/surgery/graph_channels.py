@@ -23,6 +23,10 @@ and reloads by replay) and use it as is, with our own checks where it is unsafe:
   a group that passes through an operation outside `PER_CHANNEL_OPS` is refused, naming it;
 * **grouped convolutions** (1 < groups, not depthwise): torch-pruning slices their weights as if
   ungrouped, which unbalances the groups; a group that touches one is refused;
+* **how the model is called**: torch-pruning traces `model(*inputs)` and falls back to
+  `model(inputs)` only where that raises, so a one-sample batch is unpacked into an unbatched
+  input that convolutions accept, and the groups come out wrong (seen on a three-conv model); we
+  always give it the call the model gets at inference;
 * **a dry run**: one channel of every offered group is removed on a copy and the copy is run on the
   traced inputs; where it fails or an output changes shape, each group is tried alone and the
   failing ones are refused.
@@ -180,7 +184,13 @@ class _Graph:
         training = model.training
         try:
             with torch.enable_grad():  # the trace follows autograd
-                self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+                # forward_fn: torch-pruning calls `model(*example)` first and falls back to
+                # `model(example)` only if that raises, so a one-sample batch (1, C, H, W) is
+                # unpacked into an unbatched (C, H, W) input, which convolutions accept: the trace
+                # then follows unbatched convolutions and wrong groups come out. We call the model
+                # the way it is called for inference instead.
+                self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, forward_fn=_call,
+                                                                verbose=False)
         except UsageError:
             raise
         except Exception as error:  # torch-pruning and the model raise many types: one line for the user
