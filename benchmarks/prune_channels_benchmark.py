@@ -11,7 +11,11 @@ outputs never shrink), five rows:
   and parameter count (the table shows the count, so this is checked, not assumed);
 * peers: torch-pruning's `MetaPruner` with its `MagnitudeImportance` (group L2, mean-normalised)
   and `TaylorImportance` (|w x g| with the same loss and calibration images), `pruning_ratio` = the
-  fraction, uniform per group, the classifier ignored.
+  fraction, uniform per group, the classifier ignored;
+* and one more of ours, `taylor, global`: the Taylor scores ranked across all groups (Taylor
+  estimates the change of the loss, so scores of different layers compare; this is how
+  `energyprune prune` ranks units at every step), as many of the lowest as keep the parameter
+  count at or just below the peers' (found by bisection; the count is shown).
 
 Every row: parameters, FLOPs of one 224x224 inference and their ratio to the original, held-out
 agreement with the unpruned model (top-1, top-5, exp(-KL)), and energy per inference against the
@@ -49,6 +53,7 @@ from energyprune.metrics import fidelity  # noqa: E402
 from energyprune.metrics.flops import count_flops  # noqa: E402
 from energyprune.models import zoo  # noqa: E402
 from energyprune.pruning import get_criterion, remove_units, units_for  # noqa: E402
+from energyprune.pruning.kinds import eligible  # noqa: E402
 from energyprune.pruning.criteria.taylor_channels import pseudo_label_loss  # noqa: E402
 from energyprune.pruning.surgery.slicing import count_parameters, get_module  # noqa: E402
 from prune_benchmark import energy_record  # noqa: E402
@@ -92,6 +97,20 @@ def ours(model: nn.Module, scores: dict[Any, float], counts: dict[str, int], cal
         chosen += [u for _, u in ranked[:count]]
     pruned, _ = remove_units(model, chosen, calibration=calibration)
     return pruned
+
+
+def global_taylor(model: nn.Module, scores: dict[Any, float], units: list[Any], target_params: int,
+                  calibration: list[torch.Tensor]) -> nn.Module:
+    """The fewest globally lowest-scored channels whose removal leaves at most `target_params`."""
+    ranked = eligible(scores, units, "channel")
+    lo, hi = 1, len(ranked)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count_parameters(remove_units(model, ranked[:mid], calibration=calibration)[0]) <= target_params:
+            hi = mid
+        else:
+            lo = mid + 1
+    return remove_units(model, ranked[:lo], calibration=calibration)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row("torch-pruning taylor", "torch-pruning", fraction, tp_prune(model, fraction, "taylor", calibration)))
         for name in OURS:
             rows.append(row(f"energyprune {name}", "energyprune", fraction, ours(model, scores[name], counts, calibration)))
+        rows.append(row("energyprune taylor, global", "energyprune", fraction,
+                        global_taylor(model, scores["taylor"], units, count_parameters(peer), calibration)))
 
     import torch_pruning as tp
 
@@ -194,12 +215,14 @@ def render(data: dict[str, Any]) -> str:
         f"{data['groups']} groups, {data['channel_units']} channel units (the classifier's outputs excluded); "
         f"our three criteria scored them in {data['score_s']:.1f} s. Every group loses the same share of its "
         "channels; our rows remove, group by group, as many channels as torch-pruning's magnitude row, so "
-        "rows of one fraction share their parameter count (shown).",
+        "rows of one fraction share their parameter count (shown). `taylor, global` ranks the Taylor scores "
+        "across groups (as `energyprune prune` does) down to the same parameter count or just below. "
+        "No row is fine-tuned or distilled after pruning.",
         "",
         f"Fidelity: agreement with the unpruned model on held-out photographs ({data['data']['heldout']}); "
         f"calibration (Taylor gradients): {data['data']['calibration']}.",
         "",
-        ("Energy: " + (f"{', '.join(energy)} per inference against the original, interleaved windows of "
+        ("Energy: " + (f"{', '.join(e.upper() for e in energy)} per inference against the original, interleaved windows of "
                        f"{data['meter']['window_s']} s x {data['meter']['repeats']} on {data['data']['measure_inputs']}; "
                        "ESTIMATED figures come from a CPU power model, not a counter: read the FLOPs ratio beside "
                        "them." if energy else "not measured (--no-energy); the FLOPs ratio is the proxy.")),
@@ -211,7 +234,7 @@ def render(data: dict[str, Any]) -> str:
     ]
     for r in data["rows"]:
         e = r.get("energy")
-        energy_cell = (f"{e['ratio']:.3f} [{e['ratio_ci95'][0]:.3f}, {e['ratio_ci95'][1]:.3f}] {e['provenance']}"
+        energy_cell = (f"{e['ratio']:.3f} [{e['ratio_ci95'][0]:.3f}, {e['ratio_ci95'][1]:.3f}] {e['provenance'].upper()}"
                        if e else "-")
         f = r["fidelity"]
         lines.append(f"| {r['fraction']:.0%} | {r['row']} | {r['params']:,} | {r['flops_ratio']:.3f} | {energy_cell} | "

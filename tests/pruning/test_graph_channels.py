@@ -242,3 +242,18 @@ def test_efficientnet_lite0_dead_channels_go_exactly_and_a_taylor_pruned_copy_re
     rebuilt.load_state_dict(outcome.model.state_dict(), strict=True)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), outcome.model(x))
+
+
+def test_the_cnn_extra_declares_the_range_these_tests_ran_on():
+    import tomllib
+    from pathlib import Path
+
+    import torch_pruning
+
+    from energyprune.compat import version_tuple
+    from energyprune.pruning.surgery.graph_channels import INSTALL
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    cnn = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]["cnn"]
+    assert cnn == ["torch-pruning>=1.6,<1.7"] and "torch-pruning>=1.6,<1.7" in INSTALL
+    assert (1, 6) <= version_tuple(torch_pruning.__version__)[:2] < (1, 7)
