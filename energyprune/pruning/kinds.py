@@ -107,8 +107,9 @@ def _channels(model: nn.Module, calibration: Calibration | None) -> list[Unit]:
         groups = graph_channels.channel_groups(model, example)
         units = [Unit("channel", g.root, c) for g in groups if g.refused is None for c in range(g.size)]
         if not units:
-            reasons = "; ".join(f"{g.root}: {g.refused}" for g in groups[:5])
-            raise UsageError(f"no group of channels of {type(model).__name__} can be pruned safely ({reasons})")
+            reasons = "; ".join(f"{g.root}: {g.refused}" for g in groups[:3])
+            raise UsageError(f"no group of channels of {type(model).__name__} can be pruned safely ({reasons}"
+                             f"{'; ...' if len(groups) > 3 else ''}): prune blocks or neurons instead")
         return units
     units = [Unit("channel", path, c) for path, size in channel_producers(model) for c in range(size)]
     if not units:

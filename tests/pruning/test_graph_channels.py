@@ -118,7 +118,7 @@ def test_magnitude_of_a_residual_channel_sums_every_coupled_producer_and_reader(
     scores = get_criterion("magnitude", unit_kind="channel").score(model, [Unit("channel", stage1, 0)], [x])
     producers = [model.conv1, model.layer1[0].conv2, model.layer1[1].conv2]
     readers = [model.layer1[0].conv1, model.layer1[1].conv1, model.layer2[0].conv1, model.layer2[0].downsample[0]]
-    expected = sum(float(m.weight[0].abs().sum()) for m in producers) + sum(float(m.weight[:, 0].abs().sum())
+    expected = sum(float(m.weight.detach()[0].abs().sum()) for m in producers) + sum(float(m.weight.detach()[:, 0].abs().sum())
                                                                            for m in readers)
     assert scores[Unit("channel", stage1, 0)] == pytest.approx(expected, rel=1e-6)
 
@@ -257,3 +257,12 @@ def test_the_cnn_extra_declares_the_range_these_tests_ran_on():
     cnn = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]["cnn"]
     assert cnn == ["torch-pruning>=1.6,<1.7"] and "torch-pruning>=1.6,<1.7" in INSTALL
     assert (1, 6) <= version_tuple(torch_pruning.__version__)[:2] < (1, 7)
+
+
+def test_a_transformer_gets_one_line_naming_why_and_what_else_to_prune():
+    from energyprune.models.demo import build_demo_model
+
+    model = build_demo_model().eval()
+    with pytest.raises(UsageError, match="prune blocks or neurons instead") as error:
+        units_for(model, "channel", [model.example_inputs(2, 8)])
+    assert "\n" not in str(error.value) and "head produces the model's output" in str(error.value)
