@@ -53,7 +53,7 @@ from energyprune.measure.meter import MeterConfig, Progress
 from energyprune.torch_io import Inputs, batch_size_of, check_inputs, model_device
 from energyprune.pruning.base import Batch, Calibration, Criterion, Unit
 from energyprune.pruning.criteria import get_criterion
-from energyprune.pruning.kinds import eligible, remove_units, units_for
+from energyprune.pruning.kinds import eligible, has_units, remove_units, units_for
 from energyprune.pruning.surgery.record import PruneRecord
 from energyprune.pruning.surgery.replay import apply_record
 
@@ -336,7 +336,7 @@ def check_arguments(model: nn.Module, target: str | float | EnergyTarget, criter
     crit, name = _resolve_criterion(criterion, kinds[0] if kinds else None, dict(criterion_options or {}),
                                     backend, config)
     kind = crit.unit_kind
-    if not units_for(model, kind):
+    if not has_units(model, kind):
         raise UsageError(f"the model has no {kind} units for {name} to remove")
     return goal, crit, name, kind
 
@@ -604,7 +604,7 @@ class _Loop:
             if self.step_cap is not None:
                 n = min(n, self.step_cap)
             chosen = eligible_units[:n]
-            candidate, _ = remove_units(self.current, chosen)
+            candidate, _ = remove_units(self.current, chosen, calibration=self.calibration)
             fidelity = self.q.fidelity(candidate)
             flops = self.flops(candidate)
             saved = (base_flops - flops) if (base_flops is not None and flops is not None) else None
@@ -808,7 +808,7 @@ class _Loop:
             logger.info("%s", note)
         t0 = time.perf_counter()
         index = len(state.steps) + 1
-        candidate, record = remove_units(self.current, chosen)
+        candidate, record = remove_units(self.current, chosen, calibration=self.calibration)
         fidelity_before = None
         if self.recovery is not None:
             # What the removal cost before recovery wins part of it back: both go in the step.

@@ -65,7 +65,7 @@ def render_scores(result: dict[str, Any], limit: int = 40) -> str:
     for r in shown:
         score = "inf" if r["score"] is None else f"{r['score']:.6g}"
         order = "-" if r["removal_rank"] is None else f"#{r['removal_rank']}"
-        name = f"{r['kind']} {r['path']}" + (f"[{r['index']}]" if r["kind"] == "neuron" else "")
+        name = f"{r['kind']} {r['path']}" + (f"[{r['index']}]" if r["kind"] in ("neuron", "channel") else "")
         lines.append(f"  {name:<34} {score:>14} {order:>8}")
     if len(rows) > limit:
         lines.append(f"  ... {len(rows) - limit} more (all of them with --json)")

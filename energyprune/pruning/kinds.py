@@ -9,7 +9,7 @@ read this table, so a new kind is one `UnitKind` here (and its surgery module).
 | neuron | one hidden unit of an MLP (or an MBConv expansion channel) | `prune_mlp_neurons` | one neuron per MLP |
 | head | one KV group of an attention module (a KV head and its query heads; one head without GQA) | `prune_heads` | one group per attention |
 | hidden | one channel of the hidden size (embedding channel), through every norm, projection, embedding and a tied lm_head | `prune_hidden` | one channel |
-| channel | one output channel of a conv / Linear in an `nn.Sequential` chain | `prune_channels` | one channel per layer |
+| channel | one output channel of a conv / Linear: in a plain `nn.Sequential` chain, or of a group of coupled layers traced by torch-pruning in any other model | `prune_channels` / `prune_channel_groups` | one channel per layer or group; the model's outputs |
 | activation | a foldable MLP's nonlinearity (NEPENTHE) | `fold_activation` | - |
 """
 
@@ -37,9 +37,11 @@ class UnitKind:
     name: str
     describe: str
     enumerate: Callable[[nn.Module, Calibration | None], list[Unit]]
-    remove: Callable[[nn.Module, Sequence[Unit], bool], Removal]
+    remove: Callable[[nn.Module, Sequence[Unit], bool, Calibration | None], Removal]
     keep_per_group: int = 1  # how many units of each group (the model, an MLP, a layer) must stay
     grouped: bool = False  # whether the groups are the units' paths (neurons of one MLP...)
+    #: A check without data that the model has units of this kind (None: enumerate without data).
+    available: Callable[[nn.Module], bool] | None = None
 
     def eligible(self, ranked: Sequence[Unit], units: Sequence[Unit]) -> list[Unit]:
         """The units that may go, best candidate first, within what must stay."""
@@ -133,13 +135,35 @@ def _hidden(model: nn.Module, calibration: Calibration | None) -> list[Unit]:
 
 def _channels(model: nn.Module, calibration: Calibration | None) -> list[Unit]:
     from energyprune.pruning.base import Unit
+    from energyprune.pruning.surgery import graph_channels
     from energyprune.pruning.surgery.channels import channel_producers
 
+    if graph_channels.uses_graph(model):
+        graph_channels.require_torch_pruning()  # the install line before anything else
+        example = graph_channels.first_batch(calibration, model)
+        groups = graph_channels.channel_groups(model, example)
+        units = [Unit("channel", g.root, c) for g in groups if g.refused is None for c in range(g.size)]
+        if not units:
+            reasons = "; ".join(f"{g.root}: {g.refused}" for g in groups[:3])
+            raise UsageError(f"no group of channels of {type(model).__name__} can be pruned safely ({reasons}"
+                             f"{'; ...' if len(groups) > 3 else ''}): prune blocks or neurons instead")
+        return units
     units = [Unit("channel", path, c) for path, size in channel_producers(model) for c in range(size)]
     if not units:
         raise UsageError("no conv / Linear layer of the model has channels this surgery can follow (it needs "
                          "nn.Sequential chains): prune blocks or neurons instead")
     return units
+
+
+def _channels_available(model: nn.Module) -> bool:
+    from torch import nn
+
+    from energyprune.pruning.surgery import graph_channels
+
+    if not graph_channels.uses_graph(model):
+        return bool(_channels(model, None))
+    graph_channels.require_torch_pruning()
+    return any(isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) for m in model.modules())
 
 
 def _activations(model: nn.Module, calibration: Calibration | None) -> list[Unit]:
@@ -159,43 +183,46 @@ def _by_path(units: Sequence[Unit]) -> dict[str, list[int]]:
     return {p: sorted(i) for p, i in out.items()}
 
 
-def _remove_blocks(model: nn.Module, units: Sequence[Unit], inplace: bool) -> Removal:
+def _remove_blocks(model: nn.Module, units: Sequence[Unit], inplace: bool, calibration: Calibration | None) -> Removal:
     from energyprune.pruning.surgery import remove_blocks
 
     return remove_blocks(model, sorted(u.index for u in units), inplace=inplace)
 
 
-def _remove_attention(model: nn.Module, units: Sequence[Unit], inplace: bool) -> Removal:
+def _remove_attention(model: nn.Module, units: Sequence[Unit], inplace: bool, calibration: Calibration | None) -> Removal:
     from energyprune.pruning.surgery import remove_attention
 
     return remove_attention(model, sorted(u.index for u in units), inplace=inplace)
 
 
-def _remove_neurons(model: nn.Module, units: Sequence[Unit], inplace: bool) -> Removal:
+def _remove_neurons(model: nn.Module, units: Sequence[Unit], inplace: bool, calibration: Calibration | None) -> Removal:
     from energyprune.pruning.surgery import prune_mlp_neurons
 
     return prune_mlp_neurons(model, _by_path(units), inplace=inplace)
 
 
-def _remove_heads(model: nn.Module, units: Sequence[Unit], inplace: bool) -> Removal:
+def _remove_heads(model: nn.Module, units: Sequence[Unit], inplace: bool, calibration: Calibration | None) -> Removal:
     from energyprune.pruning.surgery import prune_heads
 
     return prune_heads(model, _by_path(units), inplace=inplace)
 
 
-def _remove_hidden(model: nn.Module, units: Sequence[Unit], inplace: bool) -> Removal:
+def _remove_hidden(model: nn.Module, units: Sequence[Unit], inplace: bool, calibration: Calibration | None) -> Removal:
     from energyprune.pruning.surgery.hidden import prune_hidden
 
     return prune_hidden(model, sorted(u.index for u in units), inplace=inplace)
 
 
-def _remove_channels(model: nn.Module, units: Sequence[Unit], inplace: bool) -> Removal:
-    from energyprune.pruning.surgery import prune_channels
+def _remove_channels(model: nn.Module, units: Sequence[Unit], inplace: bool, calibration: Calibration | None) -> Removal:
+    from energyprune.pruning.surgery import graph_channels, prune_channels
 
+    if graph_channels.uses_graph(model):
+        example = graph_channels.first_batch(calibration, model)
+        return graph_channels.prune_channel_groups(model, _by_path(units), example, inplace=inplace)
     return prune_channels(model, _by_path(units), inplace=inplace)
 
 
-def _fold(model: nn.Module, units: Sequence[Unit], inplace: bool) -> Removal:
+def _fold(model: nn.Module, units: Sequence[Unit], inplace: bool, calibration: Calibration | None) -> Removal:
     from energyprune.pruning.surgery import fold_activation
     from energyprune.pruning.surgery.record import PruneRecord
 
@@ -215,8 +242,8 @@ KINDS: dict[str, UnitKind] = {
         UnitKind("head", "one KV group of attention heads (a KV head with its query heads)", _heads, _remove_heads,
                  grouped=True),
         UnitKind("hidden", "one channel of the hidden size (embedding channel)", _hidden, _remove_hidden),
-        UnitKind("channel", "one output channel of a conv / Linear layer", _channels, _remove_channels,
-                 grouped=True),
+        UnitKind("channel", "one output channel of a conv / Linear layer (and of the layers coupled to it)",
+                 _channels, _remove_channels, grouped=True, available=_channels_available),
         UnitKind("activation", "a foldable MLP's nonlinearity", _activations, _fold, keep_per_group=0),
     )
 }
@@ -267,12 +294,25 @@ def units_for(model: nn.Module, kind: str, calibration: Calibration | None = Non
     return get_kind(kind).enumerate(model, calibration)
 
 
-def remove_units(model: nn.Module, units: Sequence[Unit], *, inplace: bool = False) -> Removal:
-    """Apply the surgery for `units` (all of one kind, paths and indices of `model`)."""
+def has_units(model: nn.Module, kind: str) -> bool:
+    """Whether `model` has units of `kind`, checked without data where the kind needs data to
+    enumerate them (channels of a CNN are traced)."""
+    unit_kind = get_kind(kind)
+    if unit_kind.available is not None:
+        return unit_kind.available(model)
+    return bool(unit_kind.enumerate(model, None))
+
+
+def remove_units(model: nn.Module, units: Sequence[Unit], *, inplace: bool = False,
+                 calibration: Calibration | None = None) -> Removal:
+    """Apply the surgery for `units` (all of one kind, paths and indices of `model`). Channels of a
+    model that is not a plain nn.Sequential are traced on the first batch of `calibration`."""
     kinds = {u.kind for u in units}
     if len(kinds) != 1:
         raise UsageError(f"remove_units takes units of one kind, got {sorted(kinds)}")
-    return get_kind(kinds.pop()).remove(model, list(units), inplace)
+    if calibration is not None and iter(calibration) is calibration:
+        raise UsageError("calibration must be re-iterable (a list of batches), not a one-shot iterator")
+    return get_kind(kinds.pop()).remove(model, list(units), inplace, calibration)
 
 
 def eligible(scores: Mapping[Unit, float], units: Sequence[Unit], kind: str) -> list[Unit]:

@@ -96,6 +96,7 @@ def select(scores: Mapping[Unit, float], amount: int | float, kind: str, *, scop
             ranked = sorted(per_path[path])
             if count > len(ranked):
                 raise UsageError(f"{path}: {count} {kind} units asked but only {len(ranked)} are candidates")
+            count = min(count, size - 1)  # a layer never loses its last unit
             chosen += [u for _, u in ranked[:count]]
         return chosen
     count = amount if isinstance(amount, int) else int(round(amount * len(scores)))
@@ -146,5 +147,5 @@ def prune(
     units = units_for(model, criterion.unit_kind, calibration)
     scores = criterion.score(model, units, calibration)
     chosen = select(scores, amount, criterion.unit_kind, scope=scope)
-    pruned, record = remove_units(model, chosen, inplace=inplace)
+    pruned, record = remove_units(model, chosen, inplace=inplace, calibration=calibration)
     return PruneOutcome(pruned, record, dict(scores), tuple(sorted(chosen)))

@@ -11,6 +11,7 @@
 | `nepenthe` | `nepenthe` (ON/OFF entropy of rectifier units; `dead_neurons`) | activation, neuron | yes |
 | `mipp` | `mipp` (information-preserving backward elimination against a null unit) | neuron | yes |
 | `thermodynamic` | `thermodynamic` (gradient temperature, free energy E − T·S) | neuron, channel | yes (≥ 2 batches) |
+| `taylor` | `taylor_channels` (first-order Taylor: absolute w x g on calibration data, pseudo-labels from the model's own top-1) | channel | yes |
 | `energy-aware` | `energy_aware` (damage per measured joule saved) | block, attention | yes, and the meter |
 
     criterion = get_criterion("entropy-block", estimator="bucket", unit_kind="block")
@@ -35,6 +36,7 @@ from energyprune.pruning.criteria.mipp import MippCriterion, MippResult
 from energyprune.pruning.criteria.nepenthe import NepentheCriterion, OnOffStats, activation_units, dead_neurons
 from energyprune.pruning.criteria.random_criterion import RandomCriterion
 from energyprune.pruning.criteria.taylor import TAYLOR_SCORERS, TaylorCriterion
+from energyprune.pruning.criteria.taylor_channels import channel_taylor_scores
 from energyprune.pruning.criteria.thermodynamic import ThermodynamicCriterion
 from energyprune.pruning.criteria.units import block_units, neuron_units
 
@@ -49,7 +51,7 @@ CRITERIA: dict[str, type] = {
     "thermodynamic": ThermodynamicCriterion,
     "energy-aware": EnergyAwareCriterion,
     "activation": ActivationCriterion,
-    "taylor": TaylorCriterion,
+    "taylor": TaylorCriterion,  # neurons, heads and hidden channels here; CNN channels in taylor_channels
 }
 
 
@@ -99,6 +101,7 @@ __all__ = [
     "CRITERIA",
     "TAYLOR_SCORERS",
     "TaylorCriterion",
+    "channel_taylor_scores",
     "CriterionSpec",
     "CosineBlockCriterion",
     "EnergyAwareCriterion",
@@ -114,6 +117,7 @@ __all__ = [
     "ThermodynamicCriterion",
     "activation_units",
     "block_units",
+    "channel_taylor_scores",
     "dead_neurons",
     "get_criterion",
     "neuron_units",

@@ -6,7 +6,7 @@
 | "neuron" | norm of everything the neuron owns: its row in each producer (Llama gate_proj + up_proj, GPT-2 c_fc, BERT intermediate.dense, ...) and its column in the consumer (down_proj, c_proj, output.dense, ...); HF Conv1D weights are read transposed; biases excluded. MBConv expansion channel c: filter c of `_expand_conv` (and of `_se_expand`), the depthwise filter c, and the input-c weights of `_project_conv` (and `_se_reduce`); BatchNorm gains and shifts excluded, like biases |
 | "head" | norm of everything one KV group owns: its rows of the query, key and value projections (GPT-2: of the fused `c_attn`) and its columns of the output projection; biases excluded |
 | "hidden" | norm of everything a hidden channel owns: its embedding columns, norm gains, the input weights of every reader (q/k/v, MLP producers, lm_head once if tied) and output rows of every writer (o_proj, down_proj) |
-| "channel" | norm of the output channel's filter: `weight[c]` of a conv, row c of a Linear (column c of a Conv1D) |
+| "channel" | in a plain nn.Sequential: norm of the output channel's filter, `weight[c]` of a conv, row c of a Linear (column c of a Conv1D); in any other model (a group traced by torch-pruning, see `surgery.graph_channels`): norm of every conv / Linear weight slice the group removes with channel c - the filters of every producer coupled to it (all the convolutions meeting at a residual add), depthwise filters, and the consumers' input weights |
 
 Lowest first: the smallest weights are removed first. Neuron units name their MLP as
 `pruning.neurons.find_mlps` does (the path `prune_mlp_neurons` takes).
@@ -19,7 +19,7 @@ A caveat for conv blocks: a BatchNorm right after a conv undoes the scale of the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -35,6 +35,7 @@ from energyprune.pruning.criteria.units import (
     resolve_protected,
 )
 from energyprune.pruning.surgery.heads import require_attention_heads
+from energyprune.pruning.surgery import graph_channels
 from energyprune.pruning.surgery.neurons import require_mlp
 from energyprune.pruning.surgery.slicing import (
     get_module,
@@ -54,6 +55,25 @@ def _per_element(values: torch.Tensor, p: int) -> torch.Tensor:
 def _finish(total: torch.Tensor | float, p: int) -> float:
     value = float(total)
     return value if p == 1 else value ** 0.5
+
+
+def graph_channel_totals(model: nn.Module, example: object, roots: Sequence[str],
+                         per_element: Callable[[torch.Tensor], torch.Tensor],
+                         weight_of: Callable[[nn.Module], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Per root: a float64 tensor with, for each channel c, the sum of `per_element` over every weight
+    slice of its traced group that c owns (`graph_channels.group_slices`). `weight_of(layer)` gives
+    the tensor to read (default: the layer's weight); Taylor passes weight x gradient."""
+    totals: dict[str, torch.Tensor] = {}
+    for root, slices in graph_channels.group_slices(model, example, roots).items():
+        size = graph_channels.group_size(model, root)
+        total = torch.zeros(size, dtype=torch.float64)
+        for layer, _, axis, idxs, root_idxs in slices:
+            tensor = layer.weight if weight_of is None else weight_of(layer)
+            values = per_element(tensor).movedim(axis, 0)
+            per_index = values.reshape(values.shape[0], -1).sum(dim=1).double().cpu()
+            total.index_add_(0, torch.tensor(root_idxs, dtype=torch.long), per_index[torch.tensor(idxs, dtype=torch.long)])
+        totals[root] = total
+    return totals
 
 
 class MagnitudeCriterion:
@@ -137,7 +157,7 @@ class MagnitudeCriterion:
 
     # ------------------------------------------------------------------------------ score
     def score(self, model: nn.Module, units: Sequence[Unit], calibration: Calibration | None = None) -> dict[Unit, float]:
-        """Scores from the weights alone; `calibration` is accepted and ignored."""
+        """Scores from the weights alone; `calibration` is read only to trace a CNN's channel groups."""
         units = check_units(units, self.unit_kind, self.name)
         if not units:
             return {}
@@ -158,6 +178,10 @@ class MagnitudeCriterion:
         per_path: dict[str, torch.Tensor] = {}
         measure = {"neuron": self.neuron_magnitudes, "head": self.head_magnitudes,
                    "hidden": self.hidden_magnitudes}.get(self.unit_kind, self.channel_magnitudes)
+        if self.unit_kind == "channel" and graph_channels.uses_graph(model):
+            example = graph_channels.first_batch(calibration, model)
+            per_path = graph_channel_totals(model, example, sorted({u.path for u in units}),
+                                            lambda weight: _per_element(weight.detach().double(), self.p))
         scores = {}
         for unit in units:
             if unit.path not in per_path:

@@ -15,6 +15,7 @@ What a unit owns is the kind's business, one scorer per kind in `TAYLOR_SCORERS`
 | "neuron" | its rows of every producer (gate_proj + up_proj, c_fc, ...), per-channel conv filters, its columns of the consumer and readers (as `magnitude` counts them) |
 | "head" | its KV group's rows of q/k/v (GPT-2: of c_attn) and columns of the output projection |
 | "hidden" | its embedding columns, norm gains, reader input columns, writer output rows (`hidden.per_channel_sum`) |
+| "channel" | a CNN channel's slices in every coupled layer, with the cross-entropy against the model's own answers as the loss (`taylor_channels`) |
 
 A new kind is one entry: a function `(model, path) -> tensor of per-unit scores`, reading each
 parameter's `.grad` (filled here) beside its weight. Gradients are accumulated on the model's own
@@ -160,8 +161,9 @@ class TaylorCriterion:
     name = "taylor"
 
     def __init__(self, unit_kind: str = "neuron", *, max_batches: int | None = None) -> None:
-        if unit_kind not in TAYLOR_SCORERS:
-            raise UsageError(f"{self.name}: unit_kind must be one of {', '.join(TAYLOR_SCORERS)}, got {unit_kind!r}")
+        if unit_kind not in TAYLOR_SCORERS and unit_kind != "channel":
+            raise UsageError(f"{self.name}: unit_kind must be one of {', '.join(TAYLOR_SCORERS)} or channel, "
+                             f"got {unit_kind!r}")
         self.unit_kind = unit_kind
         self.max_batches = check_max_batches(max_batches, self.name)
         self.last_loss: float | None = None
@@ -170,6 +172,12 @@ class TaylorCriterion:
         return f"TaylorCriterion(unit_kind={self.unit_kind!r})"
 
     def score(self, model: nn.Module, units: Sequence[Unit], calibration: Calibration) -> dict[Unit, float]:
+        if self.unit_kind == "channel":
+            # A CNN's channels: the loss is the cross-entropy against the model's own answers, the
+            # slices those of the coupled group (`taylor_channels`).
+            from energyprune.pruning.criteria.taylor_channels import channel_taylor_scores
+
+            return channel_taylor_scores(model, units, calibration)
         units = check_units(units, self.unit_kind, self.name)
         if not units:
             return {}

@@ -23,7 +23,7 @@ FORMAT = "energyprune.prune-record/1"
 
 #: The operation kinds, each the name of the surgery function that performs it.
 KINDS = ("remove_blocks", "remove_attention", "prune_mlp_neurons", "prune_channels", "fold_activation",
-         "prune_heads", "prune_hidden")
+         "prune_heads", "prune_hidden", "prune_channel_groups")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class PruneOp:
 
     kind: one of `KINDS`. paths: the modules acted on (the block stack for remove_blocks and
     remove_attention, the MLP containers for prune_mlp_neurons and fold_activation, the producer
-    layers for prune_channels). indices: per path, what was removed (block indices, neuron or
+    layers for prune_channels, the groups' root layers for prune_channel_groups). indices: per path, what was removed (block indices, neuron or
     channel indices; empty for fold_activation), as numbered in the model at that moment.
     sizes_before / sizes_after: per path, the size that changed (blocks in the stack, attention
     sub-blocks present, hidden neurons, output channels). params_before / params_after: parameter
@@ -164,9 +164,9 @@ class PruneRecord:
                         path = prefix + str(survivors[int(head)]) + ("." + tail if tail else "")
                 if kind in ("block", "attention") and path.startswith(prefix) and 0 <= index < len(survivors):
                     index = survivors[index]
-            elif op.kind in ("prune_mlp_neurons", "prune_channels", "prune_heads", "prune_hidden"):
+            elif op.kind in ("prune_mlp_neurons", "prune_channels", "prune_heads", "prune_hidden", "prune_channel_groups"):
                 wanted = {"prune_mlp_neurons": "neuron", "prune_channels": "channel", "prune_heads": "head",
-                          "prune_hidden": "hidden"}[op.kind]
+                          "prune_hidden": "hidden", "prune_channel_groups": "channel"}[op.kind]
                 if kind != wanted or path not in op.paths:
                     continue
                 k = op.paths.index(path)

@@ -8,7 +8,7 @@ import logging
 from torch import nn
 
 from energyprune.errors import UsageError
-from energyprune.pruning.surgery import blocks, channels, fold, heads, hidden, neurons
+from energyprune.pruning.surgery import blocks, channels, fold, graph_channels, heads, hidden, neurons
 from energyprune.pruning.surgery.record import PruneRecord
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ def apply_record(original_model: nn.Module, record: PruneRecord, *, inplace: boo
             model, replay = heads.prune_heads(model, dict(zip(op.paths, op.indices)), inplace=True)
         elif op.kind == "prune_hidden":
             model, replay = hidden.prune_hidden(model, op.indices[0], inplace=True)
+        elif op.kind == "prune_channel_groups":  # traced again on zeros of the recorded input shapes
+            model, replay = graph_channels.replay_channel_groups(model, op)
         else:  # fold_activation
             model, replay = fold.fold_activation(model, op.paths[0], inplace=True)
         if len(replay.ops) != 1 or not replay.ops[0].same_structure(op):
