@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unit", default="block")
     parser.add_argument("--criterion", default="cosine-block")
     parser.add_argument("--flops-ratio", type=float, default=0.70, help="prune until FLOPs <= this x the original")
+    parser.add_argument("--amount", type=float, default=None,
+                        help="remove this many units (blocks) or this fraction instead of searching for --flops-ratio")
     parser.add_argument("--steps", default="0,100,400", help="distillation step counts to evaluate at (cumulative)")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--lora-rank", type=int, default=0)
@@ -145,7 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     original = reference(model)
     probe = {"input_ids": heldout[0]["input_ids"][:1, :128], "use_cache": False}
     criterion = get_criterion(args.criterion, unit_kind=args.unit)
-    pruned, record, flops_ratio, amount = cut_to_flops(model, criterion, args.unit, train[:4], args.flops_ratio, probe)
+    if args.amount is not None:
+        amount = int(args.amount) if args.amount >= 1 else args.amount
+        pruned, record = prune(model, criterion, amount, calibration=train[:4])
+        flops_ratio = count_flops(pruned, probe) / count_flops(model, probe)
+    else:
+        pruned, record, flops_ratio, amount = cut_to_flops(model, criterion, args.unit, train[:4], args.flops_ratio,
+                                                           probe)
     print(f"pruned {amount} {args.unit} unit(s): FLOPs ratio {flops_ratio:.3f}", flush=True)
     import datetime
     import subprocess
