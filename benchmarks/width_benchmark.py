@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
 import sys
 import time
@@ -53,6 +54,7 @@ from energyprune.version import __version__  # noqa: E402
 
 SCHEMA = "energyprune.width-benchmark/1"
 SCOPES = ("global", "global-raw", "per-layer")
+ROW_ORDER = ("random", "magnitude", "mipp", "activation", "taylor", "torch-pruning GroupTaylor")
 CRITERIA = (("random", {"seed": 0}), ("magnitude", {}), ("mipp", {}), ("activation", {}), ("taylor", {}))
 
 
@@ -65,7 +67,8 @@ def torch_pruning_taylor(model: torch.nn.Module, calibration: list[dict[str, Any
     from energyprune.pruning.criteria.taylor import calibration_loss, gradients_on
 
     example = {"input_ids": calibration[0]["input_ids"][:1, :16]}
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example,
+                                                  output_transform=lambda out: out.logits)  # HF returns a ModelOutput
     importance = tp.importance.GroupTaylorImportance()  # TP's defaults: group_reduction "mean", normalizer "mean"
     scores: dict[Unit, float] = {}
     paths = sorted({u.path for u in units}, key=lambda p: int(p.split(".")[2]))
@@ -121,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", help="comma-separated row names to (re)run, e.g. 'torch-pruning GroupTaylor'; "
+                                       "the other rows are kept from the existing width.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -164,6 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[tuple[str, Any]] = [(name, options) for name, options in criteria]
     if not args.quick:
         runs.append(("torch-pruning GroupTaylor", None))
+    if args.only:
+        wanted = {w.strip() for w in args.only.split(",")}
+        runs = [r for r in runs if r[0] in wanted]
+        previous = json.loads((out_dir / "width.json").read_text())
+        data["rows"] = [r for r in previous["rows"] if r["criterion"] not in wanted]
+        for key in ("removed", "pruned_params", "pruned_gflops"):
+            data[key] = previous[key]
+        data["command"] = previous["command"] + f"; rows {sorted(wanted)} rerun with --only"
     for name, options in runs:
         t0 = time.perf_counter()
         try:
@@ -186,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             widths = sorted(record.ops[0].detail["layer_sizes"].values())
             row["mlp_widths_min_median_max"] = [widths[0], widths[len(widths) // 2], widths[-1]]
             data["rows"].append(row)
+            data["rows"].sort(key=lambda r: ROW_ORDER.index(r["criterion"]) if r["criterion"] in ROW_ORDER else 99)
             data["removed"] = len(chosen)
             data["pruned_params"] = sum(p.numel() for p in pruned.parameters())
             data["pruned_gflops"] = count_flops(pruned, measure_inputs) / 1e9

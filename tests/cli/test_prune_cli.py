@@ -208,3 +208,11 @@ def test_the_result_says_what_quality_was_measured_on(tmp_path, judges, capsys):
     assert result["quality_measured_on"].startswith("the measurement inputs")
     assert "quality (fidelity to the original) measured on the measurement inputs" in captured.out
     assert "measured on the measurement inputs" in (out / "report.md").read_text()
+
+
+def test_an_unknown_kind_in_a_list_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["prune", "--target", "-20%", "--criterion", "magnitude", "--unit", "neuron,bogus", *DEMO])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown unit kind bogus" in err and "Traceback" not in err

@@ -89,4 +89,4 @@ def test_several_kinds_need_a_criterion_by_name_and_known_kinds():
 
 def test_hidden_channels_hold_nearly_every_flop():
     preview = preview_cost(tiny("llama"), inputs(), "hidden", 0.7)
-    assert preview.cost.removable_share > 0.9 and not preview.too_costly
+    assert preview.cost.removable_share > 0.85 and not preview.too_costly  # all projections and lm_head
