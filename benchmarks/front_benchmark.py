@@ -1,7 +1,8 @@
-"""The fidelity-energy front of SmolLM2-135M: depth, width and both, at several cuts, with and
-without distillation (issue 12's deciding benchmark, the parts a 2-core CPU can run).
+"""The fidelity-energy front of a pretrained model: depth, width and both, at several cuts, with
+and without distillation (issue 12's deciding benchmark, the parts a 2-core CPU can run).
 
-    python benchmarks/front_benchmark.py                                  # -10/-20/-30/-40%, distil at -30%
+    python benchmarks/front_benchmark.py                                  # SmolLM2, -10/-20/-30/-40%, distil at -30%
+    python benchmarks/front_benchmark.py --model minilm                   # all-MiniLM-L6-v2
     python benchmarks/front_benchmark.py --cuts 30 --recover-steps 0,100,400 --families width
     python benchmarks/front_benchmark.py --only depth:30                  # rerun one row, keep the others
 
@@ -14,14 +15,18 @@ amount whose FLOPs ratio is at or below 1 - cut):
 * mixed: blocks by cosine-block until half the cut is reached, then width (rescored on that model)
   for the rest.
 
-Text: gensim's Lee corpus split by document: calibration and distillation from the first half,
-every figure from the second (8 x 256 tokens): held-out exp(-KL) and top-1 agreement against the
-original, perplexity ratio, and greedy answers to ten fixed questions. Distillation (KL on logits,
-AdamW, 4 x 128 tokens a step) runs at `--recover-at` cuts only: each step count is cumulative.
+SmolLM2-135M: gensim's Lee corpus split by document: calibration and distillation from the first
+half, every figure from the second (8 x 256 tokens): held-out exp(-KL) and top-1 agreement against
+the original, perplexity ratio, and greedy answers to ten fixed questions; distillation is KL on
+logits, 4 x 128 tokens a step. all-MiniLM-L6-v2: calibration and distillation on lee_background
+documents (16 a step, 128 tokens), figures on the 50 lee.cor documents: embedding cosine against the
+original and the Pearson r of their 1225 pairwise cosines with human similarity scores;
+distillation is MSE of the last hidden state. Distillation (AdamW) runs at `--recover-at` cuts only,
+each step count cumulative.
 `--energy` adds an interleaved comparison with the original per row (ESTIMATED on a machine without
 counters, and labelled so; the FLOPs ratio stands beside it). The JSON and Markdown are rewritten
 after every row, so an interrupted run keeps what it measured.
-Results: benchmarks/results/<device>/front-smollm2.{json,md,png}.
+Results: benchmarks/results/<device>/front-<model>.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -39,6 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from prune_benchmark import EmbeddingReference, lee_human_scores  # noqa: E402
 from recovery_benchmark import QUESTIONS, answers  # noqa: E402
 
 from energyprune.bench.session import device_record, load_json, results_dir, save  # noqa: E402
@@ -56,6 +63,87 @@ WIDTH_KINDS = ("neuron", "head", "hidden")
 SCHEMA = "energyprune.front-benchmark/1"
 
 Batches = list[dict[str, Any]]
+
+
+@dataclass
+class Subject:
+    """A model under test with its data and figures. `evaluate(model)` gives the figures (the
+    primary one first in `metrics`); `answers(model)` greedy answers, for language models only."""
+
+    key: str
+    title: str
+    model: torch.nn.Module
+    calibration: Batches
+    train: Batches
+    probe: dict[str, Any]
+    evaluate: Callable[[torch.nn.Module], dict[str, float]]
+    metrics: tuple[tuple[str, str, str], ...]  # (key, label, format)
+    goal: str
+    recovery: str
+    data: str
+    answers: Callable[[torch.nn.Module], list[str]] | None = None
+
+
+def smollm2_subject() -> Subject:
+    model, tokenizer = zoo.load_smollm2()
+    docs = zoo.text_corpus("lee_background")
+    half = len(docs) // 2
+    train = zoo.calibration_batches(tokenizer, docs[:half], seq_len=128, batch_size=4, n_batches=64)
+    for batch in train:
+        batch["use_cache"] = False
+    heldout = zoo.calibration_batches(tokenizer, docs[half:], seq_len=256, batch_size=8, n_batches=1)
+    heldout[0]["use_cache"] = False
+    reference = NextTokenReference(model, heldout)
+    original_ppl = reference(model)["perplexity"]
+
+    def evaluate(pruned: torch.nn.Module) -> dict[str, float]:
+        figures = reference(pruned)
+        figures["perplexity_ratio"] = figures["perplexity"] / original_ppl
+        return figures
+
+    return Subject(
+        key="smollm2", title="SmolLM2-135M-Instruct", model=model, calibration=train[:4], train=train,
+        probe={"input_ids": heldout[0]["input_ids"][:1, :128], "use_cache": False}, evaluate=evaluate,
+        metrics=(("exp_neg_kl", "held-out exp(-KL)", ".3f"), ("top1_agreement", "top-1 agreement", ".3f"),
+                 ("perplexity_ratio", "ppl ratio", ".2f")),
+        goal="Goal (issue 12, at -30% energy): exp(-KL) >= 0.8 and perplexity <= 1.5x the original's.",
+        recovery="AdamW, KL on logits at T=1, all weights, batches of 4 x 128 tokens",
+        data=f"calibration (4 batches) and distillation: lee_background documents 0-{half - 1}, packed; "
+             f"held-out: documents {half}-{len(docs) - 1}, 8 x 256 tokens; original held-out perplexity "
+             f"{original_ppl:.2f}",
+        answers=lambda pruned: answers(pruned, tokenizer, 24))
+
+
+def minilm_subject() -> Subject:
+    model, tokenizer = zoo.load_minilm()
+    background = zoo.text_corpus("lee_background")
+    lee = zoo.text_corpus("lee")
+    human = lee_human_scores()
+    train = zoo.calibration_batches(tokenizer, background, seq_len=128, batch_size=16, pack=False)
+    heldout = zoo.calibration_batches(tokenizer, lee, seq_len=256, batch_size=25, pack=False)
+    reference = EmbeddingReference(model, heldout, human)
+    original = reference(model)
+
+    def evaluate(pruned: torch.nn.Module) -> dict[str, float]:
+        figures = reference(pruned)
+        figures["lee_pearson_ratio"] = figures["lee_pearson"] / original["lee_pearson"]
+        return figures
+
+    probe = zoo.calibration_batches(tokenizer, lee[:8], seq_len=128, batch_size=8, pack=False)[0]
+    return Subject(
+        key="minilm", title="all-MiniLM-L6-v2", model=model, calibration=train[:4], train=train,
+        probe=dict(probe), evaluate=evaluate,
+        metrics=(("embedding_cosine", "held-out embedding cosine", ".3f"), ("lee_pearson", "Lee Pearson r", ".3f"),
+                 ("lee_pearson_ratio", "r / original r", ".3f")),
+        goal=f"The original's Lee Pearson r with the human similarity scores: {original['lee_pearson']:.3f}.",
+        recovery="AdamW, MSE of the last hidden state, all weights, batches of 16 documents x 128 tokens",
+        data=f"calibration (4 batches) and distillation: the {len(background)} lee_background documents, one per "
+             f"row, 128 tokens; held-out: the 50 lee.cor documents (disjoint), 256 tokens, and the human "
+             f"similarity scores of their 1225 pairs",
+    )
+
+
+SUBJECTS: dict[str, Callable[[], Subject]] = {"smollm2": smollm2_subject, "minilm": minilm_subject}
 
 
 class Flops:
@@ -153,48 +241,103 @@ def row_key(row: dict[str, Any]) -> tuple[str, int, int]:
     return (row["family"], row["cut_percent"], row["steps"])
 
 
-def markdown(doc: dict[str, Any]) -> str:
-    lines = [f"# Fidelity-energy front: SmolLM2-135M ({doc['device']['device_name']})", "",
-             f"Made {doc['date']} with `{doc['command']}` (commit {doc['commit']}).", "",
-             "Families: depth = whole blocks by cosine-block; width = KV groups, MLP neurons and hidden "
-             "channels, the same fraction of each, ranked across layers by Taylor importance; mixed = "
-             "blocks to half the cut, then width. Each row prunes to the smallest amount whose FLOPs "
-             "ratio (1 x 128 tokens) is at or below 1 - cut.", "",
-             f"Distillation: {doc['recovery']}. Data: {doc['data']}.", "",
-             f"Original: held-out perplexity {doc['original']['perplexity']:.2f}.", ""]
-    energy_note = any("energy" in row for row in doc["rows"])
-    header = "| family | cut | removed | FLOPs ratio |" + (" energy ratio |" if energy_note else "") + \
-             " distillation steps | held-out exp(-KL) | top-1 agreement | ppl ratio | seconds |"
-    lines += [header, "| --- | ---: | --- | ---: |" + (" ---: |" if energy_note else "") + " ---: | ---: | ---: | ---: | ---: |"]
+def intro(doc: dict[str, Any]) -> list[str]:
+    return [f"Made {doc['date']} with `{doc['command']}` (commit {doc['commit']}).",
+            "Families: depth = whole blocks by cosine-block; width = KV groups, MLP neurons and hidden "
+            "channels, the same fraction of each, ranked across layers by Taylor importance; mixed = "
+            "blocks to half the cut, then width. Each row prunes to the smallest amount whose FLOPs "
+            "ratio (the probe's batch) is at or below 1 - cut.",
+            f"Distillation: {doc['recovery']}. Data: {doc['data']}."]
+
+
+def front_table(doc: dict[str, Any]) -> tuple[list[str], list[list[str]], bool]:
+    """Header, rows, and whether any row carries an energy figure."""
+    metrics = doc["metrics"]
+    with_energy = any("energy" in row for row in doc["rows"])
+    header = ["family", "cut", "removed", "FLOPs ratio"] + (["energy ratio"] if with_energy else []) + \
+             ["distillation steps"] + [label for _, label, _ in metrics] + ["seconds"]
+    rows = []
     for row in sorted(doc["rows"], key=row_key):
         f = row["figures"]
-        removed = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in row["removed"].items())
-        energy = ""
-        if energy_note:
+        cells = [row["family"], f"-{row['cut_percent']}%",
+                 ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in row["removed"].items()), f"{row['flops_ratio']:.3f}"]
+        if with_energy:
             e = row.get("energy")
-            energy = (f" {e['ratio']:.3f} [{e['ratio_ci95'][0]:.3f}, {e['ratio_ci95'][1]:.3f}]"
-                      f"{' ESTIMATED' if e['provenance'] == 'estimated' else ''} |") if e else " n/a |"
-        lines.append(f"| {row['family']} | -{row['cut_percent']}% | {removed} | {row['flops_ratio']:.3f} |{energy} "
-                     f"{row['steps']} | {f['exp_neg_kl']:.3f} | {f['top1_agreement']:.3f} | "
-                     f"{f['perplexity_ratio']:.2f} | {row['seconds']:.0f} |")
-    if energy_note:
-        lines += ["", "ESTIMATED energy comes from a CPU power model (this process's CPU time), not a counter; "
-                  "read the FLOPs ratio beside it."]
-    lines += ["", "Goal (issue 12, at -30% energy): exp(-KL) >= 0.8 and perplexity <= 1.5x the original's.", ""]
+            cells.append(f"{e['ratio']:.3f} [{e['ratio_ci95'][0]:.3f}, {e['ratio_ci95'][1]:.3f}]"
+                         f"{' ESTIMATED' if e['provenance'] == 'estimated' else ''}" if e else "n/a")
+        cells += [str(row["steps"])] + [format(f[key], fmt) for key, _, fmt in metrics] + [f"{row['seconds']:.0f}"]
+        rows.append(cells)
+    return header, rows, with_energy
+
+
+def answers_table(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    answered = [r for r in sorted(doc["rows"], key=row_key) if r.get("answers")]
+    if not answered or not doc.get("original_answers"):
+        return None
+    header = ["question", "original"] + [f"{r['family']} -{r['cut_percent']}% {r['steps']} st." for r in answered]
+    rows = [[question] + [c.replace("|", "/").replace("\n", " ")[:60]
+                          for c in [doc["original_answers"][i]] + [r["answers"][i] for r in answered]]
+            for i, question in enumerate(QUESTIONS)]
+    return header, rows
+
+
+ESTIMATED_NOTE = ("ESTIMATED energy comes from a CPU power model (this process's CPU time), not a counter; read the "
+                  "FLOPs ratio beside it. Distillation changes weights, not shapes: a row's energy was measured "
+                  "once, before distillation.")
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+        return ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"] + \
+               ["| " + " | ".join(r) + " |" for r in rows]
+
+    lines = [f"# Fidelity-energy front: {doc['title']} ({doc['device']['device_name']})", ""]
+    for paragraph in intro(doc):
+        lines += [paragraph, ""]
+    header, rows, with_energy = front_table(doc)
+    lines += md_table(header, rows)
+    if with_energy:
+        lines += ["", ESTIMATED_NOTE]
+    lines += ["", doc["goal"], ""]
     if not doc.get("complete"):
         lines += [f"**Incomplete run**: {len(doc['rows'])} row(s) written so far.", ""]
-    lines += [f"![front](front-smollm2.png)", "", "## Answers (greedy)", ""]
-    answered = [r for r in sorted(doc["rows"], key=row_key) if r.get("answers")]
+    lines += [f"![front](front-{doc['model']}.png)", ""]
+    answered = answers_table(doc)
     if answered:
-        lines += ["| question | original | " + " | ".join(f"{r['family']} -{r['cut_percent']}% {r['steps']} st."
-                                                       for r in answered) + " |",
-                  "| --- | --- | " + " | ".join("---" for _ in answered) + " |"]
-        for i, question in enumerate(QUESTIONS):
-            cells = [doc["original_answers"][i]] + [r["answers"][i] for r in answered]
-            lines.append(f"| {question} | " + " | ".join(c.replace("|", "/").replace("\n", " ")[:60] for c in cells)
-                         + " |")
-    lines += ["", "Reproduce: `python benchmarks/front_benchmark.py`"]
+        lines += ["## Answers (greedy)", ""] + md_table(*answered) + [""]
+    lines += [f"Reproduce: `python benchmarks/front_benchmark.py --model {doc['model']}`"]
     return "\n".join(lines) + "\n"
+
+
+def html(doc: dict[str, Any], png: Path) -> str:
+    """The same figures as one self-contained HTML page, the front plotted inline."""
+    from energyprune.reporting.doc import Banner, Document, Figure, Section, table
+    from energyprune.reporting.to_html import render_html
+
+    header, rows, with_energy = front_table(doc)
+    estimated = with_energy and any(r.get("energy", {}).get("provenance") == "estimated" for r in doc["rows"])
+    banner = Banner("estimated" if estimated else "none",
+                    (ESTIMATED_NOTE,) if estimated else ("No energy was measured: the FLOPs ratio is the cost proxy.",))
+    blocks: list[Any] = [*intro(doc), table(header, rows), doc["goal"]]
+    if not doc.get("complete"):
+        blocks.append(f"Incomplete run: {len(doc['rows'])} row(s) written so far.")
+    if png.exists():
+        data = png.read_bytes()
+        blocks.append(Figure("Fidelity against the FLOPs ratio per family (distilled rows dashed)", lambda: data))
+    sections = [Section("Front", blocks)]
+    answered = answers_table(doc)
+    if answered:
+        sections.append(Section("Answers (greedy)", [table(*answered)]))
+    return render_html(Document(f"Fidelity-energy front: {doc['title']}", SCHEMA, banner, sections))
+
+
+def write_all(doc: dict[str, Any], path: Path) -> None:
+    """JSON, Markdown, PNG and HTML beside each other (each file atomically)."""
+    from energyprune.files import write_atomic
+
+    save(path, doc, markdown(doc))
+    plot(doc, path.with_suffix(".png"))
+    write_atomic(path.with_suffix(".html"), html(doc, path.with_suffix(".png")))
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
@@ -203,27 +346,31 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    panels = [doc["metrics"][0], doc["metrics"][-1]]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     colours = {"depth": "tab:blue", "width": "tab:orange", "mixed": "tab:green"}
+    step_counts = sorted({r["steps"] for r in doc["rows"]})
     for family in FAMILIES:
-        for steps, marker, style in ((0, "o", "-"),) + tuple(
-                (s, "^", "--") for s in sorted({r["steps"] for r in doc["rows"]} - {0})):
+        for steps in step_counts:
             rows = sorted((r for r in doc["rows"] if r["family"] == family and r["steps"] == steps),
                           key=lambda r: r["flops_ratio"])
             if not rows:
                 continue
-            label = f"{family}" + (f", {steps} distillation steps" if steps else "")
+            label = family + (f", {steps} distillation steps" if steps else "")
             x = [r["flops_ratio"] for r in rows]
-            axes[0].plot(x, [r["figures"]["exp_neg_kl"] for r in rows], marker=marker, linestyle=style,
-                         color=colours[family], label=label, alpha=1.0 if steps == 0 else 0.6)
-            axes[1].plot(x, [r["figures"]["perplexity_ratio"] for r in rows], marker=marker, linestyle=style,
-                         color=colours[family], label=label, alpha=1.0 if steps == 0 else 0.6)
-    axes[0].axhline(0.8, color="grey", linewidth=0.8, linestyle=":")
-    axes[1].axhline(1.5, color="grey", linewidth=0.8, linestyle=":")
-    axes[0].set(xlabel="FLOPs ratio (cost proxy)", ylabel="held-out exp(-KL)", ylim=(0, 1))
-    axes[1].set(xlabel="FLOPs ratio (cost proxy)", ylabel="held-out perplexity ratio", yscale="log")
+            for axis, (key, _, _) in zip(axes, panels):
+                axis.plot(x, [r["figures"][key] for r in rows], marker="o" if steps == 0 else "^",
+                          linestyle="-" if steps == 0 else "--", color=colours[family], label=label,
+                          alpha=1.0 if steps == 0 else 0.5 + 0.5 * steps / max(step_counts))
+    for axis, (key, label, _) in zip(axes, panels):
+        axis.set(xlabel="FLOPs ratio (cost proxy; 1 = the original)", ylabel=label)
+        if key == "perplexity_ratio":
+            axis.set_yscale("log")
+    if doc["model"] == "smollm2":
+        axes[0].axhline(0.8, color="grey", linewidth=0.8, linestyle=":")
+        axes[1].axhline(1.5, color="grey", linewidth=0.8, linestyle=":")
     axes[0].legend(fontsize=7)
-    figure.suptitle("SmolLM2-135M: fidelity against cost (goal: dotted lines at -30%)")
+    figure.suptitle(f"{doc['title']}: fidelity against cost, held-out data")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -243,6 +390,7 @@ def parse_only(text: str | None) -> set[tuple[str, int]] | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2", choices=sorted(SUBJECTS))
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--cuts", default="10,20,30,40", help="FLOPs cuts in percent")
     parser.add_argument("--recover-at", default="30", help="cuts (percent) at which to distil")
@@ -263,80 +411,70 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     device = torch.device("cpu")
-    model, tokenizer = zoo.load_smollm2()
-    docs = zoo.text_corpus("lee_background")
-    half = len(docs) // 2
-    train = zoo.calibration_batches(tokenizer, docs[:half], seq_len=128, batch_size=4, n_batches=64)
-    for batch in train:
-        batch["use_cache"] = False
-    calibration = train[:4]
-    heldout = zoo.calibration_batches(tokenizer, docs[half:], seq_len=256, batch_size=8, n_batches=1)
-    heldout[0]["use_cache"] = False
-    reference = NextTokenReference(model, heldout)
-    original = reference(model)
-    probe = {"input_ids": heldout[0]["input_ids"][:1, :128], "use_cache": False}
-    flops = Flops(model, probe)
+    subject = SUBJECTS[args.model]()
+    model = subject.model
+    flops = Flops(model, subject.probe)
+    original = subject.evaluate(model)
 
     out_dir = args.out_dir or results_dir(device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "front-smollm2.json"
+    path = out_dir / f"front-{subject.key}.json"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     doc: dict[str, Any] = {
-        "schema": SCHEMA, "device": device_record(device), "date": datetime.date.today().isoformat(),
-        "commit": commit or "unknown",
+        "schema": SCHEMA, "model": subject.key, "title": subject.title, "device": device_record(device),
+        "date": datetime.date.today().isoformat(), "commit": commit or "unknown",
         "command": "python benchmarks/front_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "recovery": f"AdamW lr {args.lr:g}, KL at T=1, all weights, batches of 4 x 128 tokens",
-        "data": f"calibration and distillation: lee_background documents 0-{half - 1}; held-out: documents "
-                f"{half}-{len(docs) - 1}, 8 x 256 tokens",
+        "metrics": [list(m) for m in subject.metrics], "goal": subject.goal,
+        "recovery": f"{subject.recovery}, lr {args.lr:g}", "data": subject.data,
         "original": original, "original_answers": None, "rows": [], "complete": False,
     }
     if only is not None and path.exists():
         previous = load_json(path)
         doc["rows"] = [r for r in previous.get("rows", []) if (r["family"], r["cut_percent"]) not in only]
         doc["original_answers"] = previous.get("original_answers")
-    if doc["original_answers"] is None:
-        doc["original_answers"] = answers(model, tokenizer, 24)
+    if doc["original_answers"] is None and subject.answers is not None:
+        doc["original_answers"] = subject.answers(model)
 
     for cut in cuts:
         for family in families:
             if only is not None and (family, cut) not in only:
                 continue
             t0 = time.perf_counter()
-            pruned, removed = CUTTERS[family](model, calibration, flops, 1 - cut / 100)
+            pruned, removed = CUTTERS[family](model, subject.calibration, flops, 1 - cut / 100)
             ratio = flops.ratio(pruned)
             energy = None
             if args.energy:
                 from energyprune.measure.api import compare
                 from energyprune.measure.meter import MeterConfig
 
-                comparison = compare(model, pruned, probe, config=MeterConfig(window_s=1.0, repeats=6, precision=0.0))
+                comparison = compare(model, pruned, subject.probe,
+                                     config=MeterConfig(window_s=1.0, repeats=6, precision=0.0))
                 energy = {"ratio": comparison.ratio, "ratio_ci95": list(comparison.ratio_ci95),
                           "provenance": comparison.to_dict()["provenance"]}
             print(f"{family} -{cut}%: {removed}, FLOPs ratio {ratio:.3f}", flush=True)
             done = 0
+            train = subject.train
             for steps in (recover_steps if cut in recover_at else [0]):
                 if steps > done:
                     Distillation(teacher=model, batches=train[done % len(train):] + train[: done % len(train)],
                                  steps=steps - done, lr=args.lr)(pruned)
                     done = steps
-                figures = reference(pruned)
-                figures["perplexity_ratio"] = figures["perplexity"] / original["perplexity"]
+                figures = subject.evaluate(pruned)
                 row = {"family": family, "cut_percent": cut, "steps": steps, "removed": removed,
                        "flops_ratio": ratio, "figures": figures,
-                       "answers": answers(pruned, tokenizer, 24) if cut in recover_at else None,
+                       "answers": subject.answers(pruned) if subject.answers and cut in recover_at else None,
                        "seconds": time.perf_counter() - t0}
                 if energy is not None:
                     row["energy"] = energy
                 doc["rows"] = [r for r in doc["rows"] if row_key(r) != row_key(row)] + [row]
-                print(f"  {steps} steps: exp(-KL) {figures['exp_neg_kl']:.3f}, ppl ratio "
-                      f"{figures['perplexity_ratio']:.2f} ({row['seconds']:.0f} s)", flush=True)
-                save(path, doc, markdown(doc))
-                plot(doc, path.with_suffix(".png"))
+                print(f"  {steps} steps: " + ", ".join(f"{label} {format(figures[key], fmt)}"
+                                                       for key, label, fmt in subject.metrics)
+                      + f" ({row['seconds']:.0f} s)", flush=True)
+                write_all(doc, path)
                 t0 = time.perf_counter()
             del pruned
     doc["complete"] = True
-    save(path, doc, markdown(doc))
-    plot(doc, path.with_suffix(".png"))
+    write_all(doc, path)
     print(f"wrote {path.with_suffix('.md')}")
     return 0
 

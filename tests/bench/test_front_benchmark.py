@@ -1,0 +1,93 @@
+"""benchmarks/front_benchmark.py: each family reaches its FLOPs goal with the smallest amount, and
+the report labels estimated energy on every line that shows it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def front():
+    pytest.importorskip("transformers")
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import front_benchmark
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return front_benchmark
+
+
+@pytest.fixture(scope="module")
+def setup(front):
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=6, num_attention_heads=8,
+                                      num_key_value_heads=4, intermediate_size=128, vocab_size=96)
+    model = transformers.LlamaForCausalLM(config).eval()
+    generator = torch.Generator().manual_seed(1)
+    calibration = [{"input_ids": torch.randint(0, 96, (2, 16), generator=generator), "use_cache": False}
+                   for _ in range(2)]
+    flops = front.Flops(model, {"input_ids": calibration[0]["input_ids"][:1], "use_cache": False})
+    return model, calibration, flops
+
+
+def test_depth_removes_the_fewest_blocks_that_reach_the_goal(front, setup) -> None:
+    model, calibration, flops = setup
+    pruned, removed = front.depth_cut(model, calibration, flops, 0.75)
+    assert flops.ratio(pruned) <= 0.75
+    scores = front.block_scores(model, calibration)
+    one_fewer = front.remove_blocks(model, scores, removed["blocks"] - 1, calibration) if removed["blocks"] > 1 else model
+    assert flops.ratio(one_fewer) > 0.75
+    assert len(pruned.model.layers) == 6 - removed["blocks"]
+
+
+def test_width_takes_the_same_fraction_of_heads_neurons_and_hidden_and_no_more(front, setup) -> None:
+    model, calibration, flops = setup
+    pruned, removed = front.width_cut(model, calibration, flops, 0.8)
+    fraction = removed["width_fraction"]
+    assert flops.ratio(pruned) <= 0.8
+    assert pruned.config.hidden_size < 64 and pruned.model.layers[0].mlp.gate_proj.out_features <= 128
+    scores = front.width_scores(model, calibration)
+    smaller = front.remove_width(model, scores, fraction - 1 / 256, calibration)
+    assert flops.ratio(smaller) > 0.8  # the bisection stopped at the smallest fraction, to 1/256
+    out = pruned(**calibration[0]).logits
+    assert out.shape == (2, 16, 96) and torch.isfinite(out).all()
+
+
+def test_mixed_removes_blocks_to_half_the_cut_then_width(front, setup) -> None:
+    model, calibration, flops = setup
+    pruned, removed = front.mixed_cut(model, calibration, flops, 0.7)
+    assert flops.ratio(pruned) <= 0.7
+    assert removed["blocks"] >= 1 and removed["width_fraction"] > 0
+    shallow = front.remove_blocks(model, front.block_scores(model, calibration), removed["blocks"], calibration)
+    assert flops.ratio(shallow) <= 0.85 < flops.ratio(
+        front.remove_blocks(model, front.block_scores(model, calibration), removed["blocks"] - 1, calibration)
+        if removed["blocks"] > 1 else model)
+
+
+def test_the_report_labels_every_estimated_energy_and_says_when_it_is_incomplete(front, tmp_path) -> None:
+    row = {"family": "depth", "cut_percent": 30, "steps": 0, "removed": {"blocks": 2}, "flops_ratio": 0.69,
+           "figures": {"exp_neg_kl": 0.4, "top1_agreement": 0.5, "perplexity_ratio": 2.0}, "answers": None,
+           "seconds": 3.0, "energy": {"ratio": 0.71, "ratio_ci95": [0.65, 0.78], "provenance": "estimated"}}
+    doc = {"model": "smollm2", "title": "tiny", "device": {"device_name": "cpu-test"}, "date": "2026-12-05",
+           "commit": "abc", "command": "python benchmarks/front_benchmark.py", "recovery": "AdamW",
+           "data": "random", "goal": "a goal", "metrics": [["exp_neg_kl", "held-out exp(-KL)", ".3f"],
+                                                          ["top1_agreement", "top-1 agreement", ".3f"],
+                                                          ["perplexity_ratio", "ppl ratio", ".2f"]],
+           "original_answers": None, "rows": [row, {**row, "steps": 100, "figures": {**row["figures"], "exp_neg_kl": 0.6}}],
+           "complete": False}
+    text = front.markdown(doc)
+    energy_lines = [line for line in text.splitlines() if "0.710 [0.650, 0.780]" in line]
+    assert len(energy_lines) == 2 and all("ESTIMATED" in line for line in energy_lines)
+    assert "Incomplete run" in text and "| 0.600 |" in text
+    pytest.importorskip("matplotlib")
+    front.write_all(doc, tmp_path / "front-smollm2.json")
+    page = (tmp_path / "front-smollm2.html").read_text()
+    assert "ESTIMATED" in page and "data:image/png;base64," in page
