@@ -59,6 +59,9 @@ from energyprune.pruning.surgery.replay import apply_record
 
 logger = logging.getLogger(__name__)
 
+#: How a run over several unit kinds picks each step's kind (`prune_to_energy(kind_choice=...)`).
+KIND_CHOICES = ("flops", "energy")
+
 Evaluate = Callable[[nn.Module], float]
 Recovery = Callable[[nn.Module], "nn.Module | None"]
 
@@ -389,6 +392,7 @@ def prune_to_energy(
     lever_floor: float = DEFAULT_FIDELITY_FLOOR,
     final_recovery: Recovery | None = None,
     fidelity_batches: Iterable[Batch] | None = None,
+    kind_choice: str = "flops",
     **criterion_options: Any,
 ) -> PruneResult:
     """Prune a copy of `model` until one inference on `inputs` meets `target`, measuring every step.
@@ -411,6 +415,10 @@ def prune_to_energy(
       reaches above the goal (`result.outcome` is "median-only" either way).
     fidelity_batches: the batches the default fidelity is measured on (default: `inputs`); give
       held-out real text here, not the calibration data, so that quality means something.
+    kind_choice: with several unit kinds (`unit_kind="neuron,head"`), how each step picks its kind:
+      "flops" (default) by fidelity lost per FLOP saved, FLOPs standing in for joules; "energy" by
+      fidelity lost per joule saved, each kind's candidate compared with the current model by the
+      judge (one comparison per kind per step; the chosen kind's comparison is the step's own).
     run_options: what else defines the run (inputs, device, dtype, meter settings...), JSON-able;
       kept in the checkpoint, and a resume with other values is refused, naming them.
     levers: "auto", lever names ("compile,bf16") or lever objects (`energyprune.levers`), tried on
@@ -441,6 +449,8 @@ def prune_to_energy(
                              f"got {type(judge).__name__}")
     lever_list = resolve_levers(levers, model, inputs)
     lever_floor = _as_quality(lever_floor, "lever_floor")
+    if kind_choice not in KIND_CHOICES:
+        raise UsageError(f"kind_choice must be one of {', '.join(KIND_CHOICES)}, got {kind_choice!r}")
     if resume and checkpoint_dir is None:
         raise UsageError("resume=True needs the checkpoint_dir of the run to resume")
     checkpointer = Checkpointer(checkpoint_dir) if checkpoint_dir is not None else None
@@ -467,7 +477,7 @@ def prune_to_energy(
         calibration=calibration, quality=quality, quality_floor=quality_floor, recovery=recovery, judge=judge,
         checkpointer=checkpointer, max_steps=max_steps, report=report, started=started,
         accept_median=bool(accept_median), run_options=dict(run_options or {}), levers=tuple(lever_list),
-        lever_floor=lever_floor, final_recovery=final_recovery))
+        lever_floor=lever_floor, final_recovery=final_recovery, kind_choice=kind_choice))
     if resume:
         assert checkpointer is not None
         done = loop.restore(checkpointer.load())
@@ -512,6 +522,7 @@ class _Setup:
     lever_floor: float = DEFAULT_FIDELITY_FLOOR
     final_recovery: Recovery | None = None
     criteria: dict[str, Criterion] = dataclasses.field(default_factory=dict)  # per kind, with several kinds
+    kind_choice: str = "flops"
 
 
 class _Loop:
@@ -524,6 +535,7 @@ class _Loop:
         self.criterion_name = setup.criterion_name
         self.kind = setup.kind
         self.criteria = setup.criteria or {setup.kind: setup.criterion}
+        self.kind_choice = setup.kind_choice
         self._kind_scores: dict[str, tuple[list[Unit], dict[Unit, float]]] = {}
         self._kind_totals: dict[str, int] = {}
         self.inputs = setup.inputs
@@ -576,16 +588,17 @@ class _Loop:
             self._kind_scores[kind] = (units, dict(scores))
         return self._kind_scores[kind]
 
-    def choose_kind(self, ratio_now: float) -> tuple[str, list[Unit], str] | None:
+    def choose_kind(self, ratio_now: float) -> tuple[str, list[Unit], str, ComparisonLike | None] | None:
         """With several kinds: for each, the units the schedule would take next, removed on a copy;
-        the kind whose candidate loses the least fidelity per FLOP saved (FLOPs as the proxy of the
-        joules saved: measuring every candidate would cost a comparison each) is this step's. None
-        when no kind has a unit left to remove."""
+        the kind whose candidate loses the least fidelity per FLOP saved (`kind_choice="flops"`:
+        FLOPs as the proxy of the joules saved) or per joule saved (`"energy"`: each candidate
+        compared with the current model by the judge, a comparison per kind) is this step's, with
+        its comparison when one was made. None when no kind has a unit left to remove."""
         state = self.state
         assert state is not None
         options = []
         base_fidelity = state.fidelity if state.fidelity is not None else 1.0
-        if state.applied_levers:  # candidates are compared plain (compiling each would cost minutes)
+        if state.applied_levers:  # candidates' fidelity is taken plain (compiling each would cost minutes)
             plain = self.q.fidelity(self.current)
             base_fidelity = plain if plain is not None else base_fidelity
         base_flops = state.flops
@@ -606,23 +619,43 @@ class _Loop:
             chosen = eligible_units[:n]
             candidate, _ = remove_units(self.current, chosen, calibration=self.calibration)
             fidelity = self.q.fidelity(candidate)
-            flops = self.flops(candidate)
-            saved = (base_flops - flops) if (base_flops is not None and flops is not None) else None
             lost = base_fidelity - fidelity if fidelity is not None else None
-            if saved is None or saved <= 0 or lost is None:
-                cost = math.inf
-            else:
-                cost = max(lost, 0.0) / saved
-            options.append((cost, -(saved or 0), kind, chosen, lost, saved))
+            flops = self.flops(candidate)
+            saved_flops = (base_flops - flops) if (base_flops is not None and flops is not None) else None
+            comparison, saved_j = None, None
+            if self.kind_choice == "energy":
+                comparison = self.judge.compare(self.run_form(self.current), self.run_form(candidate), self.inputs)
+                ratio, high = float(comparison.ratio), float(comparison.ratio_ci95[1])
+                if math.isfinite(ratio) and 0 < ratio and high < 1.0:  # a saving the meter resolved
+                    saved_j = self.current_energy_j() * (1.0 - ratio)
+            saved = saved_j if self.kind_choice == "energy" else saved_flops
+            cost = math.inf if (saved is None or saved <= 0 or lost is None) else max(lost, 0.0) / saved
+            options.append((cost, -(saved or 0), kind, chosen, lost, saved, saved_flops, comparison))
             del candidate
         if not options:
             return None
+        unit = "joule" if self.kind_choice == "energy" else "FLOP"
+        if self.kind_choice == "energy" and all(math.isinf(o[0]) for o in options):
+            # No candidate's saving was resolved: FLOPs decide rather than the order of the kinds.
+            unit = "FLOP (no kind's energy saving was resolved by the meter)"
+            options = [(math.inf if (o[6] is None or o[6] <= 0 or o[4] is None) else max(o[4], 0.0) / o[6],
+                        -(o[6] or 0), *o[2:]) for o in options]
         options.sort(key=lambda o: (o[0], o[1]))
-        cost, _, kind, chosen, lost, saved = options[0]
-        why = "; ".join(f"{k}: {len(c)} units, fidelity -{ls:.4f} for {sv / 1e6:.4g} MFLOPs"
-                        if ls is not None and sv is not None else f"{k}: {len(c)} units, not comparable"
-                        for _, _, k, c, ls, sv in options)
-        return kind, chosen, f"kind {kind} chosen by fidelity lost per FLOP saved ({why})"
+        _, _, kind, chosen, _, _, _, comparison = options[0]
+
+        def saving(option: tuple[Any, ...]) -> str:
+            if self.kind_choice == "energy":
+                return "saving not resolved" if option[5] is None else f"{option[5] * 1e3:.4g} mJ/inference"
+            return "FLOPs not counted" if option[6] is None else f"{option[6] / 1e6:.4g} MFLOPs"
+
+        why = "; ".join(f"{o[2]}: {len(o[3])} units, fidelity -{o[4]:.4f} for {saving(o)}"
+                        if o[4] is not None else f"{o[2]}: {len(o[3])} units, fidelity not measured" for o in options)
+        return kind, chosen, f"kind {kind} chosen by fidelity lost per {unit} saved ({why})", comparison
+
+    def current_energy_j(self) -> float:
+        """The current model's energy per inference as the loop tracks it (original x running ratio)."""
+        assert self.state is not None
+        return self.state.original.per_inference_j * math.exp(self.state.log_energy)
 
     def scores_now(self) -> tuple[list[Unit], dict[Unit, float]]:
         if "," in self.kind:
@@ -774,7 +807,7 @@ class _Loop:
                 picked = self.choose_kind(ratio_now)
                 if picked is None:
                     return self.finish("nothing-left", f"no unit of {self.kind} is left that may be removed")
-                stop = self.step(picked[1], note=picked[2])
+                stop = self.step(picked[1], note=picked[2], measured=picked[3])
                 if stop is not None:
                     return stop
                 continue
@@ -800,8 +833,10 @@ class _Loop:
             if stop is not None:
                 return stop
 
-    def step(self, chosen: list[Unit], note: str = "") -> PruneResult | None:
-        """Try removing `chosen` from the current model; returns a result when the loop stops."""
+    def step(self, chosen: list[Unit], note: str = "", measured: ComparisonLike | None = None) -> PruneResult | None:
+        """Try removing `chosen` from the current model; returns a result when the loop stops.
+        `measured`: the comparison of this very candidate with the current model, already made when
+        the kind was chosen by energy (recovery changes weights, not shapes, so it still holds)."""
         state = self.state
         assert state is not None
         if note:
@@ -840,7 +875,8 @@ class _Loop:
             return self.finish("quality-floor",
                                f"removing even one more {self.kind} ({paths}) brings the quality to {quality:.4g}, "
                                f"below the floor {self.quality_floor:.4g}")
-        comparison = self.judge.compare(self.run_form(self.current), self.run_form(candidate), self.inputs)
+        comparison = measured if measured is not None else self.judge.compare(
+            self.run_form(self.current), self.run_form(candidate), self.inputs)
         ratio = float(comparison.ratio)
         interval = (float(comparison.ratio_ci95[0]), float(comparison.ratio_ci95[1]))
         if not (math.isfinite(ratio) and ratio > 0):

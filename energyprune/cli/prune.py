@@ -102,6 +102,10 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
                       help="lossless first: try these levers on the original before pruning (auto: every one that "
                            "may apply here; or names such as compile,bf16; see energyprune advise), run the model "
                            "with those worth it, and prune only for the rest (default none)")
+    loop.add_argument("--choose-kind-by", choices=("flops", "energy"), default="flops",
+                      help="with several unit kinds (--unit-kind neuron,head): pick each step's kind by fidelity lost "
+                           "per FLOP saved (flops, default) or per joule saved, measuring every kind's candidate "
+                           "(energy: one more comparison per kind and step)")
     loop.add_argument("--lever-floor", type=options.probability, default=0.99, metavar="F",
                       help="the fidelity a lever must keep to be applied (default 0.99)")
     loop.add_argument("--recovery-lr", type=options.positive_float, default=1e-4, metavar="LR",
@@ -135,7 +139,8 @@ RUN_FLAGS = (("--unit-kind", "unit_kind"), ("--quality-floor", "quality_floor"),
              ("--input-shape", "input_shape"), ("--device", "device"), ("--dtype", "dtype"),
              ("--backend", "backend"), ("--duration", "duration"), ("--repeats", "repeats"),
              ("--precision", "precision"), ("--max-duration", "max_duration"), ("--idle", "idle"),
-             ("--cpu-tdp-w", "cpu_tdp_w"), ("--levers", "levers"), ("--lever-floor", "lever_floor"))
+             ("--cpu-tdp-w", "cpu_tdp_w"), ("--levers", "levers"), ("--lever-floor", "lever_floor"),
+             ("--choose-kind-by", "choose_kind_by"))
 #: Options that may change on resume: how far to go and how to judge the end.
 FREE_FLAGS = (("--max-steps", "max_steps"), ("--accept-median", "accept_median"), ("--trust-code", "trust_code"),
               ("--no-trace", "no_trace"), ("--country", "country"), ("--region", "region"),
@@ -147,6 +152,8 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
     if values["input_shape"] is not None:
         values["input_shape"] = list(values["input_shape"])
     values["criterion_options"] = {k: v for k, v in args.criterion_option}
+    if values.get("choose_kind_by") == "flops":
+        del values["choose_kind_by"]  # the default: checkpoints made before the option existed still resume
     return values
 
 
@@ -326,7 +333,7 @@ def _prune(args: argparse.Namespace, config: Any, directory: Path | None, replac
             quality_floor=args.quality_floor, recovery=recovery, judge=judge, checkpoint_dir=directory,
             resume=args.resume, max_steps=args.max_steps, progress=live, accept_median=args.accept_median,
             run_options=_run_options(args), levers=args.levers, lever_floor=args.lever_floor,
-            final_recovery=final_recovery, fidelity_batches=fidelity_batches,
+            final_recovery=final_recovery, fidelity_batches=fidelity_batches, kind_choice=args.choose_kind_by,
             **dict(args.criterion_option))
     except PruneInterrupted as interrupt:
         live.close()

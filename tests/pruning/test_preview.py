@@ -90,3 +90,46 @@ def test_several_kinds_need_a_criterion_by_name_and_known_kinds():
 def test_hidden_channels_hold_nearly_every_flop():
     preview = preview_cost(tiny("llama"), inputs(), "hidden", 0.7)
     assert preview.cost.removable_share > 0.85 and not preview.too_costly  # all projections and lm_head
+
+
+class AttentionOnlyJudge:
+    """Charges 1 nJ per attention parameter: removing MLP neurons saves no energy at all."""
+
+    def __new__(cls, **options):
+        from tests.budget.scripted import FlopsJudge, ScriptedMeasurement
+
+        class Judge(FlopsJudge):
+            def _measurement(self, model, inputs):
+                n = sum(p.numel() for name, p in model.named_parameters() if "self_attn" in name)
+                energy = n * 1e-9
+                return ScriptedMeasurement(energy, {"median": n * 1e-9}, 20.0, (energy * 0.99, energy * 1.01))
+
+        return Judge(**options)
+
+
+def test_choosing_kinds_by_energy_measures_each_candidate_and_follows_the_joules():
+    from energyprune.budget import prune_to_energy
+
+    judge = AttentionOnlyJudge()
+    result = prune_to_energy(tiny("llama"), "-30%", "magnitude", unit_kind="neuron,head", inputs=inputs(),
+                             judge=judge, accept_median=True, max_steps=8, kind_choice="energy")
+    accepted = [s for s in result.steps if s.accepted]
+    assert accepted and all("chosen by fidelity lost per joule saved" in s.note for s in accepted)
+    assert all({u.kind for u in s.removed} == {"head"} for s in accepted)  # neurons save no joule here
+    assert "neuron: " in accepted[0].note and "saving not resolved" in accepted[0].note
+    # Two candidates compared per step, the chosen one's comparison being the step's own (not a
+    # third), and one confirmation of the final model against the original.
+    assert result.outcome == "reached" and judge.compares == 2 * len(result.steps) + 1
+    assert result.final.energy_ratio <= 0.7 * 1.02
+
+
+def test_choosing_kinds_by_energy_falls_back_to_flops_when_no_saving_is_resolved():
+    from energyprune.budget import prune_to_energy
+    from tests.budget.scripted import FlopsJudge
+
+    result = prune_to_energy(tiny("llama"), "-30%", "magnitude", unit_kind="neuron,head", inputs=inputs(),
+                             judge=FlopsJudge(half_width=0.5), accept_median=True, max_steps=2, kind_choice="energy")
+    assert result.steps and all("no kind's energy saving was resolved" in s.note for s in result.steps)
+    with pytest.raises(UsageError, match="kind_choice must be one of flops, energy"):
+        prune_to_energy(tiny("llama"), "-30%", "magnitude", unit_kind="neuron,head", inputs=inputs(),
+                        judge=FlopsJudge(), kind_choice="joules")
