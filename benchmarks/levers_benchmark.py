@@ -128,15 +128,18 @@ def markdown(doc: dict[str, Any]) -> str:
                   f"Original: {base['per_sample_j']:.4g} J/sample{tag}, latency {base['latency_s']['median'] * 1e3:.3g} ms "
                   f"per call (batch {base['batch_size']}); {anatomy['statement']}. Fidelity on "
                   f"{data['fidelity_data']}.", "",
-                  "| lever | J/sample" + tag + " | ratio | 95% interval | fidelity | max abs diff | verdict |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "| lever | J/sample" + tag + " | original alongside | ratio | 95% interval | fidelity | max abs diff "
+                  "| verdict |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         rows = [r for r in data["levers"] if r["status"] == "measured"]
         if data.get("combined") and data["combined"]["status"] == "measured":
             rows.append(data["combined"])
         for r in rows:
             fid = r.get("fidelity") or {}
             value = fid.get("fidelity")
-            lines.append(f"| {r['name']}{' (lossy)' if r['lossy'] else ''} | {r['per_sample_j']:.4g} | {r['ratio']:.3f} | "
+            alongside = r.get("original_per_sample_j")
+            lines.append(f"| {r['name']}{' (lossy)' if r['lossy'] else ''} | {r['per_sample_j']:.4g} | "
+                         f"{'n/a' if alongside is None else f'{alongside:.4g}'} | {r['ratio']:.3f} | "
                          f"{r['ratio_ci95'][0]:.3f} .. {r['ratio_ci95'][1]:.3f} | "
                          f"{'n/a' if value is None else f'{value:.5f}'} | {fid.get('max_abs_error', float('nan')):.2g} | "
                          f"{r['verdict']} |")

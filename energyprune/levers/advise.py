@@ -51,6 +51,9 @@ class LeverOutcome:
     per_inference_j: float | None = None
     per_sample_j: float | None = None
     per_sample_ci95_j: tuple[float, float] | None = None
+    # The original's J/sample in the same interleaved comparison: the ratio compares these two, and
+    # both move with the machine (a shared CPU), so the lever's J/sample alone can mislead.
+    original_per_sample_j: float | None = None
     latency_s: float | None = None
     fidelity: Mapping[str, Any] | None = None  # output_fidelity's dict, or None (batch levers)
     worth_it: bool = False
@@ -64,6 +67,7 @@ class LeverOutcome:
                 "ratio_ci95": list(self.ratio_ci95) if self.ratio_ci95 else None,
                 "per_inference_j": self.per_inference_j, "per_sample_j": self.per_sample_j,
                 "per_sample_ci95_j": list(self.per_sample_ci95_j) if self.per_sample_ci95_j else None,
+                "original_per_sample_j": self.original_per_sample_j,
                 "latency_s": self.latency_s, "fidelity": dict(self.fidelity) if self.fidelity else None,
                 "worth_it": self.worth_it, "verdict": self.verdict, "provenance": self.provenance,
                 "levers": list(self.levers)}
@@ -183,6 +187,7 @@ def evaluate_lever(model: nn.Module, lever: Lever, context: LeverContext, *, bac
     outcome = replace(base, status="measured", batch_size=batch, ratio=comparison.ratio * per_sample,
                       ratio_ci95=(low * per_sample, high * per_sample), per_inference_j=b.per_inference_j,
                       per_sample_j=b.per_inference_j / batch, per_sample_ci95_j=(b_low / batch, b_high / batch),
+                      original_per_sample_j=comparison.a.per_inference_j / context.batch_size,
                       latency_s=_median_latency(b), fidelity=fidelity, provenance=_provenance(comparison))
     return _judge(outcome, floor)
 

@@ -37,10 +37,11 @@ def _baseline_row(result: Mapping[str, Any]) -> dict[str, Any]:
 def lever_rows(result: Mapping[str, Any]) -> list[list[str]]:
     tag = " (EST.)" if is_estimated(result.get("provenance")) else ""
     base = result["baseline"]
-    rows = [["lever", "J/call" + tag, "J/sample" + tag, "95% interval / sample", "ratio / sample",
+    rows = [["lever", "J/call" + tag, "J/sample" + tag, "95% interval / sample", "original alongside" + tag,
+             "ratio / sample",
              "ratio 95% interval", "latency / call", "fidelity", "verdict"]]
     rows.append(["original", format_energy(base["per_inference_j"]), format_energy(base["per_sample_j"]),
-                 _interval(_baseline_row(result)["ci95_per_sample_j"]), "1", "", format_time(base["latency_s"]["median"]),
+                 _interval(_baseline_row(result)["ci95_per_sample_j"]), "", "1", "", format_time(base["latency_s"]["median"]),
                  "1 (itself)", f"batch {base['batch_size']}"])
     measured = [r for r in result["levers"] if r["status"] == "measured"]
     if result.get("combined") and result["combined"]["status"] == "measured":
@@ -48,7 +49,9 @@ def lever_rows(result: Mapping[str, Any]) -> list[list[str]]:
     for r in measured:
         name = r["name"] + (" (lossy)" if r.get("lossy") else "") + (f" [batch {r['batch_size']}]" if r.get("workload") else "")
         rows.append([name, format_energy(r["per_inference_j"]), format_energy(r["per_sample_j"]),
-                     _interval(r["per_sample_ci95_j"]), f"{r['ratio']:.3f}",
+                     _interval(r["per_sample_ci95_j"]),
+                     format_energy(r["original_per_sample_j"]) if r.get("original_per_sample_j") else "n/a",
+                     f"{r['ratio']:.3f}",
                      _interval(r["ratio_ci95"], lambda v: f"{v:.3f}"), format_time(r["latency_s"]), _fidelity(r),
                      r["verdict"]])
     return rows

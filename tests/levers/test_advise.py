@@ -104,6 +104,9 @@ def test_a_batch_lever_is_compared_per_sample():
     # the same energy per call for 8 samples instead of 2: a quarter per sample
     assert outcome.batch_size == 8 and outcome.workload
     assert outcome.ratio == pytest.approx(0.25, rel=0.05)
+    # the original's J/sample from the same interleaved windows stands beside the lever's: their
+    # quotient is the ratio (to the interleaving's pairing of windows)
+    assert outcome.original_per_sample_j == pytest.approx(outcome.per_sample_j / outcome.ratio, rel=0.05)
     assert outcome.fidelity["max_abs_error"] < 1e-5
     assert advice.worth_it == []  # the batch is the deployment's choice, not a lever the loop picks
 
@@ -126,6 +129,6 @@ def test_the_advice_renders_as_text_markdown_and_html():
     assert "half" in text and "worth it" in text and "elsewhere: needs a GPU" in text
     assert "where it goes" in text
     markdown = render(data, "md")
-    assert "| half" in markdown and "Skipped" in markdown
+    assert "| half" in markdown and "Skipped" in markdown and "original alongside" in markdown
     pytest.importorskip("matplotlib")
     assert "data:image/png" in render(data, "html")
