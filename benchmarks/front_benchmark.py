@@ -58,8 +58,12 @@ from energyprune.pruning.criteria import get_criterion  # noqa: E402
 from energyprune.pruning.kinds import remove_units  # noqa: E402
 from energyprune.pruning.oneshot import select  # noqa: E402
 
-FAMILIES = ("depth", "width", "mixed")
+FAMILIES = ("depth", "width", "mixed", "width-no-hidden")
 WIDTH_KINDS = ("neuron", "head", "hidden")
+
+
+class Unreachable(Exception):
+    """No amount of a family's units reaches the FLOPs goal (the row is recorded as such)."""
 SCHEMA = "energyprune.front-benchmark/1"
 
 Batches = list[dict[str, Any]]
@@ -176,12 +180,13 @@ def depth_cut(model: torch.nn.Module, calibration: Batches, flops: Flops,
         ratio = flops.ratio(pruned)
         if ratio <= goal:
             return pruned, {"blocks": count}
-    raise SystemExit(f"no number of blocks reaches a FLOPs ratio of {goal}")
+    raise Unreachable(f"no number of blocks reaches a FLOPs ratio of {goal:.2f}")
 
 
-def width_scores(model: torch.nn.Module, calibration: Batches) -> dict[str, dict[Any, float]]:
+def width_scores(model: torch.nn.Module, calibration: Batches,
+                 kinds: tuple[str, ...] = WIDTH_KINDS) -> dict[str, dict[Any, float]]:
     scores = {}
-    for kind in WIDTH_KINDS:
+    for kind in kinds:
         units = units_for(model, kind, calibration)
         scores[kind] = dict(get_criterion("taylor", unit_kind=kind).score(model, units, calibration))
     return scores
@@ -193,21 +198,22 @@ def remove_width(model: torch.nn.Module, scores: dict[str, dict[Any, float]], fr
     own dimension (heads: attention width, neurons: MLP width, hidden: the residual stream), so
     units chosen on `model` stay valid after the other kinds are removed."""
     pruned = model
-    for kind in WIDTH_KINDS:
+    for kind in scores:
         chosen = select(scores[kind], fraction, kind)
         if chosen:
             pruned, _ = remove_units(pruned, chosen, calibration=calibration)
     return pruned
 
 
-def width_cut(model: torch.nn.Module, calibration: Batches, flops: Flops,
-              goal: float) -> tuple[torch.nn.Module, dict[str, Any]]:
+def width_cut(model: torch.nn.Module, calibration: Batches, flops: Flops, goal: float,
+              kinds: tuple[str, ...] = WIDTH_KINDS) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The smallest fraction (to 1/256) of every width kind whose removal reaches `goal`."""
-    scores = width_scores(model, calibration)
+    scores = width_scores(model, calibration, kinds)
     low, high = 0.0, 0.6
     best = remove_width(model, scores, high, calibration)
     if flops.ratio(best) > goal:
-        raise SystemExit(f"removing 60% of every width kind does not reach a FLOPs ratio of {goal}")
+        raise Unreachable(f"removing 60% of every kind of {', '.join(kinds)} does not reach a FLOPs ratio of "
+                          f"{goal:.2f}")
     while high - low > 1 / 256:
         middle = (low + high) / 2
         candidate = remove_width(model, scores, middle, calibration)
@@ -233,8 +239,15 @@ def mixed_cut(model: torch.nn.Module, calibration: Batches, flops: Flops,
     return pruned, {"blocks": count, **width}
 
 
+def width_no_hidden_cut(model: torch.nn.Module, calibration: Batches, flops: Flops,
+                        goal: float) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Width without the residual stream: KV groups and MLP neurons only (embeddings and lm_head keep
+    their size, so more of each is needed)."""
+    return width_cut(model, calibration, flops, goal, ("neuron", "head"))
+
+
 CUTTERS: dict[str, Callable[..., tuple[torch.nn.Module, dict[str, Any]]]] = {
-    "depth": depth_cut, "width": width_cut, "mixed": mixed_cut}
+    "depth": depth_cut, "width": width_cut, "mixed": mixed_cut, "width-no-hidden": width_no_hidden_cut}
 
 
 def row_key(row: dict[str, Any]) -> tuple[str, int, int]:
@@ -245,7 +258,7 @@ def intro(doc: dict[str, Any]) -> list[str]:
     return [f"Made {doc['date']} with `{doc['command']}` (commit {doc['commit']}).",
             "Families: depth = whole blocks by cosine-block; width = KV groups, MLP neurons and hidden "
             "channels, the same fraction of each, ranked across layers by Taylor importance; mixed = "
-            "blocks to half the cut, then width. Each row prunes to the smallest amount whose FLOPs "
+            "blocks to half the cut, then width; width-no-hidden = KV groups and MLP neurons only. Each row prunes to the smallest amount whose FLOPs "
             "ratio (the probe's batch) is at or below 1 - cut.",
             f"Distillation: {doc['recovery']}. Data: {doc['data']}."]
 
@@ -299,6 +312,8 @@ def markdown(doc: dict[str, Any]) -> str:
     if with_energy:
         lines += ["", ESTIMATED_NOTE]
     lines += ["", doc["goal"], ""]
+    for why in doc.get("unreachable", []):
+        lines += [f"Not reachable: {why}.", ""]
     if not doc.get("complete"):
         lines += [f"**Incomplete run**: {len(doc['rows'])} row(s) written so far.", ""]
     lines += [f"![front](front-{doc['model']}.png)", ""]
@@ -348,7 +363,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 
     panels = [doc["metrics"][0], doc["metrics"][-1]]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    colours = {"depth": "tab:blue", "width": "tab:orange", "mixed": "tab:green"}
+    colours = {"depth": "tab:blue", "width": "tab:orange", "mixed": "tab:green", "width-no-hidden": "tab:red"}
     step_counts = sorted({r["steps"] for r in doc["rows"]})
     for family in FAMILIES:
         for steps in step_counts:
@@ -432,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         previous = load_json(path)
         doc["rows"] = [r for r in previous.get("rows", []) if (r["family"], r["cut_percent"]) not in only]
         doc["original_answers"] = previous.get("original_answers")
+        doc["unreachable"] = [u for u in previous.get("unreachable", [])
+                              if (u.split(" -")[0], int(u.split(" -")[1].split("%")[0])) not in only]
     if doc["original_answers"] is None and subject.answers is not None:
         doc["original_answers"] = subject.answers(model)
 
@@ -440,7 +457,13 @@ def main(argv: list[str] | None = None) -> int:
             if only is not None and (family, cut) not in only:
                 continue
             t0 = time.perf_counter()
-            pruned, removed = CUTTERS[family](model, subject.calibration, flops, 1 - cut / 100)
+            try:
+                pruned, removed = CUTTERS[family](model, subject.calibration, flops, 1 - cut / 100)
+            except Unreachable as why:
+                print(f"{family} -{cut}%: {why}", flush=True)
+                doc["unreachable"] = sorted({*doc.get("unreachable", []), f"{family} -{cut}%: {why}"})
+                write_all(doc, path)
+                continue
             ratio = flops.ratio(pruned)
             energy = None
             if args.energy:

@@ -61,6 +61,14 @@ def test_width_takes_the_same_fraction_of_heads_neurons_and_hidden_and_no_more(f
     assert out.shape == (2, 16, 96) and torch.isfinite(out).all()
 
 
+def test_width_without_hidden_keeps_the_residual_stream_and_an_unreachable_goal_is_said(front, setup) -> None:
+    model, calibration, flops = setup
+    pruned, removed = front.width_no_hidden_cut(model, calibration, flops, 0.9)
+    assert flops.ratio(pruned) <= 0.9 and pruned.config.hidden_size == 64 and removed["width_fraction"] > 0
+    with pytest.raises(front.Unreachable, match="does not reach a FLOPs ratio of 0.05"):
+        front.width_no_hidden_cut(model, calibration, flops, 0.05)
+
+
 def test_mixed_removes_blocks_to_half_the_cut_then_width(front, setup) -> None:
     model, calibration, flops = setup
     pruned, removed = front.mixed_cut(model, calibration, flops, 0.7)
