@@ -3,6 +3,7 @@ and without distillation (issue 12's deciding benchmark, the parts a 2-core CPU 
 
     python benchmarks/front_benchmark.py                                  # SmolLM2, -10/-20/-30/-40%, distil at -30%
     python benchmarks/front_benchmark.py --model minilm                   # all-MiniLM-L6-v2
+    python benchmarks/front_benchmark.py --model efficientnet             # EfficientNet-Lite0 (a CNN)
     python benchmarks/front_benchmark.py --cuts 30 --recover-steps 0,100,400 --families width
     python benchmarks/front_benchmark.py --only depth:30                  # rerun one row, keep the others
 
@@ -21,7 +22,11 @@ the original, perplexity ratio, and greedy answers to ten fixed questions; disti
 logits, 4 x 128 tokens a step. all-MiniLM-L6-v2: calibration and distillation on lee_background
 documents (16 a step, 128 tokens), figures on the 50 lee.cor documents: embedding cosine against the
 original and the Pearson r of their 1225 pairwise cosines with human similarity scores;
-distillation is MSE of the last hidden state. Distillation (AdamW) runs at `--recover-at` cuts only,
+distillation is MSE of the last hidden state. EfficientNet-Lite0: width is channels of every group of
+coupled layers (torch-pruning's DependencyGraph), depth its shape-preserving blocks; calibration and
+distillation on crops of six scikit-image photographs, figures (top-1 / top-5 agreement with the
+original's classes, exp(-KL)) on crops of the other twelve; distillation is KL on the class
+distributions, 8 crops a step. Distillation (AdamW) runs at `--recover-at` cuts only,
 each step count cumulative.
 `--energy` adds an interleaved comparison with the original per row (ESTIMATED on a machine without
 counters, and labelled so; the FLOPs ratio stands beside it). The JSON and Markdown are rewritten
@@ -66,7 +71,7 @@ class Unreachable(Exception):
     """No amount of a family's units reaches the FLOPs goal (the row is recorded as such)."""
 SCHEMA = "energyprune.front-benchmark/1"
 
-Batches = list[dict[str, Any]]
+Batches = list[Any]  # dicts of tensors (language models) or image tensors
 
 
 @dataclass
@@ -79,13 +84,15 @@ class Subject:
     model: torch.nn.Module
     calibration: Batches
     train: Batches
-    probe: dict[str, Any]
+    probe: dict[str, Any] | torch.Tensor
     evaluate: Callable[[torch.nn.Module], dict[str, float]]
     metrics: tuple[tuple[str, str, str], ...]  # (key, label, format)
     goal: str
     recovery: str
     data: str
     answers: Callable[[torch.nn.Module], list[str]] | None = None
+    width_kinds: tuple[str, ...] = WIDTH_KINDS  # what "width" removes in this model
+    families: tuple[str, ...] = FAMILIES  # the families that apply to it
 
 
 def smollm2_subject() -> Subject:
@@ -147,13 +154,43 @@ def minilm_subject() -> Subject:
     )
 
 
-SUBJECTS: dict[str, Callable[[], Subject]] = {"smollm2": smollm2_subject, "minilm": minilm_subject}
+#: EfficientNet's photographs split by source (the channels benchmark's split): calibration and
+#: distillation crops come from these six, every figure from the other twelve.
+CALIBRATION_PHOTOS = ("coffee", "rocket", "camera", "coins", "brick", "grass")
+
+
+def efficientnet_subject() -> Subject:
+    from energyprune.metrics.fidelity import ClassReference
+
+    model = zoo.load_efficientnet_lite0().eval()
+    heldout_photos = tuple(s for s in zoo.IMAGE_SOURCES if s not in CALIBRATION_PHOTOS)
+    calibration, _ = zoo.image_crops(CALIBRATION_PHOTOS, 2, seed=0)
+    train, _ = zoo.image_crops(CALIBRATION_PHOTOS, 64, seed=2)
+    heldout, _ = zoo.image_crops(heldout_photos, 4, seed=1)
+    reference = ClassReference(model, list(heldout.split(24)))
+    return Subject(
+        key="efficientnet", title="EfficientNet-Lite0", model=model, calibration=list(calibration.split(6)),
+        train=list(train.split(8)), probe=heldout[:1], evaluate=reference,
+        metrics=(("top1_agreement", "held-out top-1 agreement", ".3f"), ("top5_agreement", "top-5 agreement", ".3f"),
+                 ("exp_neg_kl", "held-out exp(-KL)", ".3f")),
+        goal="No ImageNet labels offline: agreement with the unpruned model's classes on photographs it never "
+             "saw in calibration or distillation.",
+        recovery="AdamW, KL on the class distributions at T=1, all weights (BatchNorm statistics frozen), "
+                 "batches of 8 crops",
+        data=f"calibration (Taylor gradients): scikit-image photographs {', '.join(CALIBRATION_PHOTOS)}, 2 random "
+             f"resized crops each (seed 0); distillation: 64 other crops of the same photographs (seed 2); "
+             f"held-out: the other {len(heldout_photos)} photographs, 4 crops each ({len(heldout)} images, seed 1)",
+        width_kinds=("channel",), families=("depth", "width", "mixed"))
+
+
+SUBJECTS: dict[str, Callable[[], Subject]] = {
+    "smollm2": smollm2_subject, "minilm": minilm_subject, "efficientnet": efficientnet_subject}
 
 
 class Flops:
-    """FLOPs ratios against the original on one probe of 1 x 128 tokens."""
+    """FLOPs ratios against the original on one probe (1 x 128 tokens, or one 224 x 224 photograph)."""
 
-    def __init__(self, model: torch.nn.Module, probe: dict[str, Any]) -> None:
+    def __init__(self, model: torch.nn.Module, probe: dict[str, Any] | torch.Tensor) -> None:
         self.probe = probe
         self.base = count_flops(model, probe)
 
@@ -171,9 +208,10 @@ def remove_blocks(model: torch.nn.Module, scores: dict[Any, float], count: int, 
     return pruned
 
 
-def depth_cut(model: torch.nn.Module, calibration: Batches, flops: Flops,
-              goal: float) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The fewest blocks, lowest cosine-block score first, whose removal reaches `goal`."""
+def depth_cut(model: torch.nn.Module, calibration: Batches, flops: Flops, goal: float,
+              kinds: tuple[str, ...] = WIDTH_KINDS) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The fewest blocks, lowest cosine-block score first, whose removal reaches `goal` (`kinds`,
+    the width kinds, play no part)."""
     scores = block_scores(model, calibration)
     for count in range(1, len(scores)):
         pruned = remove_blocks(model, scores, count, calibration)
@@ -224,8 +262,8 @@ def width_cut(model: torch.nn.Module, calibration: Batches, flops: Flops, goal: 
     return best, {"width_fraction": round(high, 4)}
 
 
-def mixed_cut(model: torch.nn.Module, calibration: Batches, flops: Flops,
-              goal: float) -> tuple[torch.nn.Module, dict[str, Any]]:
+def mixed_cut(model: torch.nn.Module, calibration: Batches, flops: Flops, goal: float,
+              kinds: tuple[str, ...] = WIDTH_KINDS) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Blocks until half the cut, then width on the block-pruned model for the rest."""
     scores = block_scores(model, calibration)
     halfway = 1 - (1 - goal) / 2
@@ -235,15 +273,15 @@ def mixed_cut(model: torch.nn.Module, calibration: Batches, flops: Flops,
         shallow = remove_blocks(model, scores, count, calibration)
     if flops.ratio(shallow) <= goal:
         return shallow, {"blocks": count, "width_fraction": 0.0}
-    pruned, width = width_cut(shallow, calibration, flops, goal)
+    pruned, width = width_cut(shallow, calibration, flops, goal, kinds)
     return pruned, {"blocks": count, **width}
 
 
-def width_no_hidden_cut(model: torch.nn.Module, calibration: Batches, flops: Flops,
-                        goal: float) -> tuple[torch.nn.Module, dict[str, Any]]:
+def width_no_hidden_cut(model: torch.nn.Module, calibration: Batches, flops: Flops, goal: float,
+                        kinds: tuple[str, ...] = WIDTH_KINDS) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Width without the residual stream: KV groups and MLP neurons only (embeddings and lm_head keep
     their size, so more of each is needed)."""
-    return width_cut(model, calibration, flops, goal, ("neuron", "head"))
+    return width_cut(model, calibration, flops, goal, tuple(k for k in kinds if k != "hidden"))
 
 
 CUTTERS: dict[str, Callable[..., tuple[torch.nn.Module, dict[str, Any]]]] = {
@@ -255,11 +293,17 @@ def row_key(row: dict[str, Any]) -> tuple[str, int, int]:
 
 
 def intro(doc: dict[str, Any]) -> list[str]:
+    if doc.get("width_kinds") == ["channel"]:
+        families = ("Families: depth = whole shape-preserving blocks by cosine-block; width = channels of every "
+                    "group of coupled layers (traced by torch-pruning's DependencyGraph), ranked across groups by "
+                    "Taylor importance; mixed = blocks to half the cut, then width.")
+    else:
+        families = ("Families: depth = whole blocks by cosine-block; width = KV groups, MLP neurons and hidden "
+                    "channels, the same fraction of each, ranked across layers by Taylor importance; mixed = "
+                    "blocks to half the cut, then width; width-no-hidden = KV groups and MLP neurons only.")
     return [f"Made {doc['date']} with `{doc['command']}` (commit {doc['commit']}).",
-            "Families: depth = whole blocks by cosine-block; width = KV groups, MLP neurons and hidden "
-            "channels, the same fraction of each, ranked across layers by Taylor importance; mixed = "
-            "blocks to half the cut, then width; width-no-hidden = KV groups and MLP neurons only. Each row prunes to the smallest amount whose FLOPs "
-            "ratio (the probe's batch) is at or below 1 - cut.",
+            families + " Each row prunes to the smallest amount whose FLOPs ratio (the probe's batch) is at or "
+            "below 1 - cut.",
             f"Distillation: {doc['recovery']}. Data: {doc['data']}."]
 
 
@@ -406,7 +450,8 @@ def parse_only(text: str | None) -> set[tuple[str, int]] | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2", choices=sorted(SUBJECTS))
-    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--families", default=None,
+                        help=f"comma-separated, from {', '.join(FAMILIES)} (default: all that apply to the model)")
     parser.add_argument("--cuts", default="10,20,30,40", help="FLOPs cuts in percent")
     parser.add_argument("--recover-at", default="30", help="cuts (percent) at which to distil")
     parser.add_argument("--recover-steps", default="0,100,400", help="cumulative distillation step counts")
@@ -415,10 +460,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="family:cut items to (re)run; other rows of the JSON are kept")
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    families = [f for f in args.families.split(",") if f]
-    unknown = sorted(set(families) - set(FAMILIES))
-    if unknown:
-        raise SystemExit(f"unknown families {unknown}: choose from {', '.join(FAMILIES)}")
     cuts = [int(c) for c in args.cuts.split(",")]
     recover_at = {int(c) for c in args.recover_at.split(",") if c}
     recover_steps = sorted({int(s) for s in args.recover_steps.split(",")} | {0})
@@ -427,6 +468,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     device = torch.device("cpu")
     subject = SUBJECTS[args.model]()
+    families = list(subject.families) if args.families is None else [f for f in args.families.split(",") if f]
+    unknown = sorted(set(families) - set(subject.families))
+    if unknown:
+        raise SystemExit(f"families {unknown} do not apply to {subject.title}: choose from {', '.join(subject.families)}")
     model = subject.model
     flops = Flops(model, subject.probe)
     original = subject.evaluate(model)
@@ -439,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         "schema": SCHEMA, "model": subject.key, "title": subject.title, "device": device_record(device),
         "date": datetime.date.today().isoformat(), "commit": commit or "unknown",
         "command": "python benchmarks/front_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "metrics": [list(m) for m in subject.metrics], "goal": subject.goal,
+        "metrics": [list(m) for m in subject.metrics], "goal": subject.goal, "width_kinds": list(subject.width_kinds),
         "recovery": f"{subject.recovery}, lr {args.lr:g}", "data": subject.data,
         "original": original, "original_answers": None, "rows": [], "complete": False,
     }
@@ -458,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             t0 = time.perf_counter()
             try:
-                pruned, removed = CUTTERS[family](model, subject.calibration, flops, 1 - cut / 100)
+                pruned, removed = CUTTERS[family](model, subject.calibration, flops, 1 - cut / 100,
+                                                  subject.width_kinds)
             except Unreachable as why:
                 print(f"{family} -{cut}%: {why}", flush=True)
                 doc["unreachable"] = sorted({*doc.get("unreachable", []), f"{family} -{cut}%: {why}"})

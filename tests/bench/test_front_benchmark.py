@@ -99,3 +99,22 @@ def test_the_report_labels_every_estimated_energy_and_says_when_it_is_incomplete
     front.write_all(doc, tmp_path / "front-smollm2.json")
     page = (tmp_path / "front-smollm2.html").read_text()
     assert "ESTIMATED" in page and "data:image/png;base64," in page
+
+
+def test_width_of_a_cnn_is_its_coupled_channels_ranked_across_groups(front) -> None:
+    pytest.importorskip("torch_pruning")
+    from tests.vision_models import small_mobilenet_v3
+
+    model, images = small_mobilenet_v3()
+    calibration = [images]
+    flops = front.Flops(model, images[:1])
+    pruned, removed = front.width_cut(model, calibration, flops, 0.8, ("channel",))
+    assert flops.ratio(pruned) <= 0.8
+    smaller = front.remove_width(model, front.width_scores(model, calibration, ("channel",)),
+                                 removed["width_fraction"] - 1 / 256, calibration)
+    assert flops.ratio(smaller) > 0.8
+    out = pruned(images)
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    doc = {"date": "2026-12-05", "command": "x", "commit": "abc", "recovery": "AdamW", "data": "photos",
+           "width_kinds": ["channel"]}
+    assert "DependencyGraph" in front.intro(doc)[1] and "KV groups" not in front.intro(doc)[1]
