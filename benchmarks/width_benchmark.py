@@ -13,7 +13,8 @@ every neuron ONCE on the calibration data (lee_background documents of the first
 
 Both give the same number of parameters and FLOPs. Rows: random (seed 0), magnitude (L1),
 mipp (its default sample: max(2048, 4·1537) tokens, here all the calibration tokens it gets),
-activation (Minitron, mean |a|), taylor (first-order |w·∂L/∂w|, LM loss), and Torch-Pruning's own
+activation (Minitron, mean |a|), taylor (first-order |w·∂L/∂w|, LM loss), taylor fo-squared
+(Molchanov's Taylor-FO: per batch the signed Σ a·∂L/∂a of each neuron, squared, averaged), and Torch-Pruning's own
 `GroupTaylorImportance` on the same calibration gradients (a peer row: its DependencyGraph finds
 the gate/up/down coupling, its scores feed our surgery), where torch-pruning is installed.
 
@@ -54,8 +55,10 @@ from energyprune.version import __version__  # noqa: E402
 
 SCHEMA = "energyprune.width-benchmark/1"
 SCOPES = ("global", "global-raw", "per-layer")
-ROW_ORDER = ("random", "magnitude", "mipp", "activation", "taylor", "torch-pruning GroupTaylor")
-CRITERIA = (("random", {"seed": 0}), ("magnitude", {}), ("mipp", {}), ("activation", {}), ("taylor", {}))
+ROW_ORDER = ("random", "magnitude", "mipp", "activation", "taylor", "taylor fo-squared", "torch-pruning GroupTaylor")
+# Row name -> criterion options; a row name's first word is the criterion.
+CRITERIA = (("random", {"seed": 0}), ("magnitude", {}), ("mipp", {}), ("activation", {}), ("taylor", {}),
+            ("taylor fo-squared", {"estimator": "fo-squared"}))
 
 
 def torch_pruning_taylor(model: torch.nn.Module, calibration: list[dict[str, Any]], units: list[Unit]
@@ -183,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             if options is None:
                 scores = torch_pruning_taylor(model, calibration, units)
             else:
-                criterion = get_criterion(name, unit_kind="neuron", **options)
+                criterion = get_criterion(name.split()[0], unit_kind="neuron", **options)
                 scores = criterion.score(model, units, calibration)
         except Exception as error:  # noqa: BLE001 - a peer library that cannot trace the model is a row, not a crash
             for scope in SCOPES:

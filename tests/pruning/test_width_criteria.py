@@ -110,3 +110,43 @@ def test_taylor_is_one_entry_per_kind_and_refuses_others() -> None:
         get_criterion("taylor", unit_kind="block")
     with pytest.raises(UsageError, match="unit_kind must be one of neuron, head"):
         get_criterion("activation", unit_kind="channel")
+
+
+def test_taylor_fo_squared_is_the_mean_over_batches_of_activation_times_gradient_squared() -> None:
+    model = tiny("llama")
+    data = batches(2)
+    from energyprune.pruning.criteria.taylor import calibration_loss
+
+    mlp = model.model.layers[0].mlp
+    j = 7
+    per_batch = []
+    for batch in data:
+        seen: list[torch.Tensor] = []
+        # the neuron's activation as down_proj reads it, kept in the graph for its gradient
+        handle = mlp.down_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0]) or a[0].retain_grad())
+        model.zero_grad()
+        calibration_loss(model, batch).backward()
+        handle.remove()
+        a = seen[0]
+        per_batch.append(float((a.detach() * a.grad)[..., j].sum()) ** 2)
+    model.zero_grad(set_to_none=True)
+    units = [u for u in units_for(model, "neuron") if u.path == "model.layers.0.mlp"]
+    scores = TaylorCriterion("neuron", estimator="fo-squared").score(model, units, data)
+    assert scores[units[j]] == pytest.approx(sum(per_batch) / 2, rel=1e-4)
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("kind", ["neuron", "head", "hidden"])
+def test_taylor_fo_squared_prunes_every_width_kind(kind: str) -> None:
+    model = tiny("llama")
+    outcome = prune(model, "taylor", 0.25, batches(), unit_kind=kind, estimator="fo-squared")
+    assert outcome.removed and all(s >= 0 for s in outcome.scores.values())
+    ids, mask = tokens()
+    assert torch.isfinite(output(outcome.model, ids, mask)).all()
+
+
+def test_taylor_estimators_are_checked() -> None:
+    with pytest.raises(UsageError, match="estimator must be one of abs, fo-squared"):
+        get_criterion("taylor", unit_kind="neuron", estimator="second")
+    with pytest.raises(UsageError, match="CNN channels use 'abs'"):
+        get_criterion("taylor", unit_kind="channel", estimator="fo-squared")

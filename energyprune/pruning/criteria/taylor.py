@@ -17,6 +17,18 @@ What a unit owns is the kind's business, one scorer per kind in `TAYLOR_SCORERS`
 | "hidden" | its embedding columns, norm gains, reader input columns, writer output rows (`hidden.per_channel_sum`) |
 | "channel" | a CNN channel's slices in every coupled layer, with the cross-entropy against the model's own answers as the loss (`taylor_channels`) |
 
+`estimator="fo-squared"` is Molchanov et al.'s Taylor-FO (CVPR 2019, "Importance Estimation for
+Neural Network Pruning"): per calibration batch b, the *signed* first-order change of the loss when
+the unit's output is zeroed, squared, then averaged over batches:
+
+    score(unit) = mean_b ( Σ_{w ∈ what reads the unit} w · ∂L_b/∂w )²
+
+For a neuron the signed sum over its columns of the consumer (down_proj) is exactly Σ_t a_j(t) ·
+∂L/∂a_j(t), the activation-times-gradient of that neuron; for a head group, its columns of the
+output projection; for a hidden channel, everything it owns. Signs cancel inside a batch (a unit
+whose removal helps on some tokens and hurts on others), and squaring per batch keeps the variance
+across batches that |Σ| over all batches at once would average away.
+
 A new kind is one entry: a function `(model, path) -> tensor of per-unit scores`, reading each
 parameter's `.grad` (filled here) beside its weight. Gradients are accumulated on the model's own
 parameters and cleared afterwards; each parameter's `requires_grad` and `.grad` are restored.
@@ -50,6 +62,14 @@ def _salience(module: nn.Module) -> torch.Tensor:
     if grad is None:
         return torch.zeros_like(weight, dtype=torch.float64)
     return (weight.detach().double() * grad.double()).abs()
+
+
+def _signed(module: nn.Module) -> torch.Tensor:
+    """w · g of a layer's weight, signed (zeros where no gradient reached it)."""
+    grad = module.weight.grad
+    if grad is None:
+        return torch.zeros_like(module.weight, dtype=torch.float64)
+    return module.weight.detach().double() * grad.double()
 
 
 def neuron_taylor(model: nn.Module, path: str) -> torch.Tensor:
@@ -88,12 +108,54 @@ def hidden_taylor(model: nn.Module, path: str) -> torch.Tensor:
     return per_channel_sum(model, find_hidden(model), _salience)
 
 
+def neuron_first_order(model: nn.Module, path: str) -> torch.Tensor:
+    """Σ w · g over each neuron's columns of the consumer and readers: Σ_t a_j ∂L/∂a_j, signed."""
+    spec = require_mlp(model, path)
+    total = torch.zeros(spec.hidden_size, dtype=torch.float64)
+    for name in (*spec.readers, spec.consumer):
+        module = get_module(model, spec.full(name))
+        total += weight_by_input(module, _signed(module)).sum(dim=1).cpu()
+    return total
+
+
+def head_first_order(model: nn.Module, path: str) -> torch.Tensor:
+    """Σ w · g over each KV group's columns of the output projection, signed."""
+    spec = require_attention_heads(model, path)
+    total = torch.zeros(spec.groups, dtype=torch.float64)
+    signed: dict[str, torch.Tensor] = {}
+    for group in range(spec.groups):
+        for layer, side, indices in spec.parts(group):
+            if side == "out":
+                continue  # q/k/v rows feed the group; its output columns are what the rest reads
+            module = get_module(model, spec.full(layer))
+            if layer not in signed:
+                signed[layer] = _signed(module)
+            total[group] += float(weight_by_input(module, signed[layer])[indices].sum())
+    return total
+
+
+def hidden_first_order(model: nn.Module, path: str) -> torch.Tensor:
+    from energyprune.pruning.surgery.hidden import find_hidden, per_channel_sum
+
+    return per_channel_sum(model, find_hidden(model), _signed)
+
+
 #: Per unit kind, the per-unit scores of the module at a path from weights and their gradients.
 TAYLOR_SCORERS: dict[str, Callable[[nn.Module, str], torch.Tensor]] = {
     "neuron": neuron_taylor,
     "head": head_taylor,
     "hidden": hidden_taylor,
 }
+
+#: Per unit kind, the signed first-order loss change per unit of one batch (`estimator="fo-squared"`).
+FIRST_ORDER_SCORERS: dict[str, Callable[[nn.Module, str], torch.Tensor]] = {
+    "neuron": neuron_first_order,
+    "head": head_first_order,
+    "hidden": hidden_first_order,
+}
+
+#: How the per-unit scores are estimated (module note).
+ESTIMATORS = ("abs", "fo-squared")
 
 
 def is_causal_lm(model: nn.Module) -> bool:
@@ -156,20 +218,28 @@ class TaylorCriterion:
     """First-order Taylor importance |w · ∂L/∂w| for neurons and head groups (module note).
 
     unit_kind: any kind of `TAYLOR_SCORERS`. max_batches: calibration batches used (default all).
+    estimator: "abs" (Σ|w·g| over the batches' summed gradient, as LLM-Pruner and Torch-Pruning) or
+    "fo-squared" (Molchanov's Taylor-FO: the signed sum per batch, squared, averaged; module note).
     """
 
     name = "taylor"
 
-    def __init__(self, unit_kind: str = "neuron", *, max_batches: int | None = None) -> None:
+    def __init__(self, unit_kind: str = "neuron", *, max_batches: int | None = None, estimator: str = "abs") -> None:
         if unit_kind not in TAYLOR_SCORERS and unit_kind != "channel":
             raise UsageError(f"{self.name}: unit_kind must be one of {', '.join(TAYLOR_SCORERS)} or channel, "
                              f"got {unit_kind!r}")
+        if estimator not in ESTIMATORS:
+            raise UsageError(f"{self.name}: estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+        if estimator != "abs" and unit_kind == "channel":
+            raise UsageError(f"{self.name}: estimator {estimator!r} is for neurons, heads and hidden channels; "
+                             "CNN channels use 'abs'")
+        self.estimator = estimator
         self.unit_kind = unit_kind
         self.max_batches = check_max_batches(max_batches, self.name)
         self.last_loss: float | None = None
 
     def __repr__(self) -> str:
-        return f"TaylorCriterion(unit_kind={self.unit_kind!r})"
+        return f"TaylorCriterion(unit_kind={self.unit_kind!r}, estimator={self.estimator!r})"
 
     def score(self, model: nn.Module, units: Sequence[Unit], calibration: Calibration) -> dict[Unit, float]:
         if self.unit_kind == "channel":
@@ -186,15 +256,26 @@ class TaylorCriterion:
         device = model_device(model)
         per_path: dict[str, torch.Tensor] = {}
         total, n = 0.0, 0
+        squared = self.estimator == "fo-squared"
         with gradients_on(model):
             for batch in batches_of(calibration, self.max_batches, self.name):
+                if squared:  # each batch's own gradient
+                    for parameter in model.parameters():
+                        parameter.grad = None
                 loss = calibration_loss(model, to_device(batch, device))
                 if not torch.isfinite(loss):
                     raise UsageError(f"{self.name}: the calibration loss is {float(loss)}: scores would be meaningless")
                 loss.backward()
                 total += float(loss.detach())
                 n += 1
-            per_path = {path: scorer(model, path) for path in paths}
+                if squared:
+                    for path in paths:
+                        change = FIRST_ORDER_SCORERS[self.unit_kind](model, path).square()
+                        per_path[path] = per_path[path] + change if path in per_path else change
+            if squared:
+                per_path = {path: values / n for path, values in per_path.items()}
+            else:
+                per_path = {path: scorer(model, path) for path in paths}
         self.last_loss = total / n
         out = {}
         for unit in units:
