@@ -174,12 +174,22 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(("torch-pruning GroupTaylor", None))
     if args.only:
         wanted = {w.strip() for w in args.only.split(",")}
+        unknown = sorted(wanted - {name for name, _ in runs})
+        if unknown:
+            raise SystemExit(f"--only: unknown rows {unknown}; the rows are {', '.join(name for name, _ in runs)}")
         runs = [r for r in runs if r[0] in wanted]
-        previous = json.loads((out_dir / "width.json").read_text())
-        data["rows"] = [r for r in previous["rows"] if r["criterion"] not in wanted]
-        for key in ("removed", "pruned_params", "pruned_gflops"):
-            data[key] = previous[key]
-        data["command"] = previous["command"] + f"; rows {sorted(wanted)} rerun with --only"
+        previous_path = out_dir / "width.json"
+        if previous_path.exists():  # the other rows of the same run are kept
+            previous = json.loads(previous_path.read_text())
+            if previous["fraction"] != args.fraction:
+                raise SystemExit(f"{previous_path} holds rows at fraction {previous['fraction']}, not {args.fraction}: "
+                                 "give another --out")
+            data["rows"] = [r for r in previous["rows"] if r["criterion"] not in wanted]
+            for key in ("removed", "pruned_params", "pruned_gflops"):
+                data[key] = previous[key]
+            data["command"] = previous["command"] + f"; rows {sorted(wanted)} rerun with --only"
+        else:
+            data["command"] += f" --fraction {args.fraction} --only '{args.only}'"
     for name, options in runs:
         t0 = time.perf_counter()
         try:
