@@ -10,6 +10,9 @@ and without distillation (issue 12's deciding benchmark, the parts a 2-core CPU 
 Families (the cost proxy is the FLOPs ratio at 1 x 128 tokens; every family prunes to the smallest
 amount whose FLOPs ratio is at or below 1 - cut):
 * depth: whole decoder blocks by cosine-block (ShortGPT), as many as needed;
+* depth-bridge: the same blocks, each removed run replaced by a least-squares linear map fitted on 16
+  training batches and folded into the output projection of the block before it (ReplaceMe; pre-norm
+  decoders only, same FLOPs as depth);
 * width: attention KV groups, MLP neurons and hidden channels, the same fraction of each kind, ranked
   across layers by first-order Taylor importance scored once on the original (Minitron scores once
   too), the fraction found by bisection;
@@ -63,7 +66,10 @@ from energyprune.pruning.criteria import get_criterion  # noqa: E402
 from energyprune.pruning.kinds import remove_units  # noqa: E402
 from energyprune.pruning.oneshot import select  # noqa: E402
 
-FAMILIES = ("depth", "width", "mixed", "width-no-hidden")
+FAMILIES = ("depth", "depth-bridge", "width", "mixed", "width-no-hidden")
+#: Batches the depth-bridge family fits its linear maps on (from the training split): a 576 x 576 map
+#: wants several thousand tokens (4 batches, 2,048 tokens: exp(-KL) 0.18 at -30%; 16: 0.28).
+BRIDGE_FIT_BATCHES = 16
 WIDTH_KINDS = ("neuron", "head", "hidden")
 
 
@@ -151,7 +157,9 @@ def minilm_subject() -> Subject:
         data=f"calibration (4 batches) and distillation: the {len(background)} lee_background documents, one per "
              f"row, 128 tokens; held-out: the 50 lee.cor documents (disjoint), 256 tokens, and the human "
              f"similarity scores of their 1225 pairs",
-    )
+        # The embedding is the product: its width is what a downstream index stores, and the cosine
+        # against the original needs the same dimensions, so width here is heads and neurons only.
+        width_kinds=("head", "neuron"), families=("depth", "width", "mixed"))
 
 
 #: EfficientNet's photographs split by source (the channels benchmark's split): calibration and
@@ -221,6 +229,20 @@ def depth_cut(model: torch.nn.Module, calibration: Batches, flops: Flops, goal: 
     raise Unreachable(f"no number of blocks reaches a FLOPs ratio of {goal:.2f}")
 
 
+def depth_bridge_cut(model: torch.nn.Module, calibration: Batches, flops: Flops, goal: float,
+                     kinds: tuple[str, ...] = WIDTH_KINDS, fit: Batches | None = None
+                     ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """`depth_cut`'s blocks, each removed run replaced by a least-squares linear bridge fitted on
+    `fit` (default: `calibration`) and folded into the block before it (ReplaceMe; same FLOPs)."""
+    from energyprune.pruning.surgery.bridge import remove_blocks_bridged
+
+    _, removed = depth_cut(model, calibration, flops, goal)
+    scores = block_scores(model, calibration)
+    indices = sorted(u.index for u in select(scores, removed["blocks"], "block"))
+    pruned, _ = remove_blocks_bridged(model, indices, fit if fit is not None else calibration)
+    return pruned, {"blocks": removed["blocks"], "bridge": True}
+
+
 def width_scores(model: torch.nn.Module, calibration: Batches,
                  kinds: tuple[str, ...] = WIDTH_KINDS) -> dict[str, dict[Any, float]]:
     scores = {}
@@ -285,7 +307,7 @@ def width_no_hidden_cut(model: torch.nn.Module, calibration: Batches, flops: Flo
 
 
 CUTTERS: dict[str, Callable[..., tuple[torch.nn.Module, dict[str, Any]]]] = {
-    "depth": depth_cut, "width": width_cut, "mixed": mixed_cut, "width-no-hidden": width_no_hidden_cut}
+    "depth": depth_cut, "depth-bridge": depth_bridge_cut, "width": width_cut, "mixed": mixed_cut, "width-no-hidden": width_no_hidden_cut}
 
 
 def row_key(row: dict[str, Any]) -> tuple[str, int, int]:
@@ -297,10 +319,16 @@ def intro(doc: dict[str, Any]) -> list[str]:
         families = ("Families: depth = whole shape-preserving blocks by cosine-block; width = channels of every "
                     "group of coupled layers (traced by torch-pruning's DependencyGraph), ranked across groups by "
                     "Taylor importance; mixed = blocks to half the cut, then width.")
+    elif doc.get("width_kinds") == ["head", "neuron"]:
+        families = ("Families: depth = whole blocks by cosine-block; width = attention heads and MLP neurons (not "
+                    "the hidden size: the embedding's dimensions are the product), the same fraction of each, ranked "
+                    "across layers by Taylor importance; mixed = blocks to half the cut, then width.")
     else:
         families = ("Families: depth = whole blocks by cosine-block; width = KV groups, MLP neurons and hidden "
                     "channels, the same fraction of each, ranked across layers by Taylor importance; mixed = "
-                    "blocks to half the cut, then width; width-no-hidden = KV groups and MLP neurons only.")
+                    "blocks to half the cut, then width; width-no-hidden = KV groups and MLP neurons only; "
+                    "depth-bridge = depth's blocks, each removed run replaced by a least-squares linear map folded "
+                    "into the block before it (ReplaceMe; same FLOPs as depth).")
     return [f"Made {doc['date']} with `{doc['command']}` (commit {doc['commit']}).",
             families + " Each row prunes to the smallest amount whose FLOPs ratio (the probe's batch) is at or "
             "below 1 - cut.",
@@ -407,7 +435,8 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 
     panels = [doc["metrics"][0], doc["metrics"][-1]]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    colours = {"depth": "tab:blue", "width": "tab:orange", "mixed": "tab:green", "width-no-hidden": "tab:red"}
+    colours = {"depth": "tab:blue", "width": "tab:orange", "mixed": "tab:green", "width-no-hidden": "tab:red",
+               "depth-bridge": "tab:purple"}
     step_counts = sorted({r["steps"] for r in doc["rows"]})
     for family in FAMILIES:
         for steps in step_counts:
@@ -503,8 +532,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             t0 = time.perf_counter()
             try:
+                extra = {"fit": subject.train[:BRIDGE_FIT_BATCHES]} if family == "depth-bridge" else {}
                 pruned, removed = CUTTERS[family](model, subject.calibration, flops, 1 - cut / 100,
-                                                  subject.width_kinds)
+                                                  subject.width_kinds, **extra)
             except Unreachable as why:
                 print(f"{family} -{cut}%: {why}", flush=True)
                 doc["unreachable"] = sorted({*doc.get("unreachable", []), f"{family} -{cut}%: {why}"})

@@ -393,6 +393,7 @@ def prune_to_energy(
     final_recovery: Recovery | None = None,
     fidelity_batches: Iterable[Batch] | None = None,
     kind_choice: str = "flops",
+    bridge: bool = False,
     **criterion_options: Any,
 ) -> PruneResult:
     """Prune a copy of `model` until one inference on `inputs` meets `target`, measuring every step.
@@ -419,6 +420,9 @@ def prune_to_energy(
       "flops" (default) by fidelity lost per FLOP saved, FLOPs standing in for joules; "energy" by
       fidelity lost per joule saved, each kind's candidate compared with the current model by the
       judge (one comparison per kind per step; the chosen kind's comparison is the step's own).
+    bridge: remove blocks with a least-squares linear bridge fitted on `calibration` and folded into
+      the block before each removed run (`pruning.surgery.bridge`, ReplaceMe): the same shapes and
+      energy as plain removal, less fidelity lost. Only block steps are bridged.
     run_options: what else defines the run (inputs, device, dtype, meter settings...), JSON-able;
       kept in the checkpoint, and a resume with other values is refused, naming them.
     levers: "auto", lever names ("compile,bf16") or lever objects (`energyprune.levers`), tried on
@@ -434,6 +438,9 @@ def prune_to_energy(
                                                   backend=backend, config=config)
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise UsageError(f"max_steps must be a whole number of at least 1, got {max_steps!r}")
+    if bridge and "block" not in kind.split(","):
+        raise UsageError(f"a bridge replaces removed blocks, but this run removes {kind} units: add block to the "
+                         f"unit kinds or drop the bridge")
     if quality_floor is not None:
         quality_floor = _as_quality(quality_floor, "quality_floor")
     if evaluate is not None and not callable(evaluate):
@@ -476,8 +483,10 @@ def prune_to_energy(
         criteria=criteria,
         calibration=calibration, quality=quality, quality_floor=quality_floor, recovery=recovery, judge=judge,
         checkpointer=checkpointer, max_steps=max_steps, report=report, started=started,
-        accept_median=bool(accept_median), run_options=dict(run_options or {}), levers=tuple(lever_list),
-        lever_floor=lever_floor, final_recovery=final_recovery, kind_choice=kind_choice))
+        accept_median=bool(accept_median),
+        # bridge changes what each step removes: a resumed run must bridge the same way
+        run_options={**dict(run_options or {}), **({"bridge": True} if bridge else {})}, levers=tuple(lever_list),
+        lever_floor=lever_floor, final_recovery=final_recovery, kind_choice=kind_choice, bridge=bool(bridge)))
     if resume:
         assert checkpointer is not None
         done = loop.restore(checkpointer.load())
@@ -523,6 +532,7 @@ class _Setup:
     final_recovery: Recovery | None = None
     criteria: dict[str, Criterion] = dataclasses.field(default_factory=dict)  # per kind, with several kinds
     kind_choice: str = "flops"
+    bridge: bool = False
 
 
 class _Loop:
@@ -536,6 +546,7 @@ class _Loop:
         self.kind = setup.kind
         self.criteria = setup.criteria or {setup.kind: setup.criterion}
         self.kind_choice = setup.kind_choice
+        self.bridge = setup.bridge
         self._kind_scores: dict[str, tuple[list[Unit], dict[Unit, float]]] = {}
         self._kind_totals: dict[str, int] = {}
         self.inputs = setup.inputs
@@ -617,7 +628,7 @@ class _Loop:
             if self.step_cap is not None:
                 n = min(n, self.step_cap)
             chosen = eligible_units[:n]
-            candidate, _ = remove_units(self.current, chosen, calibration=self.calibration)
+            candidate, _ = remove_units(self.current, chosen, calibration=self.calibration, bridge=self.bridge)
             fidelity = self.q.fidelity(candidate)
             lost = base_fidelity - fidelity if fidelity is not None else None
             flops = self.flops(candidate)
@@ -843,7 +854,7 @@ class _Loop:
             logger.info("%s", note)
         t0 = time.perf_counter()
         index = len(state.steps) + 1
-        candidate, record = remove_units(self.current, chosen, calibration=self.calibration)
+        candidate, record = remove_units(self.current, chosen, calibration=self.calibration, bridge=self.bridge)
         fidelity_before = None
         if self.recovery is not None:
             # What the removal cost before recovery wins part of it back: both go in the step.

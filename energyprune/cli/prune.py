@@ -98,6 +98,9 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     loop.add_argument("--recovery-steps", type=int, default=0, metavar="N",
                       help="after each removal, N steps of distillation toward the original on the calibration "
                            "data (default 0: none)")
+    loop.add_argument("--bridge", action="store_true",
+                      help="when blocks go, fit a least-squares linear map for each removed run on the calibration "
+                           "data and fold it into the block before (ReplaceMe): same size and energy, less lost")
     loop.add_argument("--levers", default="none", metavar="NAMES",
                       help="lossless first: try these levers on the original before pruning (auto: every one that "
                            "may apply here; or names such as compile,bf16; see energyprune advise), run the model "
@@ -140,7 +143,7 @@ RUN_FLAGS = (("--unit-kind", "unit_kind"), ("--quality-floor", "quality_floor"),
              ("--backend", "backend"), ("--duration", "duration"), ("--repeats", "repeats"),
              ("--precision", "precision"), ("--max-duration", "max_duration"), ("--idle", "idle"),
              ("--cpu-tdp-w", "cpu_tdp_w"), ("--levers", "levers"), ("--lever-floor", "lever_floor"),
-             ("--choose-kind-by", "choose_kind_by"))
+             ("--choose-kind-by", "choose_kind_by"), ("--bridge", "bridge"))
 #: Options that may change on resume: how far to go and how to judge the end.
 FREE_FLAGS = (("--max-steps", "max_steps"), ("--accept-median", "accept_median"), ("--trust-code", "trust_code"),
               ("--no-trace", "no_trace"), ("--country", "country"), ("--region", "region"),
@@ -154,6 +157,8 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
     values["criterion_options"] = {k: v for k, v in args.criterion_option}
     if values.get("choose_kind_by") == "flops":
         del values["choose_kind_by"]  # the default: checkpoints made before the option existed still resume
+    if not values.get("bridge"):
+        values.pop("bridge", None)  # the same
     return values
 
 
@@ -334,7 +339,7 @@ def _prune(args: argparse.Namespace, config: Any, directory: Path | None, replac
             resume=args.resume, max_steps=args.max_steps, progress=live, accept_median=args.accept_median,
             run_options=_run_options(args), levers=args.levers, lever_floor=args.lever_floor,
             final_recovery=final_recovery, fidelity_batches=fidelity_batches, kind_choice=args.choose_kind_by,
-            **dict(args.criterion_option))
+            bridge=args.bridge, **dict(args.criterion_option))
     except PruneInterrupted as interrupt:
         live.close()
         partial = interrupt.result

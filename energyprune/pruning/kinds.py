@@ -304,15 +304,22 @@ def has_units(model: nn.Module, kind: str) -> bool:
 
 
 def remove_units(model: nn.Module, units: Sequence[Unit], *, inplace: bool = False,
-                 calibration: Calibration | None = None) -> Removal:
+                 calibration: Calibration | None = None, bridge: bool = False) -> Removal:
     """Apply the surgery for `units` (all of one kind, paths and indices of `model`). Channels of a
-    model that is not a plain nn.Sequential are traced on the first batch of `calibration`."""
+    model that is not a plain nn.Sequential are traced on the first batch of `calibration`.
+    `bridge`: blocks go with a least-squares linear bridge fitted on `calibration` and folded into
+    the block before each removed run (`surgery.bridge`); other kinds are removed as usual."""
     kinds = {u.kind for u in units}
     if len(kinds) != 1:
         raise UsageError(f"remove_units takes units of one kind, got {sorted(kinds)}")
     if calibration is not None and iter(calibration) is calibration:
         raise UsageError("calibration must be re-iterable (a list of batches), not a one-shot iterator")
-    return get_kind(kinds.pop()).remove(model, list(units), inplace, calibration)
+    kind = kinds.pop()
+    if bridge and kind == "block":
+        from energyprune.pruning.surgery.bridge import remove_blocks_bridged
+
+        return remove_blocks_bridged(model, sorted(u.index for u in units), calibration or [], inplace=inplace)
+    return get_kind(kind).remove(model, list(units), inplace, calibration)
 
 
 def eligible(scores: Mapping[Unit, float], units: Sequence[Unit], kind: str) -> list[Unit]:

@@ -126,6 +126,7 @@ def prune(
     unit_kind: str | None = None,
     scope: str = "global",
     inplace: bool = False,
+    bridge: bool = False,
     **criterion_options: Any,
 ) -> PruneOutcome:
     """Remove the `amount` least important units by `criterion` and return the pruned copy.
@@ -135,7 +136,9 @@ def prune(
     of batches (re-iterable: a list), needed by the data-driven criteria. A fractional `amount`
     of neurons, heads or channels ranks all of the model's units together (`scope="global"`) or
     takes that fraction of every MLP / attention / layer (`scope="per-layer"`, equal widths). The
-    user's model is untouched unless `inplace=True`."""
+    user's model is untouched unless `inplace=True`. `bridge=True` (blocks only) replaces each run
+    of removed blocks by a least-squares linear map fitted on `calibration` and folded into the
+    block before it (`pruning.surgery.bridge`): same shapes and cost, less damage."""
     if isinstance(criterion, str):
         options = dict(criterion_options)
         if unit_kind is not None:
@@ -147,5 +150,5 @@ def prune(
     units = units_for(model, criterion.unit_kind, calibration)
     scores = criterion.score(model, units, calibration)
     chosen = select(scores, amount, criterion.unit_kind, scope=scope)
-    pruned, record = remove_units(model, chosen, inplace=inplace, calibration=calibration)
+    pruned, record = remove_units(model, chosen, inplace=inplace, calibration=calibration, bridge=bridge)
     return PruneOutcome(pruned, record, dict(scores), tuple(sorted(chosen)))
