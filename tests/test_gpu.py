@@ -90,3 +90,20 @@ def test_anatomy_of_a_launch_bound_call_has_a_measured_busy_share():
     busy = measure(lambda: big @ big, backend="nvml", config=MeterConfig(window_s=1.0, repeats=6, precision=0.0,
                                                                        idle_s=1.0)).anatomy.busy
     assert busy is not None and busy.share > anatomy.busy.share  # large matmuls keep it busier
+
+
+def test_a_bridge_fits_and_folds_for_a_model_on_the_gpu():
+    """The fit runs on the CPU in float64; the fold must land on the model's own device."""
+    import torch
+
+    from energyprune.pruning.surgery.bridge import remove_blocks_bridged
+    from tests.pruning.test_bridge import batches
+    from tests.pruning.test_surgery import tiny
+
+    model = tiny("llama").cuda()
+    calibration = [{k: v.cuda() for k, v in b.items()} for b in batches(2)]
+    bridged, record = remove_blocks_bridged(model, [1, 2], calibration)
+    assert record.ops[0].detail["bridge"]["runs"][0]["bridged"]
+    assert all(p.device.type == "cuda" for p in bridged.parameters())
+    with torch.no_grad():
+        assert torch.isfinite(bridged(**calibration[0]).logits).all()
