@@ -474,6 +474,10 @@ def prune_to_energy(
     quality = _Quality(model, inputs, evaluate, list(fidelity_batches) if fidelity_batches is not None else None)
     if evaluate is None:
         quality.check()  # the default fidelity must be able to read the outputs: fail now, not after measuring
+    if bridge:
+        from energyprune.pruning.surgery.bridge import check_bridgeable
+
+        check_bridgeable(model, calibration[0])  # a post-norm model fails here, not after measuring
     criteria = {kind: crit}
     if "," in kind:
         criteria = {k: _resolve_criterion(criterion, k, dict(criterion_options), backend, config)[0]

@@ -216,3 +216,14 @@ def test_an_unknown_kind_in_a_list_is_one_line(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "unknown unit kind bogus" in err and "Traceback" not in err
+
+
+def test_prune_with_a_bridge_refuses_post_norm_blocks_before_measuring(tmp_path, judges, capsys):
+    out = tmp_path / "bridged"
+    code = cli(["prune", "--target", "-30%", "--criterion", "cosine-block", "--bridge", "--out", str(out), *DEMO])
+    captured = capsys.readouterr()
+    # The demo's blocks are post-norm (nn.TransformerEncoderLayer): refused in one line, before measuring.
+    assert code == 2
+    assert "cannot bridge over the blocks after layers.0" in captured.out + captured.err
+    assert "post-norm" in captured.out + captured.err and "original:" not in captured.out
+    assert not out.exists() or not any(out.iterdir())

@@ -121,6 +121,27 @@ def _check_residual(model: nn.Module, block_path: str, consumer: str, batch: Any
                          f"its MLP's output (a post-norm block?); remove blocks without --bridge")
 
 
+def _carrier(model: nn.Module, block_path: str, batch: Any) -> str:
+    """The path of the projection that will carry a bridge after `block_path`, or UsageError."""
+    spec = _block_mlp(model, block_path)
+    consumer = spec.full(spec.consumer)
+    projection = get_module(model, consumer)
+    if not (isinstance(projection, nn.Linear) or is_conv1d_hf(projection)):
+        raise UsageError(f"cannot bridge over the blocks after {block_path}: its MLP output projection is a "
+                         f"{type(projection).__name__}, not a Linear; remove blocks without --bridge")
+    _check_residual(model, block_path, consumer, batch)
+    return consumer
+
+
+def check_bridgeable(model: nn.Module, batch: Any) -> None:
+    """Fail now, before any measuring, where the model's blocks cannot carry a bridge (the blocks of
+    a stack share one class, so the first one speaks for all)."""
+    stack = find_block_stack(model)
+    if stack is None:
+        raise UsageError(f"{type(model).__name__} has no block stack: there are no blocks to remove or bridge")
+    _carrier(model, stack.block_path(0), batch)
+
+
 def _fit(m: torch.Tensor, target: torch.Tensor, ridge: float) -> torch.Tensor:
     n, d = m.shape
     strength = ridge * n * float((m * m).mean())
@@ -167,14 +188,8 @@ def remove_blocks_bridged(
     modules: dict[str, nn.Module] = {}
     consumers: dict[int, str] = {}
     for i, j in bridged:
-        before = stack.block_path(i - 1)
-        spec = _block_mlp(model, before)
-        consumers[i - 1] = spec.full(spec.consumer)
+        consumers[i - 1] = _carrier(model, stack.block_path(i - 1), calibration[0])
         projection = get_module(model, consumers[i - 1])
-        if not (isinstance(projection, nn.Linear) or is_conv1d_hf(projection)):
-            raise UsageError(f"cannot bridge over the blocks after {before}: its MLP output projection is a "
-                             f"{type(projection).__name__}, not a Linear; remove blocks without --bridge")
-        _check_residual(model, before, consumers[i - 1], calibration[0])
         modules[f"m{i - 1}"] = projection
         modules[f"out{i - 1}"] = stack.blocks[i - 1]
         modules[f"out{j}"] = stack.blocks[j]
