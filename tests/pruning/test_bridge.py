@@ -151,3 +151,10 @@ def test_the_cli_flag_defines_the_run_and_comes_back_in_the_resume_command():
     assert "--bridge" in _resume_command(args).split()
     plain = build_parser().parse_args(["prune", "demo", "--target=-30%", "--criterion", "cosine-block"])
     assert "bridge" not in _run_options(plain)  # checkpoints from before the flag still resume
+
+
+def test_a_bf16_model_is_not_refused_for_its_rounding():
+    model = tiny("llama").to(torch.bfloat16)
+    bridged, record = remove_blocks_bridged(model, [2], batches(2))
+    assert record.ops[0].detail["bridge"]["runs"][0]["bridged"]
+    assert next(bridged.parameters()).dtype == torch.bfloat16
