@@ -65,12 +65,15 @@ from energyprune.pruning import units_for  # noqa: E402
 from energyprune.pruning.criteria import get_criterion  # noqa: E402
 from energyprune.pruning.kinds import remove_units  # noqa: E402
 from energyprune.pruning.oneshot import select  # noqa: E402
+from energyprune.pruning.ranking import default_scope  # noqa: E402
 
 FAMILIES = ("depth", "depth-bridge", "width", "mixed", "width-no-hidden")
 #: Batches the depth-bridge family fits its linear maps on (from the training split): a 576 x 576 map
 #: wants several thousand tokens (4 batches, 2,048 tokens: exp(-KL) 0.18 at -30%; 16: 0.28).
 BRIDGE_FIT_BATCHES = 16
 WIDTH_KINDS = ("neuron", "head", "hidden")
+#: What ranks the width units, with its defaults (`taylor`: estimator and ranking scope its own).
+WIDTH_CRITERION = "taylor"
 
 
 class Unreachable(Exception):
@@ -248,18 +251,20 @@ def width_scores(model: torch.nn.Module, calibration: Batches,
     scores = {}
     for kind in kinds:
         units = units_for(model, kind, calibration)
-        scores[kind] = dict(get_criterion("taylor", unit_kind=kind).score(model, units, calibration))
+        scores[kind] = dict(get_criterion(WIDTH_CRITERION, unit_kind=kind).score(model, units, calibration))
     return scores
 
 
 def remove_width(model: torch.nn.Module, scores: dict[str, dict[Any, float]], fraction: float,
                  calibration: Batches) -> torch.nn.Module:
-    """The same fraction of each width kind, ranked globally. Each kind's surgery changes only its
+    """The same fraction of each width kind, ranked globally as `prune` ranks the criterion's scores
+    (Taylor: raw, `pruning.ranking`). Each kind's surgery changes only its
     own dimension (heads: attention width, neurons: MLP width, hidden: the residual stream), so
     units chosen on `model` stay valid after the other kinds are removed."""
     pruned = model
     for kind in scores:
-        chosen = select(scores[kind], fraction, kind)
+        scope = default_scope(get_criterion(WIDTH_CRITERION, unit_kind=kind))
+        chosen = select(scores[kind], fraction, kind, scope=scope)
         if chosen:
             pruned, _ = remove_units(pruned, chosen, calibration=calibration)
     return pruned
@@ -281,7 +286,15 @@ def width_cut(model: torch.nn.Module, calibration: Batches, flops: Flops, goal: 
             high, best = middle, candidate
         else:
             low = middle
-    return best, {"width_fraction": round(high, 4)}
+    return best, {"width_fraction": round(high, 4), "ranking": width_ranking(kinds)}
+
+
+def width_ranking(kinds: tuple[str, ...]) -> str:
+    """What ranked the width units, for the row (rows made before it was recorded used taylor's
+    |w·g| normalised per layer)."""
+    criterion = get_criterion(WIDTH_CRITERION, unit_kind=kinds[0])
+    scope = default_scope(criterion)
+    return f"{WIDTH_CRITERION} {getattr(criterion, 'estimator', '')}, {'raw' if scope == 'global-raw' else 'normalised'}"
 
 
 def mixed_cut(model: torch.nn.Module, calibration: Batches, flops: Flops, goal: float,

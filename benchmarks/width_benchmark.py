@@ -13,7 +13,7 @@ every neuron ONCE on the calibration data (lee_background documents of the first
 
 Both give the same number of parameters and FLOPs. Rows: random (seed 0), magnitude (L1),
 mipp (its default sample: max(2048, 4·1537) tokens, here all the calibration tokens it gets),
-activation (Minitron, mean |a|), taylor (first-order |w·∂L/∂w|, LM loss), taylor fo-squared
+activation (Minitron, mean |a|), taylor abs (first-order Σ|w·∂L/∂w|, LM loss; "taylor" in older files), taylor fo-squared
 (Molchanov's Taylor-FO: per batch the signed Σ a·∂L/∂a of each neuron, squared, averaged), and Torch-Pruning's own
 `GroupTaylorImportance` on the same calibration gradients (a peer row: its DependencyGraph finds
 the gate/up/down coupling, its scores feed our surgery), where torch-pruning is installed.
@@ -25,6 +25,11 @@ the same FLOPs (listed), and the budget loop measures energy where it matters.
 
     python benchmarks/width_benchmark.py                     # ~10 min on the shared 2-core CPU
     python benchmarks/width_benchmark.py --quick             # 2 MLP criteria, fewer tokens, to /tmp
+    python benchmarks/width_benchmark.py --kind head --only 'taylor abs,taylor fo-squared' --out <dir>
+
+`--kind head` (KV groups: a KV head with its query group) or `--kind hidden` (residual-stream
+channels, one group: the scopes coincide, one row per criterion) ranks another width unit the same
+way; the Torch-Pruning peer row is for neurons only.
 """
 
 from __future__ import annotations
@@ -49,15 +54,19 @@ from energyprune.metrics.flops import count_flops  # noqa: E402
 from energyprune.models import zoo  # noqa: E402
 from energyprune.pruning import select  # noqa: E402
 from energyprune.pruning.criteria import get_criterion  # noqa: E402
-from energyprune.pruning.kinds import remove_units, units_for  # noqa: E402
+from energyprune.pruning.kinds import get_kind, remove_units, units_for  # noqa: E402
 from energyprune.pruning.base import Unit  # noqa: E402
 from energyprune.version import __version__  # noqa: E402
 
 SCHEMA = "energyprune.width-benchmark/1"
 SCOPES = ("global", "global-raw", "per-layer")
-ROW_ORDER = ("random", "magnitude", "mipp", "activation", "taylor", "taylor fo-squared", "torch-pruning GroupTaylor")
+#: What the title and the counts call a unit of each kind.
+KIND_NOUNS = {"neuron": "MLP neurons", "head": "KV groups", "hidden": "hidden channels"}
+# "taylor" is the name of the abs rows in files made before fo-squared became taylor's default.
+ROW_ORDER = ("random", "magnitude", "mipp", "activation", "taylor", "taylor abs", "taylor fo-squared",
+             "torch-pruning GroupTaylor")
 # Row name -> criterion options; a row name's first word is the criterion.
-CRITERIA = (("random", {"seed": 0}), ("magnitude", {}), ("mipp", {}), ("activation", {}), ("taylor", {}),
+CRITERIA = (("random", {"seed": 0}), ("magnitude", {}), ("mipp", {}), ("activation", {}), ("taylor abs", {"estimator": "abs"}),
             ("taylor fo-squared", {"estimator": "fo-squared"}))
 
 
@@ -96,14 +105,17 @@ def evaluate(pruned: torch.nn.Module, reference: NextTokenReference) -> dict[str
 def render(data: dict[str, Any]) -> str:
     o = data["original"]
     lines = [
-        f"# Width pruning: SmolLM2-135M, {data['fraction']:.0%} of the MLP neurons",
+        f"# Width pruning: SmolLM2-135M, {data['fraction']:.0%} of the {KIND_NOUNS[data.get('kind', 'neuron')]}",
         "",
         f"energyprune {data['energyprune']}, {data['device']['device_name']}, {data['finished']}.",
         f"Calibration: {data['data']['calibration']}. Held-out: {data['data']['heldout']}.",
         f"Original: perplexity {o['perplexity']:.2f} on the held-out text; {o['params'] / 1e6:.1f} M parameters, "
         f"{o['gflops']:.2f} GFLOPs per 128-token inference.",
-        f"Pruned ({data['removed']} of {data['units']} neurons): {data['pruned_params'] / 1e6:.1f} M parameters, "
-        f"{data['pruned_gflops']:.2f} GFLOPs, the same for every row.",
+        f"Pruned ({data['removed']} of {data['units']} {KIND_NOUNS[data.get('kind', 'neuron')]}, "
+        f"{data['removed'] / data['units']:.0%}): {data['pruned_params'] / 1e6:.1f} M parameters, "
+        f"{data['pruned_gflops']:.2f} GFLOPs, "
+        + ("the same for every row." if len({r["params"] for r in data["rows"] if "params" in r}) <= 1
+           else "**rows differ in size**: see each row's `removed` and `params` in the JSON."),
         "",
         "| criterion | scope | exp(−KL) ↑ | top-1 agreement ↑ | perplexity ↓ (ratio) | scoring time |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -122,6 +134,7 @@ def render(data: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fraction", type=float, default=0.25)
+    parser.add_argument("--kind", default="neuron", choices=sorted(KIND_NOUNS), help="the width unit (default neuron)")
     parser.add_argument("--calibration-batches", type=int, default=8, help="4×128-token batches (default 8)")
     parser.add_argument("--eval-seqs", type=int, default=8, help="held-out 256-token sequences (default 8)")
     parser.add_argument("--quick", action="store_true")
@@ -155,11 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     original = reference(model)
     ids = heldout[0]["input_ids"][:1, :128]
     measure_inputs = {"input_ids": ids, "use_cache": False}
-    units = units_for(model, "neuron")
+    units = units_for(model, args.kind)
+    scopes = SCOPES if get_kind(args.kind).grouped else ("global",)
     data: dict[str, Any] = {
         "schema": SCHEMA, "energyprune": __version__, "device": device_record(device),
-        "command": "python benchmarks/width_benchmark.py" + (" --quick" if args.quick else ""),
-        "fraction": args.fraction, "units": len(units),
+        "command": "python benchmarks/width_benchmark.py" + (" --quick" if args.quick else "")
+                   + (f" --kind {args.kind}" if args.kind != "neuron" else ""),
+        "kind": args.kind, "fraction": args.fraction, "units": len(units),
         "data": {
             "calibration": f"lee_background documents 0-{half - 1}, packed: {len(calibration)} batches of 4×128 "
                            f"tokens ({sum(int(b['input_ids'].numel()) for b in calibration)} tokens)",
@@ -170,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [],
     }
     runs: list[tuple[str, Any]] = [(name, options) for name, options in criteria]
-    if not args.quick:
+    if not args.quick and args.kind == "neuron":
         runs.append(("torch-pruning GroupTaylor", None))
     if args.only:
         wanted = {w.strip() for w in args.only.split(",")}
@@ -181,36 +196,43 @@ def main(argv: list[str] | None = None) -> int:
         previous_path = out_dir / "width.json"
         if previous_path.exists():  # the other rows of the same run are kept
             previous = json.loads(previous_path.read_text())
-            if previous["fraction"] != args.fraction:
-                raise SystemExit(f"{previous_path} holds rows at fraction {previous['fraction']}, not {args.fraction}: "
+            if previous["fraction"] != args.fraction or previous.get("kind", "neuron") != args.kind:
+                raise SystemExit(f"{previous_path} holds rows of {previous.get('kind', 'neuron')} at fraction "
+                                 f"{previous['fraction']}, not {args.kind} at {args.fraction}: "
                                  "give another --out")
             data["rows"] = [r for r in previous["rows"] if r["criterion"] not in wanted]
             for key in ("removed", "pruned_params", "pruned_gflops"):
                 data[key] = previous[key]
             data["command"] = previous["command"] + f"; rows {sorted(wanted)} rerun with --only"
         else:
-            data["command"] += f" --fraction {args.fraction} --only '{args.only}'"
+            data["command"] += f" --fraction {args.fraction} --only '{args.only}'" + (f" --out {args.out}" if args.out else "")
     for name, options in runs:
         t0 = time.perf_counter()
         try:
             if options is None:
                 scores = torch_pruning_taylor(model, calibration, units)
             else:
-                criterion = get_criterion(name.split()[0], unit_kind="neuron", **options)
+                criterion = get_criterion(name.split()[0], unit_kind=args.kind, **options)
                 scores = criterion.score(model, units, calibration)
         except Exception as error:  # noqa: BLE001 - a peer library that cannot trace the model is a row, not a crash
-            for scope in SCOPES:
+            for scope in scopes:
                 data["rows"].append({"criterion": name, "scope": scope, "error": f"{type(error).__name__}: {error}"[:200]})
             print(f"{name}: not run ({error})", file=sys.stderr)
             continue
         score_s = time.perf_counter() - t0
-        for scope in SCOPES:
-            chosen = select(scores, args.fraction, "neuron", scope=scope)
+        # Every row removes as many units as per-layer does (round(fraction x group size) of each
+        # group): with 3 KV groups an attention, 25% per layer is 1 of 3, so a global 25% of all 90
+        # would be a smaller model.
+        count = len(select(scores, args.fraction, args.kind, scope="per-layer"))
+        for scope in scopes:
+            chosen = select(scores, args.fraction if scope == "per-layer" else count, args.kind, scope=scope)
             pruned, record = remove_units(model, chosen)
             row = {"criterion": name, "scope": scope, "score_s": score_s, "removed": len(chosen),
-                   **evaluate(pruned, reference)}
-            widths = sorted(record.ops[0].detail["layer_sizes"].values())
-            row["mlp_widths_min_median_max"] = [widths[0], widths[len(widths) // 2], widths[-1]]
+                   "params": sum(p.numel() for p in pruned.parameters()), **evaluate(pruned, reference)}
+            if "layer_sizes" in record.ops[0].detail:
+                widths = sorted(record.ops[0].detail["layer_sizes"].values())
+                where = "mlp" if args.kind == "neuron" else "attention"  # "mlp_..." is the key of earlier files
+                row[f"{where}_widths_min_median_max"] = [widths[0], widths[len(widths) // 2], widths[-1]]
             data["rows"].append(row)
             data["rows"].sort(key=lambda r: ROW_ORDER.index(r["criterion"]) if r["criterion"] in ROW_ORDER else 99)
             data["removed"] = len(chosen)

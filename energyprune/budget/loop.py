@@ -54,6 +54,7 @@ from energyprune.torch_io import Inputs, batch_size_of, check_inputs, model_devi
 from energyprune.pruning.base import Batch, Calibration, Criterion, Unit
 from energyprune.pruning.criteria import get_criterion
 from energyprune.pruning.kinds import eligible, has_units, remove_units, units_for
+from energyprune.pruning.ranking import default_scope, ranking_scores
 from energyprune.pruning.surgery.record import PruneRecord
 from energyprune.pruning.surgery.replay import apply_record
 
@@ -275,9 +276,11 @@ def _scorable_units(model: nn.Module, kind: str, calibration: Calibration | None
     return units_for(model, kind, calibration)
 
 
-def _eligible(scores: Mapping[Unit, float], units: Sequence[Unit], kind: str) -> list[Unit]:
-    """The units the loop may remove, best first, within what the surgery allows (`kinds`)."""
-    return eligible(scores, units, kind)
+def _eligible(scores: Mapping[Unit, float], units: Sequence[Unit], kind: str, criterion: Criterion) -> list[Unit]:
+    """The units the loop may remove, best first, within what the surgery allows (`kinds`), ranked
+    as one-shot `prune` ranks them: raw where the criterion's scores compare across layers,
+    normalised per layer otherwise (`pruning.ranking`)."""
+    return eligible(ranking_scores(scores, kind, default_scope(criterion)), units, kind)
 
 
 class _Quality:
@@ -622,7 +625,7 @@ class _Loop:
                 units, scores = self.scores_of(kind)
             except UsageError:
                 continue
-            eligible_units = _eligible(scores, units, kind)
+            eligible_units = _eligible(scores, units, kind, self.criteria[kind])
             if not eligible_units:
                 continue
             if kind not in self._kind_totals:
@@ -712,7 +715,7 @@ class _Loop:
             n_total = sum(len(units_for(self.original, k)) for k in self.criteria)
         else:
             units, scores = self.scores_now()
-            n_total = len(_eligible(scores, units, self.kind))
+            n_total = len(_eligible(scores, units, self.kind, self.criterion))
         self.state = _State(original=original, provenance=Provenance(measurement.provenance).value,
                             n_total=n_total, quality=q0, fidelity=1.0, flops=original.flops,
                             n_params=original.n_params)
@@ -833,7 +836,7 @@ class _Loop:
                     raise
                 # One block left: the model no longer has a stack of blocks to enumerate.
                 return self.finish("nothing-left", f"one {self.kind} is left, and it must stay")
-            eligible = _eligible(scores, units, self.kind)
+            eligible = _eligible(scores, units, self.kind, self.criterion)
             if not eligible:
                 left = len(units) - len([s for s in scores.values() if math.isfinite(s)])
                 why = f"no {self.kind} is left that may be removed"

@@ -39,7 +39,11 @@ Calibration = Iterable[Batch]
 
 @runtime_checkable
 class Criterion(Protocol):
-    """Scores units. Convention: the LOWEST score is removed first (least important)."""
+    """Scores units. Convention: the LOWEST score is removed first (least important).
+
+    Optional: a class attribute `scores_compare_across_groups = True` says the scores are in the
+    same units in every layer (Taylor's loss change), so a global ranking of neurons, heads or
+    channels takes them raw; without it they are normalised per layer (`pruning.ranking`)."""
 
     name: str
     unit_kind: str

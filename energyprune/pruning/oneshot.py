@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from energyprune.errors import UsageError
 from energyprune.pruning.base import Calibration, Criterion, Unit
 from energyprune.pruning.criteria import get_criterion
 from energyprune.pruning.kinds import KINDS, remove_units, units_for
+from energyprune.pruning.ranking import check_scope, default_scope, ranking_scores
 from energyprune.pruning.surgery.record import PruneRecord
 
 logger = logging.getLogger(__name__)
@@ -42,41 +43,13 @@ def _removable(score: float) -> bool:
     return score != math.inf and not math.isnan(score)
 
 
-#: How the units of a grouped kind (neurons of MLPs, heads of attentions, channels of layers) are
-#: ranked: "global" ranks every unit of the model together after dividing each group's scores by
-#: the group's mean |score| (Torch-Pruning's "mean" normaliser), so a layer whose activations or
-#: gradients are small overall is not emptied for it; "global-raw" ranks the scores as they are;
-#: "per-layer" takes the same count of each group (every MLP keeps the same width, so a Hugging
-#: Face config can still describe the model). On SmolLM2 at 25% of the neurons, raw global
-#: activation scores emptied one MLP to 37 neurons (perplexity ×80); normalised, they did not
-#: (benchmarks/width_benchmark.py).
-SCOPES = ("global", "global-raw", "per-layer")
-
-
-def normalised(scores: Mapping[Unit, float]) -> dict[Unit, float]:
-    """Each unit's score divided by the mean |score| of the finite scores of its group (its path):
-    order within a group unchanged, groups of different scale made comparable. Infinite and NaN
-    scores, and groups whose mean is 0, are left as they are."""
-    totals: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
-    for unit, score in scores.items():
-        if math.isfinite(score):
-            totals[unit.path] += abs(score)
-            counts[unit.path] += 1
-    out = {}
-    for unit, score in scores.items():
-        mean = totals[unit.path] / counts[unit.path] if counts[unit.path] else 0.0
-        out[unit] = score / mean if math.isfinite(score) and mean > 0 else score
-    return out
-
-
 def select(scores: Mapping[Unit, float], amount: int | float, kind: str, *, scope: str = "global") -> list[Unit]:
     """The units to remove: the `amount` lowest scores, +inf (protected) and NaN excluded, within
     what the surgery lets go (one unit of each MLP / attention / layer stays). A float in (0, 1)
     is a fraction of all units; with `scope="per-layer"`, of each group's units. Grouped kinds are
-    ranked on `normalised` scores with `scope="global"` (see `SCOPES`)."""
-    if scope not in SCOPES:
-        raise UsageError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    ranked on `normalised` scores with `scope="global"`, as they are with "global-raw"
+    (`pruning.ranking`; `prune` picks the criterion's own)."""
+    check_scope(scope)
     finite = sorted((s, u) for u, s in scores.items() if _removable(s))
     if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount <= 0:
         raise UsageError(f"amount must be a positive count or a fraction in (0, 1), got {amount!r}")
@@ -103,7 +76,7 @@ def select(scores: Mapping[Unit, float], amount: int | float, kind: str, *, scop
     if count < 1:
         raise UsageError(f"amount {amount} of {len(scores)} units removes nothing")
     if grouped and scope == "global":
-        finite = sorted((s, u) for u, s in normalised(scores).items() if _removable(s))
+        finite = sorted((s, u) for u, s in ranking_scores(scores, kind, scope).items() if _removable(s))
     ranked = [u for _, u in finite]
     candidates = KINDS[kind].eligible(ranked, list(scores)) if grouped else ranked
     if count > len(candidates):
@@ -124,7 +97,7 @@ def prune(
     calibration: Calibration = (),
     *,
     unit_kind: str | None = None,
-    scope: str = "global",
+    scope: str | None = None,
     inplace: bool = False,
     bridge: bool = False,
     **criterion_options: Any,
@@ -134,8 +107,10 @@ def prune(
     `criterion` is a name (`energyprune.pruning.criteria.CRITERIA`) or a Criterion; `unit_kind`
     overrides the criterion's default kind when it is given by name. `calibration` is an iterable
     of batches (re-iterable: a list), needed by the data-driven criteria. A fractional `amount`
-    of neurons, heads or channels ranks all of the model's units together (`scope="global"`) or
-    takes that fraction of every MLP / attention / layer (`scope="per-layer"`, equal widths). The
+    of neurons, heads or channels ranks all of the model's units together or takes that fraction of
+    every MLP / attention / layer (`scope="per-layer"`, equal widths); the default ranks globally,
+    raw where the criterion's scores compare across layers (Taylor), normalised per layer otherwise
+    (`pruning.ranking.default_scope`; "global" / "global-raw" choose). The
     user's model is untouched unless `inplace=True`. `bridge=True` (blocks only) replaces each run
     of removed blocks by a least-squares linear map fitted on `calibration` and folded into the
     block before it (`pruning.surgery.bridge`): same shapes and cost, less damage."""
@@ -149,6 +124,6 @@ def prune(
     calibration = list(calibration)
     units = units_for(model, criterion.unit_kind, calibration)
     scores = criterion.score(model, units, calibration)
-    chosen = select(scores, amount, criterion.unit_kind, scope=scope)
+    chosen = select(scores, amount, criterion.unit_kind, scope=scope or default_scope(criterion))
     pruned, record = remove_units(model, chosen, inplace=inplace, calibration=calibration, bridge=bridge)
     return PruneOutcome(pruned, record, dict(scores), tuple(sorted(chosen)))

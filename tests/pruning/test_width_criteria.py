@@ -51,8 +51,9 @@ def test_activation_of_a_head_group_is_the_mean_norm_of_its_output_slice() -> No
         assert scores[units[g]] == pytest.approx(float(expected), rel=1e-5)
 
 
+@pytest.mark.parametrize("estimator", ["abs", "fo-squared"])
 @pytest.mark.parametrize("kind", ["neuron", "head"])
-def test_taylor_gives_zero_to_a_unit_that_contributes_nothing(kind: str) -> None:
+def test_taylor_gives_zero_to_a_unit_that_contributes_nothing(kind: str, estimator: str) -> None:
     model = tiny("llama")
     with torch.no_grad():
         if kind == "neuron":
@@ -61,7 +62,7 @@ def test_taylor_gives_zero_to_a_unit_that_contributes_nothing(kind: str) -> None
             model.model.layers[2].self_attn.o_proj.weight[:, 16:32] = 0
     flags = [p.requires_grad for p in model.parameters()]
     units = units_for(model, kind)
-    criterion = TaylorCriterion(kind)
+    criterion = TaylorCriterion(kind, estimator=estimator)
     scores = criterion.score(model, units, batches())
     silent = next(u for u in units if u.path.startswith("model.layers.2") and u.index == (5 if kind == "neuron" else 1))
     assert scores[silent] == 0.0
@@ -85,7 +86,7 @@ def test_taylor_of_a_neuron_sums_weight_times_gradient_over_what_it_owns() -> No
         expected += float((mlp.down_proj.weight * mlp.down_proj.weight.grad).abs()[:, j].sum())
     model.zero_grad(set_to_none=True)
     units = [u for u in units_for(model, "neuron") if u.path == "model.layers.0.mlp"]
-    scores = TaylorCriterion("neuron").score(model, units, data)
+    scores = TaylorCriterion("neuron", estimator="abs").score(model, units, data)
     assert scores[units[j]] == pytest.approx(expected, rel=1e-5)
 
 
@@ -143,6 +144,15 @@ def test_taylor_fo_squared_prunes_every_width_kind(kind: str) -> None:
     assert outcome.removed and all(s >= 0 for s in outcome.scores.values())
     ids, mask = tokens()
     assert torch.isfinite(output(outcome.model, ids, mask)).all()
+
+
+def test_taylor_defaults_to_fo_squared_except_for_cnn_channels() -> None:
+    # fo-squared beat abs on SmolLM2's neurons, KV groups and hidden channels (taylor's module note);
+    # a CNN channel has abs only.
+    for kind in ("neuron", "head", "hidden"):
+        assert get_criterion("taylor", unit_kind=kind).estimator == "fo-squared"
+    assert get_criterion("taylor", unit_kind="channel").estimator == "abs"
+    assert get_criterion("taylor", unit_kind="neuron", estimator="abs").estimator == "abs"
 
 
 def test_taylor_estimators_are_checked() -> None:
