@@ -327,22 +327,35 @@ def row_key(row: dict[str, Any]) -> tuple[str, int, int]:
     return (row["family"], row["cut_percent"], row["steps"])
 
 
+#: Rows made before 2026-12-06 carry no `ranking`: their width units were ranked by taylor's |w·g|
+#: normalised per layer, since by taylor's default estimator (fo-squared) on raw scores.
+RANKING_NOTE = (" (a row's `ranking` names the estimator and whether the scores were ranked raw or normalised "
+                "per layer; rows without one: abs, normalised)")
+
+
+def runs_of(doc: dict[str, Any]) -> list[dict[str, str]]:
+    """The runs that made a front's rows, oldest first (files made before `runs` was kept hold one
+    date, command and commit)."""
+    return doc.get("runs") or [{"date": doc["date"], "command": doc["command"], "commit": doc["commit"]}]
+
+
 def intro(doc: dict[str, Any]) -> list[str]:
     if doc.get("width_kinds") == ["channel"]:
         families = ("Families: depth = whole shape-preserving blocks by cosine-block; width = channels of every "
                     "group of coupled layers (traced by torch-pruning's DependencyGraph), ranked across groups by "
-                    "Taylor importance; mixed = blocks to half the cut, then width.")
+                    "Taylor importance" + RANKING_NOTE + "; mixed = blocks to half the cut, then width.")
     elif doc.get("width_kinds") == ["head", "neuron"]:
         families = ("Families: depth = whole blocks by cosine-block; width = attention heads and MLP neurons (not "
                     "the hidden size: the embedding's dimensions are the product), the same fraction of each, ranked "
-                    "across layers by Taylor importance; mixed = blocks to half the cut, then width.")
+                    "across layers by Taylor importance" + RANKING_NOTE + "; mixed = blocks to half the cut, then width.")
     else:
         families = ("Families: depth = whole blocks by cosine-block; width = KV groups, MLP neurons and hidden "
-                    "channels, the same fraction of each, ranked across layers by Taylor importance; mixed = "
+                    "channels, the same fraction of each, ranked across layers by Taylor importance" + RANKING_NOTE + "; mixed = "
                     "blocks to half the cut, then width; width-no-hidden = KV groups and MLP neurons only; "
                     "depth-bridge = depth's blocks, each removed run replaced by a least-squares linear map folded "
                     "into the block before it (ReplaceMe; same FLOPs as depth).")
-    return [f"Made {doc['date']} with `{doc['command']}` (commit {doc['commit']}).",
+    made = "; then ".join(f"{run['date']} with `{run['command']}` (commit {run['commit']})" for run in runs_of(doc))
+    return [f"Made {made}.",
             families + " Each row prunes to the smallest amount whose FLOPs ratio (the probe's batch) is at or "
             "below 1 - cut.",
             f"Distillation: {doc['recovery']}. Data: {doc['data']}."]
@@ -533,6 +546,8 @@ def main(argv: list[str] | None = None) -> int:
     if only is not None and path.exists():
         previous = load_json(path)
         doc["rows"] = [r for r in previous.get("rows", []) if (r["family"], r["cut_percent"]) not in only]
+        # `--only` adds rows to a front made earlier: every run that made its rows stays named.
+        doc["runs"] = runs_of(previous) + [{k: doc[k] for k in ("date", "command", "commit")}]
         doc["original_answers"] = previous.get("original_answers")
         doc["unreachable"] = [u for u in previous.get("unreachable", [])
                               if (u.split(" -")[0], int(u.split(" -")[1].split("%")[0])) not in only]

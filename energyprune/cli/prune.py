@@ -77,7 +77,9 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
                       help="0.5J or 500mJ (joules per inference), -30%% or 0.7x (of the original), "
                            "latency<=10ms, power<=150W (quote the last two in a shell)")
     loop.add_argument("--criterion", required=True,
-                      help="cosine-block, entropy-block, magnitude, random, nepenthe, mipp, thermodynamic, energy-aware")
+                      help="blocks: cosine-block, entropy-block, energy-aware; width (neuron, head, hidden, channel): "
+                           "taylor (Taylor-FO by default; --criterion-option estimator=abs), activation, mipp, "
+                           "thermodynamic, nepenthe; any kind: magnitude, random")
     loop.add_argument("--unit-kind", "--unit", type=_unit_kinds, metavar="KIND[,KIND...]",
                       help=f"what to remove: {', '.join(KIND_NAMES)}; several (neuron,head) let every step take "
                            "the kind that loses the least fidelity per FLOP saved (default: the criterion's own)")

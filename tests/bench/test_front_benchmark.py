@@ -95,6 +95,12 @@ def test_the_report_labels_every_estimated_energy_and_says_when_it_is_incomplete
     energy_lines = [line for line in text.splitlines() if "0.710 [0.650, 0.780]" in line]
     assert len(energy_lines) == 2 and all("ESTIMATED" in line for line in energy_lines)
     assert "Incomplete run" in text and "| 0.600 |" in text
+    assert "2026-12-05 with `python benchmarks/front_benchmark.py` (commit abc)" in text
+    # Rows added later with --only: every run that made rows stays named.
+    again = {**doc, "runs": front.runs_of(doc) + [{"date": "2026-12-06", "commit": "def",
+                                                    "command": "python benchmarks/front_benchmark.py --only width:30"}]}
+    assert "(commit abc); then 2026-12-06 with `python benchmarks/front_benchmark.py --only width:30` (commit def)" \
+        in front.markdown(again)
     pytest.importorskip("matplotlib")
     front.write_all(doc, tmp_path / "front-smollm2.json")
     page = (tmp_path / "front-smollm2.html").read_text()

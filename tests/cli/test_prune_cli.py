@@ -227,3 +227,12 @@ def test_prune_with_a_bridge_refuses_post_norm_blocks_before_measuring(tmp_path,
     assert "cannot bridge over the blocks after layers.0" in captured.out + captured.err
     assert "post-norm" in captured.out + captured.err and "original:" not in captured.out
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_prune_help_names_every_registered_criterion():
+    from energyprune.cli.main import build_parser
+    from energyprune.pruning.criteria import CRITERIA
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    criterion = next(a for a in commands.choices["prune"]._actions if "--criterion" in a.option_strings)
+    assert all(name in criterion.help for name in CRITERIA), sorted(n for n in CRITERIA if n not in criterion.help)
