@@ -6,6 +6,8 @@ and without distillation (issue 12's deciding benchmark, the parts a 2-core CPU 
     python benchmarks/front_benchmark.py --model efficientnet             # EfficientNet-Lite0 (a CNN)
     python benchmarks/front_benchmark.py --cuts 30 --recover-steps 0,100,400 --families width
     python benchmarks/front_benchmark.py --only depth:30                  # rerun one row, keep the others
+    python benchmarks/front_benchmark.py --distil-data generated --out-dir <dir> --only depth-bridge:30
+                                        # distil on text the original writes (see teacher_batches)
 
 Families (the cost proxy is the FLOPs ratio at 1 x 128 tokens; every family prunes to the smallest
 amount whose FLOPs ratio is at or below 1 - cut):
@@ -102,15 +104,53 @@ class Subject:
     answers: Callable[[torch.nn.Module], list[str]] | None = None
     width_kinds: tuple[str, ...] = WIDTH_KINDS  # what "width" removes in this model
     families: tuple[str, ...] = FAMILIES  # the families that apply to it
+    bridge_fit: Batches | None = None  # what depth-bridge fits on (default: `train`)
 
 
-def smollm2_subject() -> Subject:
+#: Teacher-generated distillation text (`--distil-data generated`): each sequence continues a
+#: PREFIX_TOKENS-token window of the training half, sampled from the original at T = 1.
+PREFIX_TOKENS = 16
+GENERATED_SEQUENCES = 2048
+
+
+def teacher_batches(teacher: torch.nn.Module, text_batches: Batches, n_sequences: int, *, seq_len: int = 128,
+                    batch_size: int = 4, prefix_tokens: int = PREFIX_TOKENS, seed: int = 0,
+                    chunk: int = 64) -> Batches:
+    """`n_sequences` rows of `seq_len` tokens written by `teacher`, each the continuation of a
+    `prefix_tokens` window of `text_batches` (disjoint windows, in order; sampled at T = 1 with a
+    seeded generator), packed `batch_size` rows a batch. The 38k training tokens of the Lee corpus
+    are a few epochs of 400 distillation steps; the original's own text is as much as we want of
+    what the student should imitate, with no data that is not ours."""
+    rows = torch.cat([b["input_ids"] for b in text_batches])
+    windows = rows[:, : rows.shape[1] // prefix_tokens * prefix_tokens].reshape(-1, prefix_tokens)
+    if len(windows) < n_sequences:
+        raise ValueError(f"{len(windows)} prefixes of {prefix_tokens} tokens, {n_sequences} asked")
+    torch.manual_seed(seed)
+    out = []
+    with torch.inference_mode():
+        for start in range(0, n_sequences, chunk):
+            prefix = windows[start:min(start + chunk, n_sequences)]
+            out.append(teacher.generate(prefix, attention_mask=torch.ones_like(prefix), do_sample=True,
+                                        temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=seq_len - prefix_tokens,
+                                        min_new_tokens=seq_len - prefix_tokens, pad_token_id=0))
+    ids = torch.cat(out)
+    return [{"input_ids": ids[i:i + batch_size], "attention_mask": torch.ones_like(ids[i:i + batch_size]),
+             "use_cache": False} for i in range(0, len(ids), batch_size)]
+
+
+def smollm2_subject(distil_data: str = "lee") -> Subject:
     model, tokenizer = zoo.load_smollm2()
     docs = zoo.text_corpus("lee_background")
     half = len(docs) // 2
     train = zoo.calibration_batches(tokenizer, docs[:half], seq_len=128, batch_size=4, n_batches=64)
     for batch in train:
         batch["use_cache"] = False
+    calibration, lee_train = train[:4], train
+    distil_text = f"distillation: lee_background documents 0-{half - 1}, packed"
+    if distil_data == "generated":
+        train = teacher_batches(model, train, GENERATED_SEQUENCES)
+        distil_text = (f"distillation: {GENERATED_SEQUENCES} x 128 tokens written by the original (T = 1, seed 0), "
+                       f"each continuing a {PREFIX_TOKENS}-token window of lee_background documents 0-{half - 1}")
     heldout = zoo.calibration_batches(tokenizer, docs[half:], seq_len=256, batch_size=8, n_batches=1)
     heldout[0]["use_cache"] = False
     reference = NextTokenReference(model, heldout)
@@ -122,16 +162,16 @@ def smollm2_subject() -> Subject:
         return figures
 
     return Subject(
-        key="smollm2", title="SmolLM2-135M-Instruct", model=model, calibration=train[:4], train=train,
+        key="smollm2", title="SmolLM2-135M-Instruct", model=model, calibration=calibration, train=train,
         probe={"input_ids": heldout[0]["input_ids"][:1, :128], "use_cache": False}, evaluate=evaluate,
         metrics=(("exp_neg_kl", "held-out exp(-KL)", ".3f"), ("top1_agreement", "top-1 agreement", ".3f"),
                  ("perplexity_ratio", "ppl ratio", ".2f")),
         goal="Goal (issue 12, at -30% energy): exp(-KL) >= 0.8 and perplexity <= 1.5x the original's.",
         recovery="AdamW, KL on logits at T=1, all weights, batches of 4 x 128 tokens",
-        data=f"calibration (4 batches) and distillation: lee_background documents 0-{half - 1}, packed; "
+        data=f"calibration: 4 batches of lee_background documents 0-{half - 1}, packed; {distil_text}; "
              f"held-out: documents {half}-{len(docs) - 1}, 8 x 256 tokens; original held-out perplexity "
              f"{original_ppl:.2f}",
-        answers=lambda pruned: answers(pruned, tokenizer, 24))
+        answers=lambda pruned: answers(pruned, tokenizer, 24), bridge_fit=lee_train)
 
 
 def minilm_subject() -> Subject:
@@ -514,6 +554,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--energy", action="store_true", help="compare each pruned model's energy with the original")
     parser.add_argument("--only", default=None, help="family:cut items to (re)run; other rows of the JSON are kept")
     parser.add_argument("--out-dir", type=Path, default=None)
+    parser.add_argument("--distil-data", choices=("lee", "generated"), default="lee",
+                        help="smollm2: distil on the Lee training half (default) or on text the original writes from "
+                             "prefixes of it (give another --out-dir: rows are keyed by family, cut and steps)")
     args = parser.parse_args(argv)
     cuts = [int(c) for c in args.cuts.split(",")]
     recover_at = {int(c) for c in args.recover_at.split(",") if c}
@@ -522,7 +565,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     device = torch.device("cpu")
-    subject = SUBJECTS[args.model]()
+    if args.distil_data != "lee" and args.model != "smollm2":
+        raise SystemExit("--distil-data generated is for smollm2 (a model that writes text)")
+    subject = SUBJECTS[args.model](**({"distil_data": args.distil_data} if args.model == "smollm2" else {}))
     families = list(subject.families) if args.families is None else [f for f in args.families.split(",") if f]
     unknown = sorted(set(families) - set(subject.families))
     if unknown:
@@ -560,7 +605,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             t0 = time.perf_counter()
             try:
-                extra = {"fit": subject.train[:BRIDGE_FIT_BATCHES]} if family == "depth-bridge" else {}
+                fit = subject.bridge_fit if subject.bridge_fit is not None else subject.train
+                extra = {"fit": fit[:BRIDGE_FIT_BATCHES]} if family == "depth-bridge" else {}
                 pruned, removed = CUTTERS[family](model, subject.calibration, flops, 1 - cut / 100,
                                                   subject.width_kinds, **extra)
             except Unreachable as why:

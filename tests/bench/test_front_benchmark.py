@@ -124,3 +124,19 @@ def test_width_of_a_cnn_is_its_coupled_channels_ranked_across_groups(front) -> N
     doc = {"date": "2026-12-05", "command": "x", "commit": "abc", "recovery": "AdamW", "data": "photos",
            "width_kinds": ["channel"]}
     assert "DependencyGraph" in front.intro(doc)[1] and "KV groups" not in front.intro(doc)[1]
+
+
+def test_teacher_batches_continue_disjoint_training_prefixes_reproducibly(front, setup) -> None:
+    model, calibration, _ = setup
+    batches = front.teacher_batches(model, calibration, 5, seq_len=12, batch_size=2, prefix_tokens=4, chunk=3)
+    assert [b["input_ids"].shape for b in batches] == [(2, 12), (2, 12), (1, 12)]
+    rows = torch.cat([b["input_ids"] for b in batches])
+    # Row i starts with the i-th 4-token window of the training rows (4 rows x 16 tokens: 16 windows).
+    windows = torch.cat([b["input_ids"] for b in calibration]).reshape(-1, 4)
+    assert torch.equal(rows[:, :4], windows[:5])
+    assert all(b["use_cache"] is False and torch.equal(b["attention_mask"], torch.ones_like(b["input_ids"]))
+               for b in batches)
+    again = front.teacher_batches(model, calibration, 5, seq_len=12, batch_size=2, prefix_tokens=4, chunk=3)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, again))
+    with pytest.raises(ValueError, match="16 prefixes of 4 tokens, 17 asked"):
+        front.teacher_batches(model, calibration, 17, seq_len=12, prefix_tokens=4)
