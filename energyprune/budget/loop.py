@@ -55,6 +55,7 @@ from energyprune.pruning.base import Batch, Calibration, Criterion, Unit
 from energyprune.pruning.criteria import get_criterion
 from energyprune.pruning.kinds import eligible, has_units, remove_units, units_for
 from energyprune.pruning.ranking import default_scope, ranking_scores
+from energyprune.pruning.surgery.hidden import output_width_warning
 from energyprune.pruning.surgery.record import PruneRecord
 from energyprune.pruning.surgery.replay import apply_record
 
@@ -477,6 +478,11 @@ def prune_to_energy(
     quality = _Quality(model, inputs, evaluate, list(fidelity_batches) if fidelity_batches is not None else None)
     if evaluate is None:
         quality.check()  # the default fidelity must be able to read the outputs: fail now, not after measuring
+        narrows = output_width_warning(model) if "hidden" in kind.split(",") else None
+        if narrows:  # the default fidelity compares outputs of one width: it would fail after the first step
+            raise UsageError(f"{narrows}; the default quality (the outputs' similarity to the original's) cannot "
+                             "compare outputs of different widths: give evaluate= (a score of your task) to prune "
+                             "the hidden size anyway")
     if bridge:
         from energyprune.pruning.surgery.bridge import check_bridgeable
 
@@ -721,6 +727,8 @@ class _Loop:
                             n_params=original.n_params)
         if self._flops_error:
             self.state.warn(self._flops_error)
+        if "hidden" in self.kind.split(",") and (note := output_width_warning(self.original)):
+            self.state.warn(note)
         self.preview_cost()
         for text in measurement.warnings:
             self.state.warn(f"original: {text}")

@@ -20,6 +20,7 @@ from energyprune.pruning.base import Calibration, Criterion, Unit
 from energyprune.pruning.criteria import get_criterion
 from energyprune.pruning.kinds import KINDS, remove_units, units_for
 from energyprune.pruning.ranking import check_scope, default_scope, ranking_scores
+from energyprune.pruning.surgery.hidden import output_width_warning
 from energyprune.pruning.surgery.record import PruneRecord
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,8 @@ def prune(
     elif criterion_options or unit_kind is not None:
         raise UsageError("options and unit_kind go with a criterion given by name")
     calibration = list(calibration)
+    if criterion.unit_kind == "hidden" and (note := output_width_warning(model)):
+        logger.warning("%s", note)
     units = units_for(model, criterion.unit_kind, calibration)
     scores = criterion.score(model, units, calibration)
     chosen = select(scores, amount, criterion.unit_kind, scope=scope or default_scope(criterion))

@@ -122,3 +122,36 @@ def test_a_model_where_neither_heads_nor_hidden_apply_says_what_does() -> None:
         with pytest.raises(UsageError, match=r"layers\.0\.self_attn \(MultiheadAttention\).*unit kinds that apply "
                                              r"to this model: block, attention, neuron, activation"):
             units_for(demo, kind)
+
+
+def test_removing_hidden_channels_of_a_model_whose_output_is_its_hidden_state_is_warned(caplog) -> None:
+    from energyprune.pruning.surgery.hidden import output_width_warning
+
+    encoder = tiny("bert")  # a BertModel: its output is the last hidden state
+    note = output_width_warning(encoder)
+    assert note is not None and "narrows it from 32 dimensions" in note and "neuron,head" in note
+    for family in ("llama", "gpt2"):  # an lm_head maps the hidden state to the vocabulary: nothing to say
+        assert output_width_warning(tiny(family)) is None
+    ids, mask = tokens()
+    with caplog.at_level("WARNING", logger="energyprune.pruning.oneshot"):
+        prune(encoder, "magnitude", 0.25, [{"input_ids": ids, "attention_mask": mask}], unit_kind="hidden")
+    assert any("narrows it from 32 dimensions" in r.getMessage() for r in caplog.records)
+
+
+def test_the_budget_loop_refuses_to_narrow_an_output_it_compares_and_warns_when_told_how_to_judge() -> None:
+    from energyprune.budget import prune_to_energy
+    from tests.budget.scripted import FlopsJudge
+
+    encoder = tiny("bert")
+    ids, mask = tokens()
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    judge = FlopsJudge()
+    # Its default quality, embedding similarity to the original, cannot compare 32 with 29 dimensions.
+    with pytest.raises(UsageError, match="narrows it from 32 dimensions.*give evaluate="):
+        prune_to_energy(encoder, "-10%", "magnitude", unit_kind="hidden", inputs=inputs, judge=judge)
+    assert judge.measures == 0  # refused before measuring
+    # With a task score of the user's own, it may; the result says what it did to the output.
+    result = prune_to_energy(encoder, "-10%", "magnitude", unit_kind="hidden", inputs=inputs, judge=judge,
+                             evaluate=lambda model: 1.0, max_steps=1, accept_median=True)
+    assert any("narrows it from 32 dimensions" in w for w in result.warnings)
+    assert result.steps and result.steps[0].removed

@@ -153,6 +153,18 @@ def _shrink_embedding(module: nn.Embedding, keep: list[int]) -> None:
     module.embedding_dim = len(keep)
 
 
+def output_width_warning(model: nn.Module) -> str | None:
+    """One line when the model's output is its hidden state (a Hugging Face base model, such as a
+    sentence encoder): removing hidden channels then narrows the output itself, so vectors stored
+    from the original stop comparing with the pruned model's. None for a model with a head
+    (`lm_head`, a classifier) and for models that are not Hugging Face's, where it cannot be told."""
+    if getattr(model, "base_model", None) is not model:
+        return None
+    return (f"the output of {type(model).__name__} is its hidden state: removing hidden channels narrows it from "
+            f"{_hidden_size(model)} dimensions, so embeddings stored from the original no longer compare with the "
+            "pruned model's and a head trained on them no longer fits; prune neuron,head to keep the output space")
+
+
 def prune_hidden(model: nn.Module, channels: Iterable[int], *, inplace: bool = False
                  ) -> tuple[nn.Module, PruneRecord]:
     """Remove hidden channels `channels` everywhere they live (see the module note). Works on a
