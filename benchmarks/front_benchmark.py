@@ -138,7 +138,7 @@ def teacher_batches(teacher: torch.nn.Module, text_batches: Batches, n_sequences
              "use_cache": False} for i in range(0, len(ids), batch_size)]
 
 
-def smollm2_subject(distil_data: str = "lee") -> Subject:
+def smollm2_subject(distil_data: str = "lee", generated_sequences: int = GENERATED_SEQUENCES) -> Subject:
     model, tokenizer = zoo.load_smollm2()
     docs = zoo.text_corpus("lee_background")
     half = len(docs) // 2
@@ -148,8 +148,8 @@ def smollm2_subject(distil_data: str = "lee") -> Subject:
     calibration, lee_train = train[:4], train
     distil_text = f"distillation: lee_background documents 0-{half - 1}, packed"
     if distil_data == "generated":
-        train = teacher_batches(model, train, GENERATED_SEQUENCES)
-        distil_text = (f"distillation: {GENERATED_SEQUENCES} x 128 tokens written by the original (T = 1, seed 0), "
+        train = teacher_batches(model, train, generated_sequences)
+        distil_text = (f"distillation: {generated_sequences} x 128 tokens written by the original (T = 1, seed 0), "
                        f"each continuing a {PREFIX_TOKENS}-token window of lee_background documents 0-{half - 1}")
     heldout = zoo.calibration_batches(tokenizer, docs[half:], seq_len=256, batch_size=8, n_batches=1)
     heldout[0]["use_cache"] = False
@@ -557,6 +557,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distil-data", choices=("lee", "generated"), default="lee",
                         help="smollm2: distil on the Lee training half (default) or on text the original writes from "
                              "prefixes of it (give another --out-dir: rows are keyed by family, cut and steps)")
+    parser.add_argument("--generated-sequences", type=int, default=GENERATED_SEQUENCES,
+                        help=f"with --distil-data generated: 128-token sequences written (default {GENERATED_SEQUENCES}; "
+                             "a distillation step reads 4)")
     args = parser.parse_args(argv)
     cuts = [int(c) for c in args.cuts.split(",")]
     recover_at = {int(c) for c in args.recover_at.split(",") if c}
@@ -567,7 +570,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu")
     if args.distil_data != "lee" and args.model != "smollm2":
         raise SystemExit("--distil-data generated is for smollm2 (a model that writes text)")
-    subject = SUBJECTS[args.model](**({"distil_data": args.distil_data} if args.model == "smollm2" else {}))
+    subject = SUBJECTS[args.model](**({"distil_data": args.distil_data, "generated_sequences": args.generated_sequences}
+                                      if args.model == "smollm2" else {}))
     families = list(subject.families) if args.families is None else [f for f in args.families.split(",") if f]
     unknown = sorted(set(families) - set(subject.families))
     if unknown:
