@@ -368,7 +368,8 @@ def row_key(row: dict[str, Any]) -> tuple[str, int, int]:
 
 
 #: Rows made before 2026-12-06 carry no `ranking`: their width units were ranked by taylor's |w·g|
-#: normalised per layer, since by taylor's default estimator (fo-squared) on raw scores.
+#: normalised per layer; later rows by taylor's default estimator (fo-squared; abs for CNN
+#: channels) on raw scores, as their `ranking` says.
 RANKING_NOTE = (" (a row's `ranking` names the estimator and whether the scores were ranked raw or normalised "
                 "per layer; rows without one: abs, normalised)")
 
