@@ -8,6 +8,8 @@ and without distillation (issue 12's deciding benchmark, the parts a 2-core CPU 
     python benchmarks/front_benchmark.py --only depth:30                  # rerun one row, keep the others
     python benchmarks/front_benchmark.py --distil-data generated --out-dir <dir> --only depth-bridge:30
                                         # distil on text the original writes (see teacher_batches)
+    python benchmarks/front_benchmark.py --model efficientnet --distil-data mixup --out-dir <dir>
+                                        # distil on fresh blended crops (see MixedCrops)
 
 Families (the cost proxy is the FLOPs ratio at 1 x 128 tokens; every family prunes to the smallest
 amount whose FLOPs ratio is at or below 1 - cut):
@@ -48,7 +50,8 @@ import sys
 import time
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Callable
+from collections.abc import Sequence
+from typing import Any, Callable, overload
 
 import torch
 
@@ -69,6 +72,8 @@ from energyprune.pruning.kinds import remove_units  # noqa: E402
 from energyprune.pruning.oneshot import select  # noqa: E402
 from energyprune.pruning.ranking import default_scope  # noqa: E402
 
+#: `--distil-data`: each model's own default, or the teacher's text (SmolLM2), or mixup crops (EfficientNet).
+DISTIL_DATA = ("default", "generated", "mixup")
 FAMILIES = ("depth", "depth-bridge", "width", "mixed", "width-no-hidden")
 #: Batches the depth-bridge family fits its linear maps on (from the training split): a 576 x 576 map
 #: wants several thousand tokens (4 batches, 2,048 tokens: exp(-KL) 0.18 at -30%; 16: 0.28).
@@ -115,30 +120,62 @@ GENERATED_SEQUENCES = 2048
 
 def teacher_batches(teacher: torch.nn.Module, text_batches: Batches, n_sequences: int, *, seq_len: int = 128,
                     batch_size: int = 4, prefix_tokens: int = PREFIX_TOKENS, seed: int = 0,
-                    chunk: int = 64) -> Batches:
+                    chunk: int = 64, cache: Path | None = None) -> Batches:
     """`n_sequences` rows of `seq_len` tokens written by `teacher`, each the continuation of a
     `prefix_tokens` window of `text_batches` (disjoint windows, in order; sampled at T = 1 with a
     seeded generator), packed `batch_size` rows a batch. The 38k training tokens of the Lee corpus
     are a few epochs of 400 distillation steps; the original's own text is as much as we want of
-    what the student should imitate, with no data that is not ours."""
+    what the student should imitate, with no data that is not ours.
+
+    Writing is slow on a CPU (1,600 sequences: 22 min on 2 cores), so `cache` (a file) keeps the
+    token ids: read back (tensors only, `weights_only`) when it holds `n_sequences` rows of
+    `seq_len` that start with these prefixes, else (re)written."""
     rows = torch.cat([b["input_ids"] for b in text_batches])
     windows = rows[:, : rows.shape[1] // prefix_tokens * prefix_tokens].reshape(-1, prefix_tokens)
     if len(windows) < n_sequences:
         raise ValueError(f"{len(windows)} prefixes of {prefix_tokens} tokens, {n_sequences} asked")
-    torch.manual_seed(seed)
-    out = []
-    with torch.inference_mode():
-        for start in range(0, n_sequences, chunk):
-            prefix = windows[start:min(start + chunk, n_sequences)]
-            out.append(teacher.generate(prefix, attention_mask=torch.ones_like(prefix), do_sample=True,
-                                        temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=seq_len - prefix_tokens,
-                                        min_new_tokens=seq_len - prefix_tokens, pad_token_id=0))
-    ids = torch.cat(out)
+    ids = _cached_ids(cache, windows[:n_sequences], seq_len, seed)
+    if ids is None:
+        torch.manual_seed(seed)
+        out = []
+        with torch.inference_mode():
+            for start in range(0, n_sequences, chunk):
+                prefix = windows[start:min(start + chunk, n_sequences)]
+                out.append(teacher.generate(prefix, attention_mask=torch.ones_like(prefix), do_sample=True,
+                                            temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=seq_len - prefix_tokens,
+                                            min_new_tokens=seq_len - prefix_tokens, pad_token_id=0))
+        ids = torch.cat(out)
+        if cache is not None:
+            _save_ids(cache, ids, seed)
     return [{"input_ids": ids[i:i + batch_size], "attention_mask": torch.ones_like(ids[i:i + batch_size]),
              "use_cache": False} for i in range(0, len(ids), batch_size)]
 
 
-def smollm2_subject(distil_data: str = "lee", generated_sequences: int = GENERATED_SEQUENCES) -> Subject:
+def _cached_ids(cache: Path | None, prefixes: torch.Tensor, seq_len: int, seed: int) -> torch.Tensor | None:
+    """The ids in `cache` when they were written for these prefixes, length and seed; else None."""
+    if cache is None or not cache.exists():
+        return None
+    saved = torch.load(cache, weights_only=True)
+    ids = saved.get("ids") if isinstance(saved, dict) else None
+    if (not isinstance(ids, torch.Tensor) or saved.get("seed") != seed or ids.shape != (len(prefixes), seq_len)
+            or not torch.equal(ids[:, : prefixes.shape[1]], prefixes)):
+        print(f"{cache} was written for other prefixes, lengths or seed: writing the text again", flush=True)
+        return None
+    return ids
+
+
+def _save_ids(cache: Path, ids: torch.Tensor, seed: int) -> None:
+    import io
+
+    from energyprune.files import write_bytes_atomic
+
+    buffer = io.BytesIO()
+    torch.save({"ids": ids, "seed": seed}, buffer)
+    write_bytes_atomic(cache, buffer.getvalue())
+
+
+def smollm2_subject(distil_data: str = "default", generated_sequences: int = GENERATED_SEQUENCES,
+                    generated_cache: Path | None = None) -> Subject:
     model, tokenizer = zoo.load_smollm2()
     docs = zoo.text_corpus("lee_background")
     half = len(docs) // 2
@@ -148,7 +185,7 @@ def smollm2_subject(distil_data: str = "lee", generated_sequences: int = GENERAT
     calibration, lee_train = train[:4], train
     distil_text = f"distillation: lee_background documents 0-{half - 1}, packed"
     if distil_data == "generated":
-        train = teacher_batches(model, train, generated_sequences)
+        train = teacher_batches(model, train, generated_sequences, cache=generated_cache)
         distil_text = (f"distillation: {generated_sequences} x 128 tokens written by the original (T = 1, seed 0), "
                        f"each continuing a {PREFIX_TOKENS}-token window of lee_background documents 0-{half - 1}")
     heldout = zoo.calibration_batches(tokenizer, docs[half:], seq_len=256, batch_size=8, n_batches=1)
@@ -210,18 +247,28 @@ def minilm_subject() -> Subject:
 CALIBRATION_PHOTOS = ("coffee", "rocket", "camera", "coins", "brick", "grass")
 
 
-def efficientnet_subject() -> Subject:
+#: `--distil-data mixup` on EfficientNet: as many made-on-demand batches as the most steps asked.
+MIXUP_BATCHES = 4096
+
+
+def efficientnet_subject(distil_data: str = "default") -> Subject:
     from energyprune.metrics.fidelity import ClassReference
 
     model = zoo.load_efficientnet_lite0().eval()
     heldout_photos = tuple(s for s in zoo.IMAGE_SOURCES if s not in CALIBRATION_PHOTOS)
     calibration, _ = zoo.image_crops(CALIBRATION_PHOTOS, 2, seed=0)
     train, _ = zoo.image_crops(CALIBRATION_PHOTOS, 64, seed=2)
+    batches: Batches | MixedCrops = list(train.split(8))
+    distil_text = "distillation: 64 other crops of the same photographs (seed 2)"
+    if distil_data == "mixup":
+        batches = MixedCrops(CALIBRATION_PHOTOS, 8, MIXUP_BATCHES)
+        distil_text = ("distillation: fresh crops of the same photographs for every batch, each blended with another "
+                       "(mixup, weight ~ U(0, 1); seeded)")
     heldout, _ = zoo.image_crops(heldout_photos, 4, seed=1)
     reference = ClassReference(model, list(heldout.split(24)))
     return Subject(
         key="efficientnet", title="EfficientNet-Lite0", model=model, calibration=list(calibration.split(6)),
-        train=list(train.split(8)), probe=heldout[:1], evaluate=reference,
+        train=batches, probe=heldout[:1], evaluate=reference,
         metrics=(("top1_agreement", "held-out top-1 agreement", ".3f"), ("top5_agreement", "top-5 agreement", ".3f"),
                  ("exp_neg_kl", "held-out exp(-KL)", ".3f")),
         goal="No ImageNet labels offline: agreement with the unpruned model's classes on photographs it never "
@@ -229,12 +276,63 @@ def efficientnet_subject() -> Subject:
         recovery="AdamW, KL on the class distributions at T=1, all weights (BatchNorm statistics frozen), "
                  "batches of 8 crops",
         data=f"calibration (Taylor gradients): scikit-image photographs {', '.join(CALIBRATION_PHOTOS)}, 2 random "
-             f"resized crops each (seed 0); distillation: 64 other crops of the same photographs (seed 2); "
+             f"resized crops each (seed 0); {distil_text}; "
              f"held-out: the other {len(heldout_photos)} photographs, 4 crops each ({len(heldout)} images, seed 1)",
         width_kinds=("channel",), families=("depth", "width", "mixed"))
 
 
-SUBJECTS: dict[str, Callable[[], Subject]] = {
+class MixedCrops(Sequence[torch.Tensor]):
+    """`n_batches` batches made on demand (`--distil-data mixup`): each `batch_size` fresh random
+    resized crops of `sources` (seeded by the batch's index), every crop blended with another of the
+    batch, λ ~ U(0, 1) (mixup as "function matching", Beyer et al., arXiv 2106.05237: teacher and
+    student see the same blended image, so six photographs give as many distinct inputs as steps)."""
+
+    def __init__(self, sources: tuple[str, ...], batch_size: int, n_batches: int, seed: int = 3,
+                 crops: Callable[..., tuple[torch.Tensor, Any]] | None = None) -> None:
+        self.sources, self.batch_size, self.n_batches, self.seed = sources, batch_size, n_batches, seed
+        self.crops = crops or zoo.image_crops  # (sources, crops_per_image, seed=) -> (images, names)
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    @overload
+    def __getitem__(self, index: int) -> torch.Tensor: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[torch.Tensor]: ...
+
+    def __getitem__(self, index: int | slice) -> torch.Tensor | Sequence[torch.Tensor]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.n_batches))]
+        if not -self.n_batches <= index < self.n_batches:
+            raise IndexError(index)
+        index %= self.n_batches
+        seed = self.seed * 1_000_003 + index
+        per_source = -(-self.batch_size // len(self.sources))
+        crops, _ = self.crops(self.sources, per_source, seed=seed)
+        generator = torch.Generator().manual_seed(seed)
+        chosen = crops[torch.randperm(len(crops), generator=generator)[: self.batch_size]]
+        partner = chosen[torch.randperm(len(chosen), generator=generator)]
+        blend = torch.rand(len(chosen), 1, 1, 1, generator=generator)
+        return blend * chosen + (1 - blend) * partner
+
+
+class Rotated(Sequence[Any]):
+    """`batches` read from `offset` on, wrapping round (distillation continuing where it stopped),
+    without copying or building them."""
+
+    def __init__(self, batches: Sequence[Any], offset: int) -> None:
+        self.batches, self.offset = batches, offset % len(batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self.batches[(index + self.offset) % len(self.batches)]
+
+
+SUBJECTS: dict[str, Callable[..., Subject]] = {
     "smollm2": smollm2_subject, "minilm": minilm_subject, "efficientnet": efficientnet_subject}
 
 
@@ -375,9 +473,22 @@ RANKING_NOTE = (" (a row's `ranking` names the estimator and whether the scores 
 
 
 def runs_of(doc: dict[str, Any]) -> list[dict[str, str]]:
-    """The runs that made a front's rows, oldest first (files made before `runs` was kept hold one
-    date, command and commit)."""
-    return doc.get("runs") or [{"date": doc["date"], "command": doc["command"], "commit": doc["commit"]}]
+    """The runs that made a front's rows, oldest first, each with the machine it ran on (files made
+    before `runs` was kept hold one date, command and commit; before a run named its machine, the
+    file's `device` was the machine of every run)."""
+    runs = doc.get("runs") or [{"date": doc["date"], "command": doc["command"], "commit": doc["commit"]}]
+    machine = doc.get("device", {}).get("device_name", "an unnamed machine")
+    return [{**run, "machine": run.get("machine") or machine} for run in runs]
+
+
+def machines_of(doc: dict[str, Any]) -> list[str]:
+    """The machines that made a front's rows, in the order they first ran."""
+    return list(dict.fromkeys(run["machine"] for run in runs_of(doc)))
+
+
+def energy_machine(doc: dict[str, Any], row: dict[str, Any]) -> str:
+    """The machine a row's energy was measured on (rows made before a row named it: the file's)."""
+    return row.get("energy", {}).get("machine") or machines_of(doc)[0]
 
 
 def intro(doc: dict[str, Any]) -> list[str]:
@@ -395,7 +506,9 @@ def intro(doc: dict[str, Any]) -> list[str]:
                     "blocks to half the cut, then width; width-no-hidden = KV groups and MLP neurons only; "
                     "depth-bridge = depth's blocks, each removed run replaced by a least-squares linear map folded "
                     "into the block before it (ReplaceMe; same FLOPs as depth).")
-    made = "; then ".join(f"{run['date']} with `{run['command']}` (commit {run['commit']})" for run in runs_of(doc))
+    several = len(machines_of(doc)) > 1
+    made = "; then ".join(f"{run['date']} with `{run['command']}` (commit {run['commit']}"
+                          + (f", on {run['machine']})" if several else ")") for run in runs_of(doc))
     return [f"Made {made}.",
             families + " Each row prunes to the smallest amount whose FLOPs ratio (the probe's batch) is at or "
             "below 1 - cut.",
@@ -406,6 +519,8 @@ def front_table(doc: dict[str, Any]) -> tuple[list[str], list[list[str]], bool]:
     """Header, rows, and whether any row carries an energy figure."""
     metrics = doc["metrics"]
     with_energy = any("energy" in row for row in doc["rows"])
+    # Energy ratios from different machines are different measurements: each cell names its machine then.
+    several = len({energy_machine(doc, row) for row in doc["rows"] if "energy" in row}) > 1
     header = ["family", "cut", "removed", "FLOPs ratio"] + (["energy ratio"] if with_energy else []) + \
              ["distillation steps"] + [label for _, label, _ in metrics] + ["seconds"]
     rows = []
@@ -416,7 +531,8 @@ def front_table(doc: dict[str, Any]) -> tuple[list[str], list[list[str]], bool]:
         if with_energy:
             e = row.get("energy")
             cells.append(f"{e['ratio']:.3f} [{e['ratio_ci95'][0]:.3f}, {e['ratio_ci95'][1]:.3f}]"
-                         f"{' ESTIMATED' if e['provenance'] == 'estimated' else ''}" if e else "n/a")
+                         f"{' ESTIMATED' if e['provenance'] == 'estimated' else ''}"
+                         f"{f' ({energy_machine(doc, row)})' if several else ''}" if e else "n/a")
         cells += [str(row["steps"])] + [format(f[key], fmt) for key, _, fmt in metrics] + [f"{row['seconds']:.0f}"]
         rows.append(cells)
     return header, rows, with_energy
@@ -443,7 +559,7 @@ def markdown(doc: dict[str, Any]) -> str:
         return ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"] + \
                ["| " + " | ".join(r) + " |" for r in rows]
 
-    lines = [f"# Fidelity-energy front: {doc['title']} ({doc['device']['device_name']})", ""]
+    lines = [f"# Fidelity-energy front: {doc['title']} ({', '.join(machines_of(doc))})", ""]
     for paragraph in intro(doc):
         lines += [paragraph, ""]
     header, rows, with_energy = front_table(doc)
@@ -555,12 +671,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--energy", action="store_true", help="compare each pruned model's energy with the original")
     parser.add_argument("--only", default=None, help="family:cut items to (re)run; other rows of the JSON are kept")
     parser.add_argument("--out-dir", type=Path, default=None)
-    parser.add_argument("--distil-data", choices=("lee", "generated"), default="lee",
-                        help="smollm2: distil on the Lee training half (default) or on text the original writes from "
-                             "prefixes of it (give another --out-dir: rows are keyed by family, cut and steps)")
+    parser.add_argument("--distil-data", choices=DISTIL_DATA, default="default",
+                        help="default: smollm2 the Lee training half, efficientnet 64 fixed crops of six photographs; "
+                             "generated (smollm2): text the original writes from prefixes of the Lee half; mixup "
+                             "(efficientnet): fresh crops of the six photographs, blended in pairs, every batch "
+                             "(give another --out-dir: rows are keyed by family, cut and steps)")
     parser.add_argument("--generated-sequences", type=int, default=GENERATED_SEQUENCES,
                         help=f"with --distil-data generated: 128-token sequences written (default {GENERATED_SEQUENCES}; "
                              "a distillation step reads 4)")
+    parser.add_argument("--generated-cache", type=Path, default=None, metavar="FILE",
+                        help="with --distil-data generated: keep the written token ids in FILE and read them back "
+                             "when it matches (writing 1,600 sequences takes ~20 min on 2 cores)")
     args = parser.parse_args(argv)
     cuts = [int(c) for c in args.cuts.split(",")]
     recover_at = {int(c) for c in args.recover_at.split(",") if c}
@@ -569,10 +690,13 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     device = torch.device("cpu")
-    if args.distil_data != "lee" and args.model != "smollm2":
-        raise SystemExit("--distil-data generated is for smollm2 (a model that writes text)")
-    subject = SUBJECTS[args.model](**({"distil_data": args.distil_data, "generated_sequences": args.generated_sequences}
-                                      if args.model == "smollm2" else {}))
+    wanted_model = {"generated": "smollm2", "mixup": "efficientnet"}.get(args.distil_data, args.model)
+    if wanted_model != args.model:
+        raise SystemExit(f"--distil-data {args.distil_data} is for --model {wanted_model}, not {args.model}")
+    options: dict[str, Any] = {"distil_data": args.distil_data} if args.model != "minilm" else {}
+    if args.model == "smollm2":
+        options.update(generated_sequences=args.generated_sequences, generated_cache=args.generated_cache)
+    subject = SUBJECTS[args.model](**options)
     families = list(subject.families) if args.families is None else [f for f in args.families.split(",") if f]
     unknown = sorted(set(families) - set(subject.families))
     if unknown:
@@ -597,7 +721,8 @@ def main(argv: list[str] | None = None) -> int:
         previous = load_json(path)
         doc["rows"] = [r for r in previous.get("rows", []) if (r["family"], r["cut_percent"]) not in only]
         # `--only` adds rows to a front made earlier: every run that made its rows stays named.
-        doc["runs"] = runs_of(previous) + [{k: doc[k] for k in ("date", "command", "commit")}]
+        doc["runs"] = runs_of(previous) + [{**{k: doc[k] for k in ("date", "command", "commit")},
+                                             "machine": doc["device"]["device_name"]}]
         doc["original_answers"] = previous.get("original_answers")
         doc["unreachable"] = [u for u in previous.get("unreachable", [])
                               if (u.split(" -")[0], int(u.split(" -")[1].split("%")[0])) not in only]
@@ -628,14 +753,13 @@ def main(argv: list[str] | None = None) -> int:
                 comparison = compare(model, pruned, subject.probe,
                                      config=MeterConfig(window_s=1.0, repeats=6, precision=0.0))
                 energy = {"ratio": comparison.ratio, "ratio_ci95": list(comparison.ratio_ci95),
-                          "provenance": comparison.to_dict()["provenance"]}
+                          "provenance": comparison.to_dict()["provenance"], "machine": doc["device"]["device_name"]}
             print(f"{family} -{cut}%: {removed}, FLOPs ratio {ratio:.3f}", flush=True)
             done = 0
             train = subject.train
             for steps in (recover_steps if cut in recover_at else [0]):
                 if steps > done:
-                    Distillation(teacher=model, batches=train[done % len(train):] + train[: done % len(train)],
-                                 steps=steps - done, lr=args.lr)(pruned)
+                    Distillation(teacher=model, batches=Rotated(train, done), steps=steps - done, lr=args.lr)(pruned)
                     done = steps
                 figures = subject.evaluate(pruned)
                 row = {"family": family, "cut_percent": cut, "steps": steps, "removed": removed,

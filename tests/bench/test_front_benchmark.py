@@ -101,6 +101,14 @@ def test_the_report_labels_every_estimated_energy_and_says_when_it_is_incomplete
                                                     "command": "python benchmarks/front_benchmark.py --only width:30"}]}
     assert "(commit abc); then 2026-12-06 with `python benchmarks/front_benchmark.py --only width:30` (commit def)" \
         in front.markdown(again)
+    # A row re-run on another machine: the title and the runs name both, and every energy cell its machine.
+    elsewhere = {**again, "runs": front.runs_of(doc) + [{**again["runs"][-1], "machine": "cpu-other"}],
+                 "rows": [row, {**row, "family": "width", "energy": {**row["energy"], "ratio": 0.8,
+                                                                    "machine": "cpu-other"}}]}
+    text = front.markdown(elsewhere)
+    assert text.startswith("# Fidelity-energy front: tiny (cpu-test, cpu-other)")
+    assert "(commit abc, on cpu-test); then 2026-12-06" in text and "(commit def, on cpu-other)" in text
+    assert "0.710 [0.650, 0.780] ESTIMATED (cpu-test)" in text and "0.800 [0.650, 0.780] ESTIMATED (cpu-other)" in text
     pytest.importorskip("matplotlib")
     front.write_all(doc, tmp_path / "front-smollm2.json")
     page = (tmp_path / "front-smollm2.html").read_text()
@@ -140,3 +148,56 @@ def test_teacher_batches_continue_disjoint_training_prefixes_reproducibly(front,
     assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, again))
     with pytest.raises(ValueError, match="16 prefixes of 4 tokens, 17 asked"):
         front.teacher_batches(model, calibration, 17, seq_len=12, prefix_tokens=4)
+
+
+def test_teacher_batches_are_read_back_from_their_cache_only_when_it_matches(front, setup, tmp_path,
+                                                                              monkeypatch) -> None:
+    model, calibration, _ = setup
+    cache = tmp_path / "ids.pt"
+    written = front.teacher_batches(model, calibration, 5, seq_len=12, batch_size=2, prefix_tokens=4, chunk=3,
+                                    cache=cache)
+    assert cache.exists()
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("the cache matched: nothing should be generated")
+
+    monkeypatch.setattr(model, "generate", no_generation)
+    read = front.teacher_batches(model, calibration, 5, seq_len=12, batch_size=2, prefix_tokens=4, cache=cache)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(written, read))
+    # Another seed, count or length is not what the file holds: the text is written again.
+    for other in ({"seed": 1}, {"n_sequences": 4}, {"seq_len": 10}):
+        arguments = {"n_sequences": 5, "seq_len": 12, **other}
+        with pytest.raises(AssertionError, match="nothing should be generated"):
+            front.teacher_batches(model, calibration, arguments.pop("n_sequences"), batch_size=2, prefix_tokens=4,
+                                  cache=cache, **arguments)
+
+
+def test_mixup_batches_are_made_on_demand_reproducibly_and_blend_pairs_of_crops(front) -> None:
+    made = []
+
+    def crops(sources, per_source, *, seed):
+        made.append(seed)
+        images = torch.stack([torch.full((3, 4, 4), float(100 * s + c)) for s in range(len(sources))
+                              for c in range(per_source)])
+        return images + seed, None
+
+    batches = front.MixedCrops(("a", "b", "c"), batch_size=4, n_batches=5, seed=7, crops=crops)
+    assert len(batches) == 5 and not made  # nothing is made before it is read
+    first = batches[1]
+    assert first.shape == (4, 3, 4, 4) and made == [7 * 1_000_003 + 1]
+    assert torch.equal(batches[1], first) and torch.equal(batches[-4], first)
+    assert not torch.equal(batches[2], first)
+    # Each image is a blend of two crops of its batch: between the smallest and largest crop value.
+    originals = crops(("a", "b", "c"), 2, seed=7 * 1_000_003 + 1)[0][:, 0, 0, 0]
+    values = first[:, 0, 0, 0]
+    assert (values >= originals.min()).all() and (values <= originals.max()).all()
+    assert len(set(values.tolist()) - set(originals.tolist())) > 0  # not just the crops themselves
+    assert [b.shape for b in batches[3:]] == [(4, 3, 4, 4)] * 2
+    with pytest.raises(IndexError):
+        batches[5]
+
+
+def test_distillation_continues_where_it_stopped_without_copying_the_batches(front) -> None:
+    rotated = front.Rotated([0, 1, 2, 3, 4], 7)
+    assert len(rotated) == 5 and [rotated[i] for i in range(5)] == [2, 3, 4, 0, 1]
+    assert rotated[1:3] == [3, 4] and rotated[6] == 3
