@@ -61,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prune_benchmark import EmbeddingReference, lee_human_scores  # noqa: E402
 from recovery_benchmark import QUESTIONS, answers  # noqa: E402
 
-from energyprune.bench.session import device_record, load_json, results_dir, save  # noqa: E402
+from energyprune.bench.session import device_record, load_json, resolve_device, results_dir, save  # noqa: E402
 from energyprune.budget.recovery import Distillation  # noqa: E402
 from energyprune.metrics.fidelity import NextTokenReference  # noqa: E402
 from energyprune.metrics.flops import count_flops  # noqa: E402
@@ -71,6 +71,7 @@ from energyprune.pruning.criteria import get_criterion  # noqa: E402
 from energyprune.pruning.kinds import remove_units  # noqa: E402
 from energyprune.pruning.oneshot import select  # noqa: E402
 from energyprune.pruning.ranking import default_scope  # noqa: E402
+from energyprune.torch_io import model_device, to_device  # noqa: E402
 
 #: `--distil-data`: each model's own default, or the teacher's text (SmolLM2), or mixup crops (EfficientNet).
 DISTIL_DATA = ("default", "generated", "mixup")
@@ -140,15 +141,25 @@ def teacher_batches(teacher: torch.nn.Module, text_batches: Batches, n_sequences
         out = []
         with torch.inference_mode():
             for start in range(0, n_sequences, chunk):
-                prefix = windows[start:min(start + chunk, n_sequences)]
+                prefix = windows[start:min(start + chunk, n_sequences)].to(model_device(teacher))
                 out.append(teacher.generate(prefix, attention_mask=torch.ones_like(prefix), do_sample=True,
                                             temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=seq_len - prefix_tokens,
-                                            min_new_tokens=seq_len - prefix_tokens, pad_token_id=0))
+                                            min_new_tokens=seq_len - prefix_tokens, pad_token_id=0).cpu())
         ids = torch.cat(out)
         if cache is not None:
             _save_ids(cache, ids, seed)
     return [{"input_ids": ids[i:i + batch_size], "attention_mask": torch.ones_like(ids[i:i + batch_size]),
              "use_cache": False} for i in range(0, len(ids), batch_size)]
+
+
+def repack(batches: Batches, rows: int) -> Batches:
+    """Token batches re-cut to `rows` rows each (the last may hold fewer): a GPU distils on more rows
+    a step than the CPU's 4. Every row is kept, in order."""
+    ids = torch.cat([b["input_ids"] for b in batches])
+    masks = torch.cat([b.get("attention_mask", torch.ones_like(b["input_ids"])) for b in batches])
+    extra = {k: v for k, v in batches[0].items() if k not in ("input_ids", "attention_mask")}
+    return [{"input_ids": ids[i:i + rows], "attention_mask": masks[i:i + rows], **extra}
+            for i in range(0, len(ids), rows)]
 
 
 def _cached_ids(cache: Path | None, prefixes: torch.Tensor, seq_len: int, seed: int) -> torch.Tensor | None:
@@ -175,19 +186,23 @@ def _save_ids(cache: Path, ids: torch.Tensor, seed: int) -> None:
 
 
 def smollm2_subject(distil_data: str = "default", generated_sequences: int = GENERATED_SEQUENCES,
-                    generated_cache: Path | None = None) -> Subject:
+                    generated_cache: Path | None = None, device: torch.device = torch.device("cpu"),
+                    distil_rows: int = 4, generation_chunk: int = 64) -> Subject:
     model, tokenizer = zoo.load_smollm2()
+    model = model.to(device)
     docs = zoo.text_corpus("lee_background")
     half = len(docs) // 2
     train = zoo.calibration_batches(tokenizer, docs[:half], seq_len=128, batch_size=4, n_batches=64)
     for batch in train:
         batch["use_cache"] = False
-    calibration, lee_train = train[:4], train
+    calibration, lee_train = to_device(train[:4], device), train
     distil_text = f"distillation: lee_background documents 0-{half - 1}, packed"
     if distil_data == "generated":
-        train = teacher_batches(model, train, generated_sequences, cache=generated_cache)
+        train = teacher_batches(model, train, generated_sequences, cache=generated_cache, chunk=generation_chunk)
         distil_text = (f"distillation: {generated_sequences} x 128 tokens written by the original (T = 1, seed 0), "
                        f"each continuing a {PREFIX_TOKENS}-token window of lee_background documents 0-{half - 1}")
+    if distil_rows != 4:
+        train = repack(train, distil_rows)
     heldout = zoo.calibration_batches(tokenizer, docs[half:], seq_len=256, batch_size=8, n_batches=1)
     heldout[0]["use_cache"] = False
     reference = NextTokenReference(model, heldout)
@@ -200,11 +215,11 @@ def smollm2_subject(distil_data: str = "default", generated_sequences: int = GEN
 
     return Subject(
         key="smollm2", title="SmolLM2-135M-Instruct", model=model, calibration=calibration, train=train,
-        probe={"input_ids": heldout[0]["input_ids"][:1, :128], "use_cache": False}, evaluate=evaluate,
+        probe={"input_ids": heldout[0]["input_ids"][:1, :128].to(device), "use_cache": False}, evaluate=evaluate,
         metrics=(("exp_neg_kl", "held-out exp(-KL)", ".3f"), ("top1_agreement", "top-1 agreement", ".3f"),
                  ("perplexity_ratio", "ppl ratio", ".2f")),
         goal="Goal (issue 12, at -30% energy): exp(-KL) >= 0.8 and perplexity <= 1.5x the original's.",
-        recovery="AdamW, KL on logits at T=1, all weights, batches of 4 x 128 tokens",
+        recovery=f"AdamW, KL on logits at T=1, all weights, batches of {distil_rows} x 128 tokens",
         data=f"calibration: 4 batches of lee_background documents 0-{half - 1}, packed; {distil_text}; "
              f"held-out: documents {half}-{len(docs) - 1}, 8 x 256 tokens; original held-out perplexity "
              f"{original_ppl:.2f}",
@@ -575,7 +590,7 @@ def markdown(doc: dict[str, Any]) -> str:
     answered = answers_table(doc)
     if answered:
         lines += ["## Answers (greedy)", ""] + md_table(*answered) + [""]
-    lines += [f"Reproduce: `python benchmarks/front_benchmark.py --model {doc['model']}`"]
+    lines += ["Reproduce: " + ", then ".join(dict.fromkeys(f"`{run['command']}`" for run in runs_of(doc)))]
     return "\n".join(lines) + "\n"
 
 
@@ -679,23 +694,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generated-sequences", type=int, default=GENERATED_SEQUENCES,
                         help=f"with --distil-data generated: 128-token sequences written (default {GENERATED_SEQUENCES}; "
                              "a distillation step reads 4)")
+    parser.add_argument("--device", default="cpu",
+                        help="smollm2: cpu (default), cuda or cuda:N: the models, pruning, distillation and the energy "
+                             "comparison (a counter on a GPU) run there")
+    parser.add_argument("--distil-rows", type=int, default=4, metavar="N",
+                        help="smollm2: 128-token rows per distillation step (default 4, the CPU's; a GPU takes 32 or "
+                             "more)")
+    parser.add_argument("--generation-chunk", type=int, default=64, metavar="N",
+                        help="with --distil-data generated: sequences written at once (default 64; a GPU takes 512)")
     parser.add_argument("--generated-cache", type=Path, default=None, metavar="FILE",
                         help="with --distil-data generated: keep the written token ids in FILE and read them back "
                              "when it matches (writing 1,600 sequences takes ~20 min on 2 cores)")
+    parser.add_argument("--render", type=Path, default=None, metavar="JSON",
+                        help="only write the Markdown, PNG and HTML of a front's JSON beside it (a GPU run's file)")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        if not args.render.is_file():
+            raise SystemExit(f"--render {args.render}: no such file")
+        write_all(load_json(args.render), args.render)
+        print(f"wrote {args.render.with_suffix('.md')}")
+        return 0
     cuts = [int(c) for c in args.cuts.split(",")]
     recover_at = {int(c) for c in args.recover_at.split(",") if c}
     recover_steps = sorted({int(s) for s in args.recover_steps.split(",")} | {0})
     only = parse_only(args.only)
 
     torch.manual_seed(0)
-    device = torch.device("cpu")
+    device = resolve_device(args.device)
+    if args.model != "smollm2" and (device.type != "cpu" or args.distil_rows != 4):
+        raise SystemExit("--device and --distil-rows are for --model smollm2")
+    for flag, value in (("--distil-rows", args.distil_rows), ("--generation-chunk", args.generation_chunk),
+                        ("--generated-sequences", args.generated_sequences)):
+        if value < 1:
+            raise SystemExit(f"{flag} must be at least 1, got {value}")
     wanted_model = {"generated": "smollm2", "mixup": "efficientnet"}.get(args.distil_data, args.model)
     if wanted_model != args.model:
         raise SystemExit(f"--distil-data {args.distil_data} is for --model {wanted_model}, not {args.model}")
     options: dict[str, Any] = {"distil_data": args.distil_data} if args.model != "minilm" else {}
     if args.model == "smollm2":
-        options.update(generated_sequences=args.generated_sequences, generated_cache=args.generated_cache)
+        options.update(generated_sequences=args.generated_sequences, generated_cache=args.generated_cache,
+                       device=device, distil_rows=args.distil_rows, generation_chunk=args.generation_chunk)
     subject = SUBJECTS[args.model](**options)
     families = list(subject.families) if args.families is None else [f for f in args.families.split(",") if f]
     unknown = sorted(set(families) - set(subject.families))
@@ -750,8 +788,10 @@ def main(argv: list[str] | None = None) -> int:
                 from energyprune.measure.api import compare
                 from energyprune.measure.meter import MeterConfig
 
+                # A GPU's counter updates every ~100 ms (hardware notes): longer windows there.
+                window_s = 2.0 if device.type == "cuda" else 1.0
                 comparison = compare(model, pruned, subject.probe,
-                                     config=MeterConfig(window_s=1.0, repeats=6, precision=0.0))
+                                     config=MeterConfig(window_s=window_s, repeats=6, precision=0.0))
                 energy = {"ratio": comparison.ratio, "ratio_ci95": list(comparison.ratio_ci95),
                           "provenance": comparison.to_dict()["provenance"], "machine": doc["device"]["device_name"]}
             print(f"{family} -{cut}%: {removed}, FLOPs ratio {ratio:.3f}", flush=True)

@@ -30,7 +30,18 @@
 #      run  command: bash benchmarks/gpu_prune_session.sh block:minilm    carry: [".whl/prune/call2"]
 #      run  command: bash benchmarks/gpu_prune_session.sh block:smollm2   carry: [".whl/prune/call3"]
 #      run  command: bash benchmarks/gpu_prune_session.sh block:smollm2   (no carry: continues)
-#      ... JOBs: block:minilm block:smollm2 neurons:minilm neurons:smollm2 tests stage
+#      ... JOBs: block:minilm block:smollm2 neurons:minilm neurons:smollm2 front:smollm2 tests stage
+#    front:smollm2 (issue 12's goal at scale) runs front_benchmark.py --device cuda with FRONT_ARGS
+#    (default FRONT_DEFAULT below: mixed at -30%, 0/400/1600 distillation steps of 32 x 128 tokens,
+#    32x the tokens of the CPU's best row, 200 passes over the Lee half; how long a step takes on the GPU is NOT measured yet: the
+#    call's timeout keeps every row written so far). It has no --resume: a later call that adds rows
+#    must name them, e.g. FRONT_ARGS="--cuts 30 --recover-steps 0,400,1600 --distil-rows 32 --energy
+#    --only depth-bridge:30", or it starts the file again. FRONT_TAG (default lee) names the front's
+#    folder ($STATE/front-$FRONT_TAG) and the file that comes back (front-smollm2-$FRONT_TAG.json), so
+#    other distillation data keeps its own rows, e.g. FRONT_TAG=generated FRONT_ARGS="--families mixed
+#    --cuts 30 --recover-steps 0,400,1600 --distil-rows 32 --energy --distil-data generated
+#    --generated-sequences 8192 --generation-chunk 512". Here, put a returned front-smollm2-TAG.json in
+#    a folder as front-smollm2.json and run `python benchmarks/front_benchmark.py --render FILE`.
 #    A call runs its JOBs in order, each continuing the earlier calls' results (--resume), with a
 #    time budget of what is left of the call (CALL_LIMIT_S, default 560 s from the script's start);
 #    a job whose model is not yet installed, or that an earlier call completed, is skipped with a
@@ -159,6 +170,10 @@ export PYTHONPATH=$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,power.limit,temperature.gpu,clocks.sm --format=csv > "$OUT/nvidia-smi.txt" 2>&1
 cat "$OUT/nvidia-smi.txt"
 
+# The front on a GPU (issue 12's goal at scale): the best -30% family on the CPU, distilled 4x longer
+# with 8x the rows a step (32x the tokens of the CPU's 400 steps).
+FRONT_DEFAULT="--families mixed --cuts 30 --recover-steps 0,400,1600 --distil-rows 32 --energy"
+
 have_pkg() { python3 -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('$1') else 1)"; }
 
 for job in "$@"; do
@@ -168,7 +183,8 @@ for job in "$@"; do
         tests) python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider; continue ;;
         block:*) script=benchmarks/prune_benchmark.py; extra=${BLOCK_ARGS:-} ;;
         neurons:*) script=benchmarks/prune_neurons_benchmark.py; extra=${NEURON_ARGS:-} ;;
-        *) echo "unknown job $job (block:minilm block:smollm2 neurons:minilm neurons:smollm2 tests stage)"; continue ;;
+        front:smollm2) script=benchmarks/front_benchmark.py; extra=${FRONT_ARGS:-$FRONT_DEFAULT} ;;
+        *) echo "unknown job $job (block:minilm block:smollm2 neurons:minilm neurons:smollm2 front:smollm2 tests stage)"; continue ;;
     esac
     model=${job#*:}
     case "$model" in
@@ -179,6 +195,16 @@ for job in "$@"; do
     missing=""
     for pkg in $need; do have_pkg "$pkg" || missing="$missing $pkg"; done
     if [ -n "$missing" ]; then echo "== $job skipped: not installed yet:$missing"; continue; fi
+    if [ "$script" = benchmarks/front_benchmark.py ]; then
+        # The front has no --resume: each row is written as it is made, and a call with the same
+        # FRONT_ARGS plus --only family:cut re-runs rows into the same file.
+        if [ "$left" -lt 120 ]; then echo "== $job skipped: only ${left}s left in this call"; continue; fi
+        echo "== $job: $extra (time limit $((left + RESERVE - 25)) s, $(date -u +%T))"
+        # shellcheck disable=SC2086
+        timeout -k 10 $((left + RESERVE - 25)) python3 "$script" --device cuda --out-dir "$STATE/front-${FRONT_TAG:-lee}" $extra
+        echo "== $job: exit $? after $((SECONDS - START)) s"
+        continue
+    fi
     json=$STATE/$(basename "$script" | sed 's/_benchmark\.py$/.json/')
     if [ -z "${FORCE:-}" ] && [ -f "$json" ] && python3 -c "import json, sys; m = json.load(open('$json'))['models'].get('$model') or {}; sys.exit(0 if m.get('complete') else 1)"; then
         echo "== $job: already complete in $json (FORCE=1 to run it again with other options)"
@@ -197,6 +223,9 @@ done
 # ---- what comes back: at most 8 files ----
 for f in prune.json prune_neurons.json prune_neurons.scores.pt; do
     [ -f "$STATE/$f" ] && cp "$STATE/$f" "$OUT/"
+done
+for f in "$STATE"/front-*/front-smollm2.json; do
+    [ -f "$f" ] && cp "$f" "$OUT/front-smollm2-$(basename "$(dirname "$f")" | sed 's/^front-//').json"
 done
 (cd "$STATE" && ls *.md *.png >/dev/null 2>&1 && tar -cf "$OUT/reports.tar" $(ls *.md *.png 2>/dev/null))
 echo "== done in $((SECONDS - START)) s; $OUT: $(ls "$OUT" | tr '\n' ' ')"

@@ -57,7 +57,7 @@ def answers(model: torch.nn.Module, tokenizer: Any, max_new_tokens: int) -> list
     for question in QUESTIONS:
         text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
                                              add_generation_prompt=True)
-        ids = tokenizer(text, return_tensors="pt")
+        ids = tokenizer(text, return_tensors="pt").to(next(model.parameters()).device)
         with torch.inference_mode():
             generated = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
                                        pad_token_id=tokenizer.eos_token_id)

@@ -96,6 +96,7 @@ def test_the_report_labels_every_estimated_energy_and_says_when_it_is_incomplete
     assert len(energy_lines) == 2 and all("ESTIMATED" in line for line in energy_lines)
     assert "Incomplete run" in text and "| 0.600 |" in text
     assert "2026-12-05 with `python benchmarks/front_benchmark.py` (commit abc)" in text
+    assert text.rstrip().endswith("Reproduce: `python benchmarks/front_benchmark.py`")
     # Rows added later with --only: every run that made rows stays named.
     again = {**doc, "runs": front.runs_of(doc) + [{"date": "2026-12-06", "commit": "def",
                                                     "command": "python benchmarks/front_benchmark.py --only width:30"}]}
@@ -108,11 +109,22 @@ def test_the_report_labels_every_estimated_energy_and_says_when_it_is_incomplete
     text = front.markdown(elsewhere)
     assert text.startswith("# Fidelity-energy front: tiny (cpu-test, cpu-other)")
     assert "(commit abc, on cpu-test); then 2026-12-06" in text and "(commit def, on cpu-other)" in text
+    assert text.rstrip().endswith("Reproduce: `python benchmarks/front_benchmark.py`, then "
+                                  "`python benchmarks/front_benchmark.py --only width:30`")
     assert "0.710 [0.650, 0.780] ESTIMATED (cpu-test)" in text and "0.800 [0.650, 0.780] ESTIMATED (cpu-other)" in text
     pytest.importorskip("matplotlib")
     front.write_all(doc, tmp_path / "front-smollm2.json")
     page = (tmp_path / "front-smollm2.html").read_text()
     assert "ESTIMATED" in page and "data:image/png;base64," in page
+    # A front's JSON brought back from another machine is rendered again here, and nothing else runs.
+    returned = tmp_path / "gpu" / "front-smollm2.json"
+    returned.parent.mkdir()
+    returned.write_text((tmp_path / "front-smollm2.json").read_text())
+    assert front.main(["--render", str(returned)]) == 0
+    assert (returned.with_suffix(".md")).read_text() == (tmp_path / "front-smollm2.md").read_text()
+    assert returned.with_suffix(".html").exists() and returned.with_suffix(".png").exists()
+    with pytest.raises(SystemExit, match="no such file"):
+        front.main(["--render", str(tmp_path / "missing.json")])
 
 
 def test_width_of_a_cnn_is_its_coupled_channels_ranked_across_groups(front) -> None:
@@ -201,3 +213,23 @@ def test_distillation_continues_where_it_stopped_without_copying_the_batches(fro
     rotated = front.Rotated([0, 1, 2, 3, 4], 7)
     assert len(rotated) == 5 and [rotated[i] for i in range(5)] == [2, 3, 4, 0, 1]
     assert rotated[1:3] == [3, 4] and rotated[6] == 3
+
+
+def test_repack_recuts_token_batches_keeping_every_row_in_order(front) -> None:
+    batches = [{"input_ids": torch.arange(i * 8, i * 8 + 8).reshape(2, 4), "use_cache": False} for i in range(3)]
+    packed = front.repack(batches, 4)
+    assert [b["input_ids"].shape for b in packed] == [(4, 4), (2, 4)]
+    assert torch.equal(torch.cat([b["input_ids"] for b in packed]).flatten(), torch.arange(24))
+    assert all(b["use_cache"] is False and torch.equal(b["attention_mask"], torch.ones(len(b["input_ids"]), 4,
+                                                                                      dtype=torch.long))
+               for b in packed)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--distil-rows", "0"], "--distil-rows must be at least 1"),
+    (["--model", "minilm", "--distil-rows", "8"], "--device and --distil-rows are for --model smollm2"),
+    (["--model", "minilm", "--distil-data", "mixup"], "--distil-data mixup is for --model efficientnet"),
+])
+def test_options_that_do_not_apply_are_refused_before_any_model_loads(front, argv, message) -> None:
+    with pytest.raises(SystemExit, match=message):
+        front.main(argv)
