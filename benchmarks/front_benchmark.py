@@ -166,7 +166,12 @@ def _cached_ids(cache: Path | None, prefixes: torch.Tensor, seq_len: int, seed: 
     """The ids in `cache` when they were written for these prefixes, length and seed; else None."""
     if cache is None or not cache.exists():
         return None
-    saved = torch.load(cache, weights_only=True)
+    try:
+        saved = torch.load(cache, weights_only=True)
+    except Exception as error:  # not a tensor file, cut short, or holding more than tensors
+        print(f"{cache} cannot be read as written token ids ({type(error).__name__}): writing the text again",
+              flush=True)
+        return None
     ids = saved.get("ids") if isinstance(saved, dict) else None
     if (not isinstance(ids, torch.Tensor) or saved.get("seed") != seed or ids.shape != (len(prefixes), seq_len)
             or not torch.equal(ids[:, : prefixes.shape[1]], prefixes)):
@@ -711,7 +716,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.render is not None:
         if not args.render.is_file():
             raise SystemExit(f"--render {args.render}: no such file")
-        write_all(load_json(args.render), args.render)
+        try:
+            doc = load_json(args.render)
+        except ValueError as error:
+            raise SystemExit(f"--render {args.render}: not JSON ({error})") from None
+        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+            raise SystemExit(f"--render {args.render}: not a front (schema {SCHEMA}); give a front-<model>.json")
+        write_all(doc, args.render)
         print(f"wrote {args.render.with_suffix('.md')}")
         return 0
     cuts = [int(c) for c in args.cuts.split(",")]
@@ -727,6 +738,9 @@ def main(argv: list[str] | None = None) -> int:
                         ("--generated-sequences", args.generated_sequences)):
         if value < 1:
             raise SystemExit(f"{flag} must be at least 1, got {value}")
+    cache = args.generated_cache
+    if cache is not None and (cache.is_dir() or not cache.parent.is_dir()):
+        raise SystemExit(f"--generated-cache {cache}: give a file in an existing folder")
     wanted_model = {"generated": "smollm2", "mixup": "efficientnet"}.get(args.distil_data, args.model)
     if wanted_model != args.model:
         raise SystemExit(f"--distil-data {args.distil_data} is for --model {wanted_model}, not {args.model}")

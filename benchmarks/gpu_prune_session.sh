@@ -32,7 +32,7 @@
 #      run  command: bash benchmarks/gpu_prune_session.sh block:smollm2   (no carry: continues)
 #      ... JOBs: block:minilm block:smollm2 neurons:minilm neurons:smollm2 front:smollm2 tests stage
 #    front:smollm2 (issue 12's goal at scale) runs front_benchmark.py --device cuda with FRONT_ARGS
-#    (default FRONT_DEFAULT below: mixed at -30%, 0/400/1600 distillation steps of 32 x 128 tokens,
+#    (default FRONT_DEFAULT below: mixed at -30%, 0/400/1600 distillation steps of 32 x 128 tokens, lr 3e-4,
 #    32x the tokens of the CPU's best row, 200 passes over the Lee half; how long a step takes on the GPU is NOT measured yet: the
 #    call's timeout keeps every row written so far). It has no --resume: a later call that adds rows
 #    must name them, e.g. FRONT_ARGS="--cuts 30 --recover-steps 0,400,1600 --distil-rows 32 --energy
@@ -171,8 +171,9 @@ nvidia-smi --query-gpu=name,driver_version,power.limit,temperature.gpu,clocks.sm
 cat "$OUT/nvidia-smi.txt"
 
 # The front on a GPU (issue 12's goal at scale): the best -30% family on the CPU, distilled 4x longer
-# with 8x the rows a step (32x the tokens of the CPU's 400 steps).
-FRONT_DEFAULT="--families mixed --cuts 30 --recover-steps 0,400,1600 --distil-rows 32 --energy"
+# with 8x the rows a step (32x the tokens of the CPU's 400 steps), at the learning rate that did best
+# on the CPU (3e-4 of 1e-4 / 3e-4 / 1e-3, 100 steps of 4 rows: front-lr-* under cpu-amd-epyc-2cpu).
+FRONT_DEFAULT="--families mixed --cuts 30 --recover-steps 0,400,1600 --distil-rows 32 --lr 3e-4 --energy"
 
 have_pkg() { python3 -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('$1') else 1)"; }
 

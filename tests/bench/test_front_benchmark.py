@@ -84,7 +84,8 @@ def test_the_report_labels_every_estimated_energy_and_says_when_it_is_incomplete
     row = {"family": "depth", "cut_percent": 30, "steps": 0, "removed": {"blocks": 2}, "flops_ratio": 0.69,
            "figures": {"exp_neg_kl": 0.4, "top1_agreement": 0.5, "perplexity_ratio": 2.0}, "answers": None,
            "seconds": 3.0, "energy": {"ratio": 0.71, "ratio_ci95": [0.65, 0.78], "provenance": "estimated"}}
-    doc = {"model": "smollm2", "title": "tiny", "device": {"device_name": "cpu-test"}, "date": "2026-12-05",
+    doc = {"schema": front.SCHEMA, "model": "smollm2", "title": "tiny", "device": {"device_name": "cpu-test"},
+           "date": "2026-12-05",
            "commit": "abc", "command": "python benchmarks/front_benchmark.py", "recovery": "AdamW",
            "data": "random", "goal": "a goal", "metrics": [["exp_neg_kl", "held-out exp(-KL)", ".3f"],
                                                           ["top1_agreement", "top-1 agreement", ".3f"],
@@ -125,6 +126,9 @@ def test_the_report_labels_every_estimated_energy_and_says_when_it_is_incomplete
     assert returned.with_suffix(".html").exists() and returned.with_suffix(".png").exists()
     with pytest.raises(SystemExit, match="no such file"):
         front.main(["--render", str(tmp_path / "missing.json")])
+    (tmp_path / "other.json").write_text('{"schema": "energyprune.prune-benchmark/1"}')
+    with pytest.raises(SystemExit, match="not a front"):
+        front.main(["--render", str(tmp_path / "other.json")])
 
 
 def test_width_of_a_cnn_is_its_coupled_channels_ranked_across_groups(front) -> None:
@@ -176,6 +180,11 @@ def test_teacher_batches_are_read_back_from_their_cache_only_when_it_matches(fro
     monkeypatch.setattr(model, "generate", no_generation)
     read = front.teacher_batches(model, calibration, 5, seq_len=12, batch_size=2, prefix_tokens=4, cache=cache)
     assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(written, read))
+    # A file that is not what we wrote is not trusted: the text is written again.
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a tensor file")
+    with pytest.raises(AssertionError, match="nothing should be generated"):
+        front.teacher_batches(model, calibration, 5, seq_len=12, batch_size=2, prefix_tokens=4, cache=garbage)
     # Another seed, count or length is not what the file holds: the text is written again.
     for other in ({"seed": 1}, {"n_sequences": 4}, {"seq_len": 10}):
         arguments = {"n_sequences": 5, "seq_len": 12, **other}
@@ -229,6 +238,8 @@ def test_repack_recuts_token_batches_keeping_every_row_in_order(front) -> None:
     (["--distil-rows", "0"], "--distil-rows must be at least 1"),
     (["--model", "minilm", "--distil-rows", "8"], "--device and --distil-rows are for --model smollm2"),
     (["--model", "minilm", "--distil-data", "mixup"], "--distil-data mixup is for --model efficientnet"),
+    (["--distil-data", "generated", "--generated-cache", "/"], "give a file in an existing folder"),
+    (["--distil-data", "generated", "--generated-cache", "/no/such/folder/ids.pt"], "give a file in an existing folder"),
 ])
 def test_options_that_do_not_apply_are_refused_before_any_model_loads(front, argv, message) -> None:
     with pytest.raises(SystemExit, match=message):
