@@ -32,14 +32,15 @@
 #      run  command: bash benchmarks/gpu_prune_session.sh block:smollm2   (no carry: continues)
 #      ... JOBs: block:minilm block:smollm2 neurons:minilm neurons:smollm2 front:smollm2 tests stage
 #    front:smollm2 (issue 12's goal at scale) runs front_benchmark.py --device cuda with FRONT_ARGS
-#    (default FRONT_DEFAULT below: mixed at -30%, 0/400/1600 distillation steps of 32 x 128 tokens, lr 3e-4,
-#    32x the tokens of the CPU's best row, 200 passes over the Lee half; how long a step takes on the GPU is NOT measured yet: the
-#    call's timeout keeps every row written so far). It has no --resume: a later call that adds rows
-#    must name them, e.g. FRONT_ARGS="--cuts 30 --recover-steps 0,400,1600 --distil-rows 32 --energy
-#    --only depth-bridge:30", or it starts the file again. FRONT_TAG (default lee) names the front's
+#    (default FRONT_DEFAULT below: mixed at -30%, 0/400/1600 distillation steps of 32 x 128 tokens
+#    at lr 3e-4, 32x the tokens of the CPU's best row, 200 passes over the Lee half). How long a step
+#    takes on the GPU is NOT measured yet: the call's timeout keeps every row written so far. It has
+#    no --resume: a later call that adds rows must name them, e.g. FRONT_ARGS="--cuts 30
+#    --recover-steps 0,400,1600 --distil-rows 32 --lr 3e-4 --energy --only depth-bridge:30", or it
+#    starts the file again. FRONT_TAG (default lee) names the front's
 #    folder ($STATE/front-$FRONT_TAG) and the file that comes back (front-smollm2-$FRONT_TAG.json), so
 #    other distillation data keeps its own rows, e.g. FRONT_TAG=generated FRONT_ARGS="--families mixed
-#    --cuts 30 --recover-steps 0,400,1600 --distil-rows 32 --energy --distil-data generated
+#    --cuts 30 --recover-steps 0,400,1600 --distil-rows 32 --lr 3e-4 --energy --distil-data generated
 #    --generated-sequences 8192 --generation-chunk 512". Here, put a returned front-smollm2-TAG.json in
 #    a folder as front-smollm2.json and run `python benchmarks/front_benchmark.py --render FILE`.
 #    A call runs its JOBs in order, each continuing the earlier calls' results (--resume), with a
